@@ -1,0 +1,491 @@
+"""The pure step: ``decide(workspace, snapshot, now, config) -> Decision``.
+
+Nothing here blocks, sleeps, reads a clock or does I/O: time comes in as ``now``, the cluster as a
+snapshot, and what must happen goes out as actions plus a wake-up. A pass:
+
+1. reads the persisted lifecycle record from the Workspace's status;
+2. fires the current state's deadline if it has passed (once: the firing is recorded);
+3. follows enabled edges of the shared machine (several in one pass when the snapshot allows);
+4. asks, for the state it ends in, for whatever is still missing (level-based and idempotent:
+   NodeClaims up to targetNodeCount, the workload, the Job, deletions, the finalizer);
+5. computes the whole status in one place (KAITO's conditions, ``state``, ``targetNodeCount``,
+   ``workerNodes`` and the lifecycle record) and when to look again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timedelta
+
+import attrs
+
+from . import actions as A
+from .lifecycle import DEFAULT_CONFIG, STATES, Config, Facts, edge_guard_name, step
+from .model import (ANNOTATION_REVISION, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, Condition,
+                    Workspace, WorkspaceStatus, Snapshot, whole_seconds)
+from .persist import HistoryEntry, Lifecycle, read_lifecycle
+
+__all__ = ["Decision", "decide", "nodeclaim_name", "target_node_count", "ANNOTATION_REVISION"]
+
+# KAITO's condition types.
+NODECLAIM_READY = "NodeClaimReady"
+NODES_READY = "NodesReady"
+RESOURCE_READY = "ResourceReady"
+INFERENCE_READY = "InferenceReady"
+JOB_STARTED = "JobStarted"
+WORKSPACE_SUCCEEDED = "WorkspaceSucceeded"
+WORKSPACE_DELETING = "WorkspaceDeleting"
+KAITO_CONDITIONS = (NODECLAIM_READY, NODES_READY, RESOURCE_READY, INFERENCE_READY, JOB_STARTED,
+                    WORKSPACE_SUCCEEDED, WORKSPACE_DELETING)
+
+_AFTER_NODES = frozenset({"PluginsReady", "WorkloadDeploying", "Ready", "JobRunning", "JobReplacing",
+                          "Succeeded", "Failed"})
+_AFTER_PLUGINS = _AFTER_NODES - {"PluginsReady"}
+
+
+@attrs.frozen
+class Decision:
+    status: WorkspaceStatus
+    actions: tuple[A.Action, ...]
+    wake: A.WakeUp
+    state: str
+    transitions: tuple[HistoryEntry, ...] = ()
+    status_changed: bool = True
+
+    @property
+    def mutating_actions(self) -> tuple[A.Action, ...]:
+        return tuple(a for a in self.actions if not isinstance(a, A.RecordEvent))
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def target_node_count(ws: Workspace) -> int:
+    """How many GPU nodes the Workspace needs: computed once, then kept in status.targetNodeCount."""
+    if ws.status.target_node_count:
+        return ws.status.target_node_count
+    if ws.resource is None:
+        return 0
+    return max(1, ws.resource.count or 1)
+
+
+def nodeclaim_name(ws: Workspace, seq: int) -> str:
+    """Deterministic: a stale cache then yields AlreadyExists, never a duplicate NodeClaim.
+
+    The uid is part of the hash so that a Workspace deleted and created again under the same name never
+    collides with its predecessor's NodeClaims that are still being deleted.
+    """
+    m = ws.metadata
+    digest = hashlib.sha256(f"{m.namespace}/{m.name}/{m.uid}".encode()).hexdigest()[:6]
+    return f"{m.name[:40].rstrip('-.')}-{digest}-{seq}"
+
+
+def workload_kind(target: int) -> str:
+    return "Deployment" if target <= 1 else "StatefulSet"
+
+
+def _merge_claims(rec: Lifecycle, f: Facts) -> tuple[str, ...]:
+    """The NodeClaims the machine knows of: recorded ones not known gone, plus any observed with its labels."""
+    absent = f.snap.absent
+    keep = [n for n in rec.nodeclaims if ("NodeClaim/" + n) not in absent]
+    known = set(keep)
+    extra = sorted(c.name for c in f.claims if c.name not in known)
+    return tuple(keep + extra) if extra or len(keep) != len(rec.nodeclaims) else rec.nodeclaims
+
+
+def _prune_deleted(deleted: set[str], claims: tuple[str, ...]) -> tuple[str, ...]:
+    """Deletion marks for NodeClaims are kept only while the claim is still known."""
+    known = set(claims)
+    return tuple(sorted(d for d in deleted if not d.startswith("NodeClaim/") or d[len("NodeClaim/"):] in known))
+
+
+def _enter(rec: Lifecycle, source: str, dest: str, stamp: datetime, why: str, limit: int) -> Lifecycle:
+    entry = HistoryEntry(source, dest, stamp, why)
+    history = (rec.history + (entry,))[-limit:]
+    return attrs.evolve(rec, state=dest, entered_at=stamp, attempts=0, history=history)
+
+
+# ----------------------------------------------------------------------------- ensure: per-state actions
+
+
+def _ensure_nodeclaims(f: Facts, rec: Lifecycle, out: list) -> Lifecycle:
+    ws = f.ws
+    if ws.resource is None or ws.resource.byo_nodes:
+        return rec
+    deleted = set(rec.deleted)
+    failures = rec.claim_failures
+    for c in f.claims:
+        if c.failed and ("NodeClaim/" + c.name) not in deleted:
+            out.append(A.DeleteNodeClaim(c.name, c.failure_reason or "LaunchFailed"))
+            out.append(A.RecordEvent("Warning", "NodeClaimFailed",
+                                     f"NodeClaim {c.name} failed to launch ({c.failure_reason or 'no reason given'}); "
+                                     f"it is deleted and will be replaced"))
+            deleted.add("NodeClaim/" + c.name)
+            failures += 1
+    claims = _merge_claims(rec, f)
+    missing = f.target - f.existing
+    seq = rec.next_seq
+    if missing > 0 and failures < f.config.max_nodeclaim_failures:
+        labels = ((LABEL_WORKSPACE, ws.metadata.name), (LABEL_WORKSPACE_NAMESPACE, ws.metadata.namespace))
+        new = []
+        taken = set(claims)
+        while len(new) < missing:
+            name = nodeclaim_name(ws, seq)
+            seq += 1
+            if name in taken:  # a recorded name never reused, even if its record was lost
+                continue
+            new.append(name)
+            out.append(A.CreateNodeClaim(name, ws.resource.instance_type or "", labels))
+        claims = claims + tuple(new)
+    if claims is rec.nodeclaims and seq == rec.next_seq and failures == rec.claim_failures \
+            and len(deleted) == len(rec.deleted):
+        return rec
+    return attrs.evolve(rec, nodeclaims=claims, next_seq=seq, claim_failures=failures,
+                        deleted=_prune_deleted(deleted, claims))
+
+
+def _ensure_workload(f: Facts, rec: Lifecycle, out: list) -> Lifecycle:
+    ws = f.ws
+    w = f.snap.workload
+    kind = workload_kind(f.target)
+    preset = ws.inference.preset.name if ws.inference and ws.inference.preset else ""
+    if w is None:
+        gone = ("Workload/" + ws.metadata.name) in f.snap.absent
+        if rec.revision is None or gone:
+            out.append(A.CreateWorkload(kind, ws.metadata.name, f.target, f.revision, preset, f.ready_nodes))
+            return attrs.evolve(rec, revision=f.revision)
+        if rec.revision != f.revision:
+            # Created for an older spec and not yet in the cache: update it once it is visible.
+            return rec
+        return rec
+    if w.revision != f.revision and rec.revision != f.revision:
+        out.append(A.UpdateWorkload(w.kind, w.name, f.target, f.revision, preset, f.ready_nodes))
+        return attrs.evolve(rec, revision=f.revision)
+    return rec
+
+
+def _ensure_job(f: Facts, rec: Lifecycle, out: list) -> Lifecycle:
+    ws = f.ws
+    j = f.snap.job
+    name = ws.metadata.name
+    if j is None:
+        gone = ("Job/" + name) in f.snap.absent
+        if rec.revision is None or gone or rec.revision != f.revision:
+            t = ws.tuning
+            out.append(A.CreateJob(name, f.revision, t.preset.name if t and t.preset else "",
+                                   (t.method if t else None) or "qlora", f.ready_nodes))
+            return attrs.evolve(rec, revision=f.revision, deleted=tuple(d for d in rec.deleted if d != "Job/" + name))
+    return rec
+
+
+def _ensure_old_job_deleted(f: Facts, rec: Lifecycle, out: list) -> Lifecycle:
+    name = f.ws.metadata.name
+    j = f.snap.job
+    key = "Job/" + name
+    if key in rec.deleted:
+        return rec
+    if j is None and key in f.snap.absent:
+        return rec
+    if j is not None and j.deleting:
+        return rec
+    out.append(A.DeleteJob(name, j.revision if j is not None else (rec.revision or ""), "Background"))
+    return attrs.evolve(rec, deleted=tuple(sorted(set(rec.deleted) | {key})))
+
+
+def _ensure_deleted(f: Facts, rec: Lifecycle, out: list) -> Lifecycle:
+    deleted = set(rec.deleted)
+    claims = _merge_claims(rec, f)
+    observed = {c.name: c for c in f.claims}
+    for name in claims:
+        c = observed.get(name)
+        if (c is None or not c.deleting) and ("NodeClaim/" + name) not in deleted:
+            out.append(A.DeleteNodeClaim(name, "WorkspaceDeleting"))
+            deleted.add("NodeClaim/" + name)
+    remaining = [n for n in claims if ("NodeClaim/" + n) not in f.snap.absent]
+    if not remaining and f.config.finalizer in f.ws.metadata.finalizers:
+        out.append(A.RemoveFinalizer(f.config.finalizer))
+    if claims is rec.nodeclaims and len(deleted) == len(rec.deleted):
+        return rec
+    return attrs.evolve(rec, nodeclaims=claims, deleted=tuple(sorted(deleted)))
+
+
+def _ensure(state: str, f: Facts, rec: Lifecycle, out: list) -> Lifecycle:
+    if state == "Deleting":
+        return _ensure_deleted(f, rec, out)
+    if f.config.finalizer not in f.ws.metadata.finalizers:
+        out.append(A.AddFinalizer(f.config.finalizer))
+    if state == "Pending":
+        return rec
+    if state in ("NodesProvisioning", "PluginsReady", "WorkloadDeploying", "Ready", "JobRunning"):
+        rec = _ensure_nodeclaims(f, rec, out)
+    if state == "WorkloadDeploying":
+        return _ensure_workload(f, rec, out)
+    if state == "JobRunning":
+        return _ensure_job(f, rec, out)
+    if state == "JobReplacing":
+        return _ensure_old_job_deleted(f, rec, out)
+    if rec.nodeclaims and f.snap.absent:
+        claims = _merge_claims(rec, f)
+        if claims is not rec.nodeclaims:
+            rec = attrs.evolve(rec, nodeclaims=claims)
+    return rec
+
+
+# ----------------------------------------------------------------------------- deadlines
+
+
+def _fire_deadline(state: str, f: Facts, rec: Lifecycle, stamp: datetime, out: list) -> tuple[str, Lifecycle]:
+    spec = STATES[state]
+    reason = spec.deadline_reason
+    ws = f.ws
+    if spec.on_deadline == "replace_unready_nodeclaims":
+        deleted = set(rec.deleted)
+        replaced = []
+        for c in f.claims:
+            if not c.is_ready and not c.deleting and ("NodeClaim/" + c.name) not in deleted:
+                replaced.append(c.name)
+        replaced.extend(n for n in f.unseen if ("NodeClaim/" + n) not in deleted)
+        for name in replaced:
+            out.append(A.DeleteNodeClaim(name, reason))
+            deleted.add("NodeClaim/" + name)
+        out.append(A.RecordEvent("Warning", reason,
+                                 f"Workspace {ws.key}: {len(replaced)} NodeClaim(s) not Ready {f.config.deadline(state)} "
+                                 f"after provisioning started; replacing them (attempt {rec.attempts + 1} of {spec.max_firings})"))
+        rec = attrs.evolve(rec, attempts=rec.attempts + 1, entered_at=stamp, deleted=tuple(sorted(deleted)),
+                           claim_failures=rec.claim_failures + len(replaced))
+        return state, rec
+    if spec.on_deadline == "fail":
+        out.append(A.RecordEvent("Warning", reason,
+                                 f"Workspace {ws.key}: {state} exceeded its deadline of {f.config.deadline(state)}; marking it Failed"))
+        rec = _enter(attrs.evolve(rec, attempts=rec.attempts + 1), state, "Failed", stamp,
+                     "deadline:" + reason, f.config.history_limit)
+        return "Failed", rec
+    out.append(A.RecordEvent("Warning", reason,
+                             f"Workspace {ws.key}: still in {state} {f.config.deadline(state)} after entering it ({reason}); "
+                             f"check the objects it waits for"))
+    return state, attrs.evolve(rec, attempts=rec.attempts + 1)
+
+
+# ----------------------------------------------------------------------------- status
+
+
+def _summary(state: str, is_tuning: bool, previous: str | None) -> str:
+    if is_tuning:
+        if state in ("Succeeded", "Failed"):
+            return state
+        if state in ("JobRunning", "JobReplacing"):
+            return "Running"
+        return previous if state == "Deleting" and previous else "Pending"
+    if state == "Ready":
+        return "Ready"
+    if state == "Deleting":
+        return previous or "Pending"
+    return "NotReady" if previous in ("Ready", "NotReady") else "Pending"
+
+
+def _conditions_for(state: str, f: Facts, rec: Lifecycle) -> list[tuple[str, str, str, str]]:
+    """(type, status, reason, message) for KAITO's conditions; messages change only with the state."""
+    spec = STATES[state]
+    fired = rec.attempts > 0 and spec.deadline_reason
+    out: list[tuple[str, str, str, str]] = []
+    if state == "Deleting":
+        out.append((WORKSPACE_DELETING, "True", "WorkspaceDeleting",
+                    "deleting the Workspace's NodeClaims before removing the finalizer"))
+        return out
+    byo = f.ws.resource is not None and f.ws.resource.byo_nodes
+    exhausted = rec.claim_failures >= f.config.max_nodeclaim_failures
+    n = f.target
+    if state == "Pending":
+        return out
+    if state == "NodesProvisioning":
+        if byo:
+            out.append((NODECLAIM_READY, "True", "NodeClaimNotRequired", "bring-your-own nodes: no NodeClaims are created"))
+            nodes = (NODES_READY, "False", "NodesNotReady",
+                     f"waiting for {n} Ready node(s) matching the Workspace's labelSelector")
+        elif exhausted:
+            out.append((NODECLAIM_READY, "False", "NodeClaimProvisioningFailed",
+                        f"{rec.claim_failures} NodeClaim(s) failed or were replaced; no more are created. "
+                        f"Check instance type {f.ws.resource.instance_type if f.ws.resource else ''} availability, then delete "
+                        f"and re-create the Workspace"))
+            nodes = (NODES_READY, "False", "NodeClaimProvisioningFailed", "nodes cannot be provisioned")
+        else:
+            out.append((NODECLAIM_READY, "False", "NodeClaimNotReady" if fired else "NodeClaimsNotReady",
+                        f"waiting for {n} NodeClaim(s) to be Ready" + (" (deadline passed; unready ones replaced)" if fired else "")))
+            nodes = (NODES_READY, "False", "NodesNotReady", f"waiting for {n} node(s) to be Ready")
+        out.append(nodes)
+        out.append((RESOURCE_READY, "False", nodes[2], nodes[3]))
+    else:
+        out.append((NODECLAIM_READY, "True", "NodeClaimNotRequired" if byo else "NodeClaimsReady",
+                    "bring-your-own nodes" if byo else f"{n} NodeClaim(s) are Ready"))
+        if state == "PluginsReady":
+            reason = "GPUDevicePluginNotReady" if fired else "GPUCapacityNotReady"
+            msg = f"nodes are Ready; waiting for nvidia.com/gpu capacity on {n} node(s)"
+            out.append((NODES_READY, "False", reason, msg))
+            out.append((RESOURCE_READY, "False", reason, msg))
+        else:
+            out.append((NODES_READY, "True", "NodesReady", f"{n} node(s) are Ready with GPU capacity"))
+            out.append((RESOURCE_READY, "True", "ResourcesReady", "nodes and GPU device plugins are ready"))
+    if f.is_tuning:
+        if state in ("JobRunning", "Succeeded", "Failed"):
+            out.append((JOB_STARTED, "True", "JobStarted", f"tuning Job {f.ws.metadata.name} created"))
+        elif state == "JobReplacing":
+            out.append((JOB_STARTED, "False", "JobReplacing",
+                        "tuning spec changed: the old Job is being deleted before the new one is created"))
+        if state == "Succeeded":
+            out.append((WORKSPACE_SUCCEEDED, "True", "WorkspaceSucceeded", "tuning Job completed"))
+        elif state == "Failed":
+            reason = "TuningJobDeadlineExceeded" if any(h.why.startswith("deadline:") for h in rec.history[-1:]) else "TuningJobFailed"
+            j = f.snap.job
+            detail = f" ({j.failure_reason})" if j is not None and j.failure_reason else ""
+            out.append((WORKSPACE_SUCCEEDED, "False", reason, f"tuning Job failed{detail}; change the spec to run it again"))
+        else:
+            out.append((WORKSPACE_SUCCEEDED, "False", "WorkspacePending", "tuning has not completed yet"))
+        return out
+    if state == "Ready":
+        out.append((INFERENCE_READY, "True", "InferenceReady", "inference workload is ready"))
+        out.append((WORKSPACE_SUCCEEDED, "True", "WorkspaceSucceeded", "workspace is ready"))
+    elif state == "WorkloadDeploying":
+        w = f.snap.workload
+        problem = w.problem if w is not None and w.problem else None
+        reason = problem or ("WorkloadNotReady" if fired else "WorkloadDeploying")
+        msg = f"inference workload {f.ws.metadata.name} is not ready" + (f": {problem}" if problem else "")
+        out.append((INFERENCE_READY, "False", reason, msg))
+        out.append((WORKSPACE_SUCCEEDED, "False", "WorkspaceNotReady", msg))
+    else:
+        out.append((WORKSPACE_SUCCEEDED, "False", "WorkspacePending", "resources are not ready yet"))
+    return out
+
+
+def _merge_conditions(previous: tuple[Condition, ...], wanted: list[tuple[str, str, str, str]],
+                      stamp: datetime, generation: int, keep_unmanaged: bool = True) -> tuple[Condition, ...]:
+    """KAITO's conditions as wanted; ``lastTransitionTime`` moves only when a status changes.
+
+    Conditions of other types that the machine does not manage are kept as they are.
+    """
+    prev = {c.type: c for c in previous}
+    result: list[Condition] = []
+    wanted_types = set()
+    for type_, status, reason, message in wanted:
+        wanted_types.add(type_)
+        old = prev.get(type_)
+        if old is not None and old.status == status and old.reason == reason and old.message == message \
+                and old.observed_generation == generation:
+            result.append(old)
+            continue
+        ltt = old.last_transition_time if old is not None and old.status == status else stamp
+        result.append(Condition(type_, status, reason, message, ltt, generation))
+    if keep_unmanaged:
+        for c in previous:
+            if c.type not in wanted_types and c.type not in KAITO_CONDITIONS and not c.type.startswith("workspace-fsm/"):
+                result.append(c)
+    return tuple(result)
+
+
+def _build_status(ws: Workspace, f: Facts | None, state: str, rec: Lifecycle, stamp: datetime,
+                  wanted: list[tuple[str, str, str, str]], target: int | None,
+                  worker_nodes: tuple[str, ...] | None) -> WorkspaceStatus:
+    previous = ws.status
+    conds = _merge_conditions(previous.conditions, wanted, stamp, ws.metadata.generation)
+    old_rec = previous.condition("workspace-fsm/Lifecycle")
+    rec_cond = rec.to_condition(stamp)
+    if old_rec is not None and old_rec == rec_cond:
+        rec_cond = old_rec
+    summary = _summary(state, ws.is_tuning, previous.state)
+    return WorkspaceStatus(conditions=conds + (rec_cond,), state=summary, target_node_count=target,
+                           worker_nodes=worker_nodes, performance=previous.performance)
+
+
+# ----------------------------------------------------------------------------- wake-up
+
+
+def _wake(state: str, f: Facts, rec: Lifecycle, config: Config) -> A.WakeUp:
+    spec = STATES[state]
+    best: A.WakeUp | None = None
+    deadline = config.deadline(state)
+    if deadline is not None and rec.attempts < spec.max_firings and rec.entered_at is not None:
+        left = rec.entered_at + deadline - f.now
+        best = A.WakeUp(max(left, timedelta(0)), f"{state} deadline ({spec.deadline_reason})")
+    byo = f.ws.resource is not None and f.ws.resource.byo_nodes
+    # Nodes are not watched (large clusters): their readiness and GPU capacity are re-checked on a timer.
+    if state == "PluginsReady" or (state == "NodesProvisioning" and byo):
+        if best is None or config.gpu_recheck < best.after:
+            best = A.WakeUp(config.gpu_recheck, "re-check node GPU capacity (Nodes are not watched)")
+    return best or A.WakeUp.on_event(f"{state}: waiting for the next watch event")
+
+
+# ----------------------------------------------------------------------------- decide
+
+
+def _invalid(ws: Workspace, rec: Lifecycle | None, stamp: datetime, config: Config) -> Decision:
+    first = ws.problems[0]
+    text = "; ".join(str(p) for p in ws.problems)
+    message = f"the spec is invalid and nothing new is created for it: {text}. Fix the manifest and apply it again"
+    wanted = [(WORKSPACE_SUCCEEDED, "False", first.reason, message[:32000])]
+    state = rec.state if rec is not None else "Pending"
+    rec = rec or Lifecycle(state="Pending", entered_at=stamp, generation=0, since=stamp)
+    prev = ws.status
+    conds = _merge_conditions(prev.conditions, wanted, stamp, ws.metadata.generation)
+    rec_cond = rec.to_condition(stamp)
+    old_rec = prev.condition("workspace-fsm/Lifecycle")
+    if old_rec is not None and old_rec == rec_cond:
+        rec_cond = old_rec
+    status = WorkspaceStatus(conditions=conds + (rec_cond,), state=prev.state or "Pending",
+                             target_node_count=prev.target_node_count, worker_nodes=prev.worker_nodes,
+                             performance=prev.performance)
+    changed = status != prev
+    acts: tuple[A.Action, ...] = ()
+    if changed:
+        acts = (A.RecordEvent("Warning", first.reason, f"Workspace {ws.key}: {message}"),)
+    return Decision(status, acts, A.WakeUp.on_event("invalid spec: waiting for it to be fixed"), state, (), changed)
+
+
+def decide(ws: Workspace, snapshot: Snapshot, now: datetime, config: Config = DEFAULT_CONFIG) -> Decision:
+    """One pass of the machine for one Workspace. Pure and deterministic."""
+    stamp = whole_seconds(now)
+    rec = read_lifecycle(ws.status)
+    if ws.problems and not ws.deleting:
+        return _invalid(ws, rec, stamp, config)
+    if rec is None:
+        rec = Lifecycle(state="Pending", entered_at=stamp, generation=ws.metadata.generation, since=stamp)
+    target = target_node_count(ws)
+    spec = ws.tuning if ws.tuning is not None else ws.inference
+    revision = spec.revision if spec is not None else ""
+    f = Facts(ws, snapshot, now, config, rec, target, revision)
+    out: list = []
+    taken: list[HistoryEntry] = []
+    state = rec.state if rec.state in STATES else "Pending"
+
+    deadline = config.deadline(state)
+    if deadline is not None and rec.entered_at is not None and rec.attempts < STATES[state].max_firings \
+            and now >= rec.entered_at + deadline and not (ws.deleting and state != "Deleting"):
+        new_state, rec = _fire_deadline(state, f, rec, stamp, out)
+        if new_state != state:
+            taken.append(rec.history[-1])
+        state = new_state
+        f.rec = rec
+
+    for _ in range(len(STATES)):
+        nxt = step(state, f)
+        if nxt is None:
+            break
+        why = edge_guard_name(state, nxt)
+        rec = _enter(rec, state, nxt, stamp, why, config.history_limit)
+        taken.append(rec.history[-1])
+        out.append(A.RecordEvent("Normal", nxt, f"Workspace {ws.key}: {state} -> {nxt} ({why})"))
+        state = nxt
+        f.rec = rec
+
+    if rec.generation != ws.metadata.generation:
+        rec = attrs.evolve(rec, generation=ws.metadata.generation)
+    rec = _ensure(state, f, rec, out)
+
+    worker_nodes = ws.status.worker_nodes
+    if state in _AFTER_NODES and f.ready_nodes and state not in ("Succeeded", "Failed"):
+        worker_nodes = f.ready_nodes
+    status = _build_status(ws, f, state, rec, stamp, _conditions_for(state, f, rec),
+                           target or ws.status.target_node_count, worker_nodes)
+    changed = status != ws.status
+    # Apply order: finalizer first (nothing may exist that deletion could not clean up), events last.
+    mutating = [a for a in out if not isinstance(a, A.RecordEvent)]
+    events = [a for a in out if isinstance(a, A.RecordEvent)]
+    return Decision(status, tuple(mutating + events), _wake(state, f, rec, config), state, tuple(taken), changed)

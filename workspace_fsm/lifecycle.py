@@ -1,0 +1,292 @@
+"""The Workspace lifecycle: every state, guard and deadline, in one table.
+
+A guard is a pure predicate on :class:`Facts` (the Workspace, its snapshot, now, the config): it reads
+and answers at once. Waiting is a state plus a wake-up, never a loop. The table is loaded into one
+shared ``transitions`` Machine (no Machine or model per Workspace is kept); ``docs/lifecycle.md`` and
+``workspace-fsm diagram`` are generated from it so that they cannot drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+
+import attrs
+from transitions import Machine
+
+from .model import Node, NodeClaim, Snapshot, Workspace
+from .persist import Lifecycle
+
+# ----------------------------------------------------------------------------- configuration
+
+
+@attrs.frozen
+class Config:
+    """Knobs of the machine. Defaults follow KAITO's behaviour; every duration is simulated or real time."""
+
+    auto_provisioning: bool = True  # KAITO's node auto-provisioning; False = bring-your-own nodes
+    deadlines: Mapping[str, timedelta] = attrs.field(factory=dict)  # per-state overrides of DEFAULT deadlines
+    max_nodeclaim_failures: int = 6  # failed launches + deadline replacements before giving up
+    gpu_recheck: timedelta = timedelta(seconds=5)  # Nodes are not watched: GPU capacity is re-checked on a timer
+    history_limit: int = 16
+    finalizer: str = "workspace.kaito.io/finalizer"
+
+    def deadline(self, state: str) -> timedelta | None:
+        if state in self.deadlines:
+            return self.deadlines[state]
+        return STATES[state].deadline
+
+
+DEFAULT_CONFIG = Config()
+
+# ----------------------------------------------------------------------------- facts
+
+
+class Facts:
+    """What the guards read, derived once per pass from (workspace, snapshot, record, now)."""
+
+    __slots__ = ("ws", "snap", "now", "config", "rec", "target", "claims", "unseen", "existing",
+                 "ready_nodes", "nodes_ready", "gpus_ready", "revision", "_gpu_pending")
+
+    def __init__(self, ws: Workspace, snap: Snapshot, now: datetime, config: Config, rec: Lifecycle,
+                 target: int, revision: str | None) -> None:
+        self.ws, self.snap, self.now, self.config, self.rec = ws, snap, now, config, rec
+        self.target = target
+        self.revision = revision
+        self.claims: tuple[NodeClaim, ...] = snap.nodeclaims
+        # Created by the machine, not in the (possibly stale) cache, not known to be gone: exists.
+        if rec.nodeclaims:
+            seen = {c.name for c in self.claims}
+            absent = snap.absent
+            self.unseen = tuple(n for n in rec.nodeclaims
+                                if n not in seen and ("NodeClaim/" + n) not in absent)
+        else:
+            self.unseen = ()
+        self.existing = len(self.claims) + len(self.unseen)
+        nodes = snap.nodes
+        ready: list[str] = []
+        if ws.resource is not None and ws.resource.byo_nodes:
+            selector = ws.resource.label_selector
+            ready = sorted(n.name for n in nodes.values() if n.ready and selector.matches(n.labels))
+        else:
+            for c in self.claims:
+                if c.ready == "True" and not c.deleting and c.node_name:
+                    node = nodes.get(c.node_name)
+                    if node is not None and node.ready:
+                        ready.append(c.node_name)
+            ready.sort()
+        self.ready_nodes = tuple(ready[:target]) if target else ()
+        self.nodes_ready = target > 0 and len(ready) >= target
+        self.gpus_ready = self.nodes_ready and all(nodes[n].gpu_ready for n in self.ready_nodes)
+
+    @property
+    def is_tuning(self) -> bool:
+        return self.ws.tuning is not None
+
+    def node(self, name: str) -> Node | None:
+        return self.snap.nodes.get(name)
+
+
+# ----------------------------------------------------------------------------- guards
+# Each guard is named for what it checks; the name is what the diagram and the history show.
+
+
+def spec_accepted(f: Facts) -> bool:
+    """The spec passed validation: the machine may create things for it."""
+    return f.ws.valid
+
+
+def nodes_ready(f: Facts) -> bool:
+    """targetNodeCount NodeClaims are Ready and their Nodes report Ready."""
+    return f.nodes_ready
+
+
+def nodes_lost(f: Facts) -> bool:
+    """Fewer ready nodes than targetNodeCount: a node or its NodeClaim went away."""
+    return not f.nodes_ready
+
+
+def gpus_ready_inference(f: Facts) -> bool:
+    """Every node advertises nvidia.com/gpu capacity (the device plugin is up); inference Workspace."""
+    return f.gpus_ready and not f.is_tuning
+
+
+def gpus_ready_tuning(f: Facts) -> bool:
+    """Every node advertises nvidia.com/gpu capacity (the device plugin is up); tuning Workspace."""
+    return f.gpus_ready and f.is_tuning
+
+
+def workload_ready(f: Facts) -> bool:
+    """The workload has the current revision and all its replicas are ready."""
+    w = f.snap.workload
+    return w is not None and w.revision == f.revision and w.is_ready
+
+
+def workload_unready_or_stale(f: Facts) -> bool:
+    """Replicas are no longer ready, or the spec changed since the workload was built."""
+    w = f.snap.workload
+    return w is None or not w.is_ready or w.revision != f.revision or f.rec.revision != f.revision
+
+
+def job_stale(f: Facts) -> bool:
+    """The tuning spec changed: the Job that exists (or was last created) has an old revision."""
+    j = f.snap.job
+    if j is not None and not j.deleting:
+        return j.revision != f.revision
+    return f.rec.revision is not None and f.rec.revision != f.revision
+
+
+def job_succeeded(f: Facts) -> bool:
+    """The Job of the current revision completed."""
+    j = f.snap.job
+    return j is not None and j.revision == f.revision and j.complete
+
+
+def job_failed(f: Facts) -> bool:
+    """The Job of the current revision failed for good (backoffLimit or activeDeadline reached)."""
+    j = f.snap.job
+    return j is not None and j.revision == f.revision and j.failed_permanently
+
+
+def spec_changed(f: Facts) -> bool:
+    """A finished tuning Workspace got a new spec: a new run replaces the old Job."""
+    return f.rec.revision is not None and f.rec.revision != f.revision
+
+
+def old_job_gone(f: Facts) -> bool:
+    """The stale Job is gone: deleted, and its deletion seen (not merely missing from a lagging cache)."""
+    j = f.snap.job
+    if j is not None:
+        return False
+    return ("Job/" + f.ws.metadata.name) in f.snap.absent
+
+
+def deletion_requested(f: Facts) -> bool:
+    """metadata.deletionTimestamp is set."""
+    return f.ws.deleting
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+@attrs.frozen
+class StateSpec:
+    name: str
+    doc: str
+    deadline: timedelta | None = None  # measured from the persisted time the state was entered
+    on_deadline: str = ""  # the consequence, applied by decide (see decide._fire_deadline)
+    deadline_reason: str = ""  # condition/event reason when the deadline passes
+    max_firings: int = 1  # how many times the deadline may fire before the state only waits
+    terminal: bool = False
+
+
+@attrs.frozen
+class Edge:
+    source: str
+    dest: str
+    guard: Callable[[Facts], bool]
+
+
+_M = timedelta(minutes=1)
+
+STATE_TABLE: tuple[StateSpec, ...] = (
+    StateSpec("Pending", "Validated and finalizer added; nothing created yet. An invalid spec waits here."),
+    StateSpec("NodesProvisioning", "NodeClaims created (targetNodeCount of them); waiting for them and their Nodes to be Ready.",
+              deadline=10 * _M, on_deadline="replace_unready_nodeclaims", deadline_reason="NodeClaimNotReady", max_firings=3),
+    StateSpec("PluginsReady", "Nodes are Ready; waiting for the GPU device plugin to advertise nvidia.com/gpu on each.",
+              deadline=5 * _M, on_deadline="report", deadline_reason="GPUDevicePluginNotReady"),
+    StateSpec("WorkloadDeploying", "Inference workload created or updated; waiting for its replicas to be ready.",
+              deadline=30 * _M, on_deadline="report", deadline_reason="WorkloadNotReady"),
+    StateSpec("Ready", "Inference is being served; left again if nodes or replicas are lost or the spec changes."),
+    StateSpec("JobRunning", "Tuning Job of the current revision created; waiting for it to finish.",
+              deadline=48 * 60 * _M, on_deadline="fail", deadline_reason="TuningJobDeadlineExceeded"),
+    StateSpec("JobReplacing", "Tuning spec changed: old Job deleted with Background propagation; waiting until it is gone.",
+              deadline=10 * _M, on_deadline="report", deadline_reason="StaleJobNotDeleted"),
+    StateSpec("Succeeded", "Tuning finished; a new spec starts a new run.", terminal=True),
+    StateSpec("Failed", "Tuning failed; a new spec starts a new run.", terminal=True),
+    StateSpec("Deleting", "deletionTimestamp set: deleting the Workspace's NodeClaims, then removing the finalizer.",
+              deadline=10 * _M, on_deadline="report", deadline_reason="NodeClaimsNotDeleted"),
+)
+
+STATES: dict[str, StateSpec] = {s.name: s for s in STATE_TABLE}
+_LIVE = tuple(s.name for s in STATE_TABLE if s.name != "Deleting")
+
+# Order matters: from one state, the first edge whose guard holds is taken.
+EDGES: tuple[Edge, ...] = (
+    *(Edge(s, "Deleting", deletion_requested) for s in _LIVE),
+    Edge("Pending", "NodesProvisioning", spec_accepted),
+    Edge("NodesProvisioning", "PluginsReady", nodes_ready),
+    Edge("PluginsReady", "NodesProvisioning", nodes_lost),
+    Edge("PluginsReady", "WorkloadDeploying", gpus_ready_inference),
+    Edge("PluginsReady", "JobRunning", gpus_ready_tuning),
+    Edge("WorkloadDeploying", "NodesProvisioning", nodes_lost),
+    Edge("WorkloadDeploying", "Ready", workload_ready),
+    Edge("Ready", "NodesProvisioning", nodes_lost),
+    Edge("Ready", "WorkloadDeploying", workload_unready_or_stale),
+    Edge("JobRunning", "JobReplacing", job_stale),
+    Edge("JobRunning", "Succeeded", job_succeeded),
+    Edge("JobRunning", "Failed", job_failed),
+    Edge("JobReplacing", "JobRunning", old_job_gone),
+    Edge("Succeeded", "JobReplacing", spec_changed),
+    Edge("Failed", "JobReplacing", spec_changed),
+)
+
+TRIGGER = "advance"
+
+
+def _build_machine(machine_cls: type[Machine] = Machine, **kwargs: object) -> Machine:
+    machine = machine_cls(model=None, states=[s.name for s in STATE_TABLE], initial="Pending",
+                          auto_transitions=False, send_event=False, **kwargs)
+    for e in EDGES:
+        machine.add_transition(TRIGGER, e.source, e.dest, conditions=[e.guard])
+    return machine
+
+
+# One Machine for every Workspace. A pass binds nothing to it: it evaluates the event for a throw-away
+# cursor object, which costs a few microseconds and leaves no model registered.
+MACHINE = _build_machine()
+_EVENT = MACHINE.events[TRIGGER]
+
+
+class _Cursor:
+    __slots__ = ("state", "__weakref__")
+
+    def __init__(self, state: str) -> None:
+        self.state = state
+
+
+
+
+def step(state: str, facts: Facts) -> str | None:
+    """Take the first enabled edge out of ``state``; return the new state, or None if none is enabled."""
+    cursor = _Cursor(state)
+    if _EVENT.trigger(cursor, facts):
+        return cursor.state
+    return None
+
+
+def edge_guard_name(source: str, dest: str) -> str:
+    for e in EDGES:
+        if e.source == source and e.dest == dest:
+            return e.guard.__name__
+    return "unknown"
+
+
+def mermaid() -> str:
+    """The live table as a Mermaid state diagram (generated by transitions' own diagram support)."""
+    from transitions.extensions.diagrams import GraphMachine
+
+    class _Model:
+        pass
+
+    gm = _build_machine(GraphMachine, graph_engine="mermaid", show_conditions=True, title="Workspace lifecycle")
+    model = _Model()
+    gm.add_model(model, initial="Pending")
+    source = model.get_graph().draw(None)
+    # Drop the styling of the "current state" (a diagram of the table has none) and per-state classes.
+    lines = [ln for ln in source.splitlines()
+             if not ln.strip().startswith(("classDef", "Class "))]
+    for s in STATE_TABLE:
+        if s.terminal:
+            lines.append(f"  {s.name} --> [*]")
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,134 @@
+"""The machine's bookkeeping, persisted on the Workspace itself.
+
+Where it lives, and why there
+-----------------------------
+KAITO's published CRD gives ``status`` exactly five fields (conditions, state, targetNodeCount,
+workerNodes, performance) and a structural schema, so a real API server silently drops any other
+status field on write (kopf learned this the hard way). Annotations survive pruning but live on the
+main resource: writing them is a second, separate write that is not atomic with the status and bumps
+the object again. So the record rides in the one status field that is an open list: a condition of
+our own type, ``workspace-fsm/Lifecycle``, which the CRD's condition schema accepts as it stands:
+
+- ``type``: ``workspace-fsm/Lifecycle`` (a prefixed type, as metav1.Condition allows);
+- ``status``: ``True``; ``reason``: the machine's state (CamelCase, as the schema's pattern requires);
+- ``observedGeneration``: the generation the machine last acted on;
+- ``lastTransitionTime``: when the record was first written (it never changes status);
+- ``message``: the record as compact JSON (well under the schema's 32 KiB limit: bounded lists).
+
+It is written in the same status write as KAITO's own conditions, so state and bookkeeping can never
+disagree, and ``kubectl get workspace -o yaml`` shows it to whoever is on call.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+from .model import Condition, WorkspaceStatus, format_time, parse_time
+
+LIFECYCLE_CONDITION = "workspace-fsm/Lifecycle"
+RECORD_VERSION = 1
+HISTORY_LIMIT = 16
+MESSAGE_LIMIT = 32768  # the CRD's maxLength for a condition message
+
+
+@attrs.frozen
+class HistoryEntry:
+    """One transition: from ``source`` to ``dest`` at ``at``, because ``why`` (a guard or a deadline)."""
+
+    source: str
+    dest: str
+    at: datetime
+    why: str
+
+    def to_json(self) -> list[Any]:
+        return [self.source, self.dest, format_time(self.at), self.why]
+
+    @classmethod
+    def from_json(cls, v: list[Any]) -> HistoryEntry:
+        return cls(str(v[0]), str(v[1]), parse_time(v[2]), str(v[3]))
+
+
+@attrs.frozen
+class Lifecycle:
+    """Everything the machine needs to continue after a restart, and nothing it can observe instead."""
+
+    state: str = "Pending"
+    entered_at: datetime | None = None
+    attempts: int = 0  # deadline firings since the state was entered
+    generation: int = 0  # the Workspace generation the machine last acted on
+    nodeclaims: tuple[str, ...] = ()  # NodeClaims it created and has not yet seen gone
+    deleted: tuple[str, ...] = ()  # of those, the ones it asked the API to delete
+    next_seq: int = 0  # sequence for deterministic NodeClaim names
+    claim_failures: int = 0  # NodeClaims that failed to launch, or were replaced at a deadline
+    revision: str | None = None  # spec revision of the workload or Job it created
+    history: tuple[HistoryEntry, ...] = ()
+    since: datetime | None = None  # first written: the condition's lastTransitionTime
+
+    def to_json(self) -> str:
+        body: dict[str, Any] = {"v": RECORD_VERSION, "state": self.state}
+        if self.entered_at is not None:
+            body["entered"] = format_time(self.entered_at)
+        if self.attempts:
+            body["attempts"] = self.attempts
+        body["gen"] = self.generation
+        if self.nodeclaims:
+            body["claims"] = list(self.nodeclaims)
+        if self.deleted:
+            body["deleted"] = list(self.deleted)
+        if self.next_seq:
+            body["seq"] = self.next_seq
+        if self.claim_failures:
+            body["failures"] = self.claim_failures
+        if self.revision is not None:
+            body["rev"] = self.revision
+        if self.history:
+            body["history"] = [h.to_json() for h in self.history]
+        return json.dumps(body, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str, since: datetime | None = None) -> Lifecycle:
+        body = json.loads(text)
+        if not isinstance(body, dict) or body.get("v") != RECORD_VERSION:
+            raise ValueError(f"unsupported lifecycle record version {body.get('v') if isinstance(body, dict) else body!r}")
+        return cls(
+            state=str(body["state"]),
+            entered_at=parse_time(body.get("entered")),
+            attempts=int(body.get("attempts", 0)),
+            generation=int(body.get("gen", 0)),
+            nodeclaims=tuple(str(n) for n in body.get("claims", ())),
+            deleted=tuple(str(n) for n in body.get("deleted", ())),
+            next_seq=int(body.get("seq", 0)),
+            claim_failures=int(body.get("failures", 0)),
+            revision=None if body.get("rev") is None else str(body["rev"]),
+            history=tuple(HistoryEntry.from_json(h) for h in body.get("history", ())),
+            since=since,
+        )
+
+    def to_condition(self, now: datetime) -> Condition:
+        message = self.to_json()
+        if len(message) > MESSAGE_LIMIT:  # cannot happen with the bounded lists; never write a record the API rejects
+            message = attrs.evolve(self, history=self.history[-2:]).to_json()
+        return Condition(
+            type=LIFECYCLE_CONDITION, status="True", reason=self.state, message=message,
+            last_transition_time=self.since or now, observed_generation=self.generation,
+        )
+
+
+def read_lifecycle(status: WorkspaceStatus) -> Lifecycle | None:
+    """The persisted record, or None when there is none (a new Workspace) or it cannot be read.
+
+    An unreadable record (edited by hand, written by a future version) is treated as absent: the
+    machine starts over from Pending, which is safe because everything it creates has a deterministic
+    name and is found again through its labels.
+    """
+    cond = status.condition(LIFECYCLE_CONDITION)
+    if cond is None:
+        return None
+    try:
+        return Lifecycle.from_json(cond.message, since=cond.last_transition_time)
+    except (ValueError, TypeError, KeyError, IndexError):
+        return None
