@@ -1,0 +1,52 @@
+"""The interface between the runner and a cluster: observe, apply, persist.
+
+Every adapter (the simulated cluster, the Kubernetes one, a test double) implements
+:class:`ClusterAdapter`. The runner drives one pass per Workspace key::
+
+    ws, snapshot = adapter.observe(key)          # from caches; None when the Workspace is gone
+    decision = decide(ws, snapshot, now, config)  # pure
+    adapter.apply(ws, decision.actions)           # in order, stops at the first failure (raises)
+    if decision.status_changed:
+        ws = adapter.persist(ws, decision.status) # with ws.metadata.resource_version; Conflict on 409
+
+Errors an adapter raises are :class:`AdapterError` subclasses, so the runner can tell "observe again
+now" (:class:`Conflict`) from "retry with backoff" (anything else) without knowing the adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from .actions import Action
+from .model import Snapshot, Workspace, WorkspaceStatus
+
+
+class AdapterError(Exception):
+    """An API call failed. ``retry_after`` (seconds) is set when the server asked for it (429)."""
+
+    retry_after: float | None = None
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Conflict(AdapterError):
+    """409 on a write with a stale resourceVersion: observe again; never overwrite."""
+
+
+class NotSynced(AdapterError):
+    """The cache is older than this runner's own last write of the object: look again shortly."""
+
+
+class ClusterAdapter(Protocol):
+    def observe(self, key: str) -> tuple[Workspace | None, Snapshot]: ...
+
+    def apply(self, ws: Workspace, actions: Sequence[Action]) -> None: ...
+
+    def persist(self, ws: Workspace, status: WorkspaceStatus) -> Workspace: ...
+
+    def set_event_handler(self, handler: Callable[[str], None]) -> None:
+        """``handler(key)`` is called for every watch event that concerns the Workspace ``key``."""
+        ...
