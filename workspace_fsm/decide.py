@@ -22,8 +22,8 @@ import attrs
 from . import actions as A
 from .lifecycle import DEFAULT_CONFIG, STATES, Config, Facts, edge_guard_name, step
 from .model import (ANNOTATION_REVISION, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, Condition,
-                    Workspace, WorkspaceStatus, Snapshot, whole_seconds)
-from .persist import HistoryEntry, Lifecycle, read_lifecycle
+                    Workspace, WorkspaceStatus, Snapshot, format_time, whole_seconds)
+from .persist import LIFECYCLE_CONDITION, HistoryEntry, Lifecycle, read_lifecycle
 
 __all__ = ["Decision", "decide", "nodeclaim_name", "target_node_count", "ANNOTATION_REVISION"]
 
@@ -100,7 +100,7 @@ def _prune_deleted(deleted: set[str], claims: tuple[str, ...]) -> tuple[str, ...
 
 
 def _enter(rec: Lifecycle, source: str, dest: str, stamp: datetime, why: str, limit: int) -> Lifecycle:
-    entry = HistoryEntry(source, dest, stamp, why)
+    entry = HistoryEntry(source, dest, format_time(stamp), why)
     history = (rec.history + (entry,))[-limit:]
     return attrs.evolve(rec, state=dest, entered_at=stamp, attempts=0, history=history)
 
@@ -386,10 +386,11 @@ def _build_status(ws: Workspace, f: Facts | None, state: str, rec: Lifecycle, st
                   worker_nodes: tuple[str, ...] | None) -> WorkspaceStatus:
     previous = ws.status
     conds = _merge_conditions(previous.conditions, wanted, stamp, ws.metadata.generation)
-    old_rec = previous.condition("workspace-fsm/Lifecycle")
-    rec_cond = rec.to_condition(stamp)
-    if old_rec is not None and old_rec == rec_cond:
-        rec_cond = old_rec
+    old_rec = previous.condition(LIFECYCLE_CONDITION)
+    if old_rec is not None and rec is read_lifecycle(previous):
+        rec_cond = old_rec  # unchanged record: no need to serialise it again
+    else:
+        rec_cond = rec.to_condition(stamp)
     summary = _summary(state, ws.is_tuning, previous.state)
     return WorkspaceStatus(conditions=conds + (rec_cond,), state=summary, target_node_count=target,
                            worker_nodes=worker_nodes, performance=previous.performance)
@@ -425,10 +426,8 @@ def _invalid(ws: Workspace, rec: Lifecycle | None, stamp: datetime, config: Conf
     rec = rec or Lifecycle(state="Pending", entered_at=stamp, generation=0, since=stamp)
     prev = ws.status
     conds = _merge_conditions(prev.conditions, wanted, stamp, ws.metadata.generation)
-    rec_cond = rec.to_condition(stamp)
-    old_rec = prev.condition("workspace-fsm/Lifecycle")
-    if old_rec is not None and old_rec == rec_cond:
-        rec_cond = old_rec
+    old_rec = prev.condition(LIFECYCLE_CONDITION)
+    rec_cond = old_rec if old_rec is not None and rec is read_lifecycle(prev) else rec.to_condition(stamp)
     status = WorkspaceStatus(conditions=conds + (rec_cond,), state=prev.state or "Pending",
                              target_node_count=prev.target_node_count, worker_nodes=prev.worker_nodes,
                              performance=prev.performance)

@@ -21,6 +21,7 @@ disagree, and ``kubectl get workspace -o yaml`` shows it to whoever is on call.
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import datetime
 from typing import Any
@@ -37,19 +38,26 @@ MESSAGE_LIMIT = 32768  # the CRD's maxLength for a condition message
 
 @attrs.frozen
 class HistoryEntry:
-    """One transition: from ``source`` to ``dest`` at ``at``, because ``why`` (a guard or a deadline)."""
+    """One transition: from ``source`` to ``dest`` at ``at`` (RFC 3339), because ``why`` (a guard or a deadline).
+
+    The time stays in its persisted text form: history is read back on every pass but rarely looked at.
+    """
 
     source: str
     dest: str
-    at: datetime
+    at: str
     why: str
 
+    @property
+    def time(self) -> datetime:
+        return parse_time(self.at)
+
     def to_json(self) -> list[Any]:
-        return [self.source, self.dest, format_time(self.at), self.why]
+        return [self.source, self.dest, self.at, self.why]
 
     @classmethod
     def from_json(cls, v: list[Any]) -> HistoryEntry:
-        return cls(str(v[0]), str(v[1]), parse_time(v[2]), str(v[3]))
+        return cls(str(v[0]), str(v[1]), str(v[2]), str(v[3]))
 
 
 @attrs.frozen
@@ -128,7 +136,13 @@ def read_lifecycle(status: WorkspaceStatus) -> Lifecycle | None:
     cond = status.condition(LIFECYCLE_CONDITION)
     if cond is None:
         return None
+    return _parse_record(cond.message, cond.last_transition_time)
+
+
+@functools.lru_cache(maxsize=65536)
+def _parse_record(message: str, since: datetime) -> Lifecycle | None:
+    # Records are immutable values and a Workspace is looked at many times per state: parse each once.
     try:
-        return Lifecycle.from_json(cond.message, since=cond.last_transition_time)
-    except (ValueError, TypeError, KeyError, IndexError):
+        return Lifecycle.from_json(message, since=since)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
         return None

@@ -1,0 +1,84 @@
+"""The ``workspace-fsm`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _cmd_diagram(args: argparse.Namespace) -> int:
+    if args.markdown:
+        from .diagram import lifecycle_markdown
+
+        sys.stdout.write(lifecycle_markdown())
+    else:
+        from .lifecycle import mermaid
+
+        sys.stdout.write(mermaid())
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .catalogue import Catalogue, CatalogueError
+    from .validation import validate_files
+
+    catalogue = Catalogue.default()
+    for path in args.catalogue or ():
+        try:
+            catalogue = catalogue.merged(Catalogue.from_yaml(path))
+        except (CatalogueError, OSError) as exc:
+            print(f"workspace-fsm validate: cannot use catalogue {path}: {exc}", file=sys.stderr)
+            return 2
+    return validate_files(args.files, catalogue=catalogue, auto_provisioning=not args.byo_nodes)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="workspace-fsm",
+        description="The KAITO Workspace lifecycle as an explicit, persisted, non-blocking state machine.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("diagram", help="print the lifecycle state machine as Mermaid, generated from the live table")
+    p.add_argument("--markdown", action="store_true", help="print the whole docs/lifecycle.md (diagram, states, guards)")
+    p.set_defaults(func=_cmd_diagram)
+
+    p = sub.add_parser("validate", help="check Workspace manifests offline (exit 0 all valid, 1 invalid, 2 unreadable)")
+    p.add_argument("files", nargs="+", metavar="FILE", help="YAML files, multi-document; non-Workspace documents are skipped")
+    p.add_argument("--catalogue", action="append", metavar="FILE",
+                   help="extra preset catalogue (presets.yaml or KAITO supported_models.yaml shape); repeatable")
+    p.add_argument("--byo-nodes", action="store_true",
+                   help="validate for a cluster with node auto-provisioning disabled (bring-your-own GPU nodes)")
+    p.set_defaults(func=_cmd_validate)
+
+    _add_late_commands(sub)
+    return parser
+
+
+def _add_late_commands(sub: argparse._SubParsersAction) -> None:
+    """Commands whose modules may be heavier to import: registered here, imported when run."""
+    try:
+        from .simulate_cli import add_parser as add_simulate
+    except ImportError:
+        return
+    add_simulate(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("workspace-fsm: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
