@@ -1,0 +1,92 @@
+"""The state table, its shared machine, and the docs generated from it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from workspace_fsm import lifecycle
+from workspace_fsm.diagram import lifecycle_markdown
+from workspace_fsm.model import Job, Workload
+from workspace_fsm.lifecycle import EDGES, MACHINE, STATE_TABLE, STATES, step, step_via_trigger
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_docs_lifecycle_md_is_generated_from_the_live_table():
+    on_disk = (ROOT / "docs" / "lifecycle.md").read_text()
+    assert on_disk == lifecycle_markdown(), (
+        "docs/lifecycle.md drifted from workspace_fsm/lifecycle.py; regenerate it with "
+        "`workspace-fsm diagram --markdown > docs/lifecycle.md`")
+
+
+def test_diagram_names_every_state_and_guard():
+    text = lifecycle.mermaid()
+    for s in STATE_TABLE:
+        assert f'state "{s.name}"' in text
+    for e in EDGES:
+        assert f"{e.source} --> {e.dest}: [{e.guard.__name__}]" in text
+
+
+def test_diagram_command_prints_mermaid():
+    out = subprocess.run([sys.executable, "-m", "workspace_fsm.cli", "diagram"], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.startswith("---") and "stateDiagram-v2" in out and "Pending --> NodesProvisioning" in out
+
+
+def test_machine_holds_exactly_the_table():
+    assert list(MACHINE.states) == [s.name for s in STATE_TABLE]
+    edges = [(t.source, t.dest) for ts in MACHINE.events[lifecycle.TRIGGER].transitions.values() for t in ts]
+    assert sorted(edges) == sorted((e.source, e.dest) for e in EDGES)
+
+
+def test_every_waiting_state_has_a_deadline_and_a_consequence():
+    waiting = {"NodesProvisioning", "PluginsReady", "WorkloadDeploying", "JobRunning", "JobReplacing", "Deleting"}
+    for name in waiting:
+        s = STATES[name]
+        assert s.deadline is not None and s.on_deadline and s.deadline_reason, name
+
+
+def test_every_state_is_reachable_from_pending():
+    seen, todo = {"Pending"}, ["Pending"]
+    while todo:
+        cur = todo.pop()
+        for e in EDGES:
+            if e.source == cur and e.dest not in seen:
+                seen.add(e.dest)
+                todo.append(e.dest)
+    assert seen == set(STATES)
+
+
+_revisions = st.sampled_from(["r1", "r2"])
+
+
+@st.composite
+def guard_inputs(draw):
+    """Just the attributes the guards read, drawn freely (including combinations no cluster produces)."""
+    ws = SimpleNamespace(valid=draw(st.booleans()), deleting=draw(st.booleans()),
+                         metadata=SimpleNamespace(name="ws"))
+    workload = draw(st.none() | st.builds(Workload, kind=st.just("Deployment"), name=st.just("ws"),
+                                           replicas=st.integers(1, 3), ready_replicas=st.integers(0, 3),
+                                           updated_replicas=st.integers(0, 3), revision=_revisions,
+                                           deleting=st.booleans()))
+    job = draw(st.none() | st.builds(Job, name=st.just("ws"), revision=_revisions, complete=st.booleans(),
+                                     failed_permanently=st.booleans(), deleting=st.booleans()))
+    absent = draw(st.frozensets(st.sampled_from(["Job/ws", "Workload/ws", "NodeClaim/a"])))
+    nodes_ready = draw(st.booleans())
+    return SimpleNamespace(
+        ws=ws, snap=SimpleNamespace(workload=workload, job=job, absent=absent),
+        rec=SimpleNamespace(revision=draw(st.none() | _revisions)), revision=draw(_revisions),
+        nodes_ready=nodes_ready, gpus_ready=nodes_ready and draw(st.booleans()), is_tuning=draw(st.booleans()))
+
+
+@settings(max_examples=300, deadline=None)
+@given(state=st.sampled_from([s.name for s in STATE_TABLE]), facts=guard_inputs())
+def test_direct_step_agrees_with_transitions_dispatch(state, facts):
+    """`step` reads the machine's transition list directly; it must pick what Event.trigger picks."""
+    assert step(state, facts) == step_via_trigger(state, facts)
