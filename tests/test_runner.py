@@ -1,0 +1,84 @@
+"""The virtual-time runner: workers are slots, yields hold them, wake-ups are honoured in virtual time."""
+
+from __future__ import annotations
+
+from workspace_fsm.queue import WorkQueue
+from workspace_fsm.runner import Outcome, VirtualClock, VirtualTimeRunner, settle
+
+
+class NoWorld:
+    def advance_to(self, t: float) -> None:
+        pass
+
+    def next_event_time(self) -> float | None:
+        return None
+
+
+class Holding:
+    """Each pass holds its worker for ``hold`` seconds, then asks to be woken ``again`` seconds later, ``times`` times."""
+
+    def __init__(self, clock, hold: float, again: float | None = None, times: int = 1) -> None:
+        self.clock, self.hold, self.again, self.times = clock, hold, again, times
+        self.log: list[tuple[str, float, float]] = []
+        self.count: dict[str, int] = {}
+
+    def reconcile(self, key):
+        start = self.clock()
+        yield self.hold
+        self.log.append((key, start, self.clock()))
+        n = self.count[key] = self.count.get(key, 0) + 1
+        return Outcome(requeue_after=self.again if n < self.times else None)
+
+
+def make(workers, **kw):
+    clock = VirtualClock()
+    q = WorkQueue(clock)
+    rec = Holding(clock, **kw)
+    return clock, q, rec, VirtualTimeRunner(rec, q, NoWorld(), clock, workers=workers)
+
+
+def test_held_workers_make_keys_wait_in_line():
+    clock, q, rec, runner = make(2, hold=10.0)
+    for k in "abcd":
+        q.add(k)
+    stats = runner.run(until=lambda: len(rec.log) == 4, horizon_s=1000)
+    assert [round(s, 6) for _, s, _ in rec.log] == [0, 0, 10, 10]
+    assert stats.end_s == 20.0
+    assert abs(stats.busy_share - 1.0) < 1e-9
+
+
+def test_wake_ups_are_honoured_in_virtual_time():
+    clock, q, rec, runner = make(5, hold=0.0, again=30.0, times=3)
+    q.add("a")
+    runner.run(until=lambda: rec.count.get("a") == 3, horizon_s=1000)
+    assert [round(s, 6) for _, s, _ in rec.log] == [0.0, 30.0, 60.0]
+
+
+def test_a_key_is_never_run_by_two_workers_at_once():
+    clock, q, rec, runner = make(3, hold=5.0)
+    q.add("a")
+    # An event for "a" while it is being processed runs it once more, afterwards.
+    orig = rec.reconcile
+
+    def reconcile(key):
+        q.add("a")
+        return (yield from orig(key))
+
+    rec.reconcile = reconcile
+    runner.run(until=lambda: len(rec.log) >= 3, horizon_s=12)
+    starts = [s for _, s, _ in rec.log]
+    ends = [e for _, _, e in rec.log]
+    assert all(starts[i + 1] >= ends[i] for i in range(len(starts) - 1))
+
+
+def test_errors_back_off_and_retry_after_is_honoured():
+    clock = VirtualClock()
+    q = WorkQueue(clock)
+    q.add("k")
+    assert q.get() == "k"
+
+    class E(Exception):
+        retry_after = 7.0
+
+    settle(q, "k", Outcome(error=E()))
+    assert q.next_ready_at() == 7.0
