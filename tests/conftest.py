@@ -1,0 +1,37 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+#: KAITO's real inputs (CRDs, examples, preset list): shared/kaito beside the project checkout.
+KAITO_DIR = Path(__file__).resolve().parents[2] / "shared" / "kaito"
+
+_KAITO_REQUIRED = (
+    "SOURCE.md",
+    "crds/kaito.sh_workspaces.yaml",
+    "crds/karpenter.sh_nodeclaims.yaml",
+    "supported_models.yaml",
+    "examples/inference",
+    "examples/fine-tuning",
+)
+
+
+@pytest.fixture(scope="session")
+def kaito_dir() -> Path:
+    """The directory with KAITO's CRDs, examples and supported_models.yaml.
+
+    Fails (never skips) when it is missing: these tests are how we know we still read KAITO's
+    real manifests.
+    """
+    missing = [rel for rel in _KAITO_REQUIRED if not (KAITO_DIR / rel).exists()]
+    if missing:
+        pytest.fail(
+            f"KAITO reference data not found at {KAITO_DIR} (missing: {', '.join(missing)}). "
+            "The tests need the shared/kaito folder beside the project checkout "
+            "(../shared/kaito from the project root); see shared/kaito/SOURCE.md.",
+            pytrace=False,
+        )
+    return KAITO_DIR
