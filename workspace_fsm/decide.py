@@ -463,10 +463,14 @@ def decide(ws: Workspace, snapshot: Snapshot, now: datetime, config: Config = DE
         state = new_state
         f.rec = rec
 
+    visited = {state}
     for _ in range(len(STATES)):
         nxt = step(state, f)
-        if nxt is None:
+        if nxt is None or nxt in visited:
+            # A state is entered at most once per pass: on one snapshot, coming back would be a
+            # ping-pong between guards, never progress (tests assert it does not happen).
             break
+        visited.add(nxt)
         why = edge_guard_name(state, nxt)
         rec = _enter(rec, state, nxt, stamp, why, config.history_limit)
         taken.append(rec.history[-1])

@@ -133,6 +133,8 @@ def job_stale(f: Facts) -> bool:
     j = f.snap.job
     if j is not None and not j.deleting:
         return j.revision != f.revision
+    if ("Job/" + f.ws.metadata.name) in f.snap.absent:
+        return False  # no Job exists: nothing stale to replace (the next one is created with the current revision)
     return f.rec.revision is not None and f.rec.revision != f.revision
 
 

@@ -1,0 +1,1021 @@
+"""An in-memory cluster that behaves like Kubernetes + Karpenter + KAITO's GPU device plugin, on a virtual clock.
+
+How it is driven
+----------------
+The runner owns the clock. It calls :meth:`SimCluster.advance_to` with the next time it wants to act at
+(never going back); the cluster applies every scheduled change up to then, in time order, and lets its
+informer cache catch up to ``now - cache_lag_s``, calling the event handler for each change the cache
+applies. :meth:`SimCluster.next_event_time` says when the cluster next has something to do (a
+scheduled change, or a change waiting to reach the cache); it carries no information about *what*
+changes, so a controller learns nothing from it that a real one could not.
+
+Three layers
+------------
+- **Truth**: what the API server stores. Writes (:meth:`apply`, :meth:`persist`) change it at once, at
+  ``now``; Karpenter, the device plugin, the kubelet and the Job controller change it at sampled times
+  (a heap of scheduled changes); so do the scenario's users (arrivals, spec changes, deletions).
+- **Change log**: every truth change, in order, with its time.
+- **Informer cache**: a prefix of the change log (every change whose time is <= now - cache_lag_s),
+  applied in order, so it is always a consistent, monotone view of the past. It keeps tombstones of
+  deleted objects (``Snapshot.absent``). :meth:`observe` reads only the cache (free), plus the
+  Nodes the snapshot needs, which are GETs (Nodes are not watched, as in KAITO on large clusters).
+
+Randomness
+----------
+The scenario (arrival times, kinds, presets, node counts, which Workspaces change or are deleted) is
+drawn from one ``random.Random(seed)``. Each object's latencies and failures are drawn, when the
+object is created, from a stream belonging to its Workspace and kind, seeded from the same seed:
+the n-th NodeClaim a Workspace creates gets the same latencies whatever controller runs and however
+its work interleaves with other Workspaces', so controllers are compared on equal footing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import math
+import random
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from types import MappingProxyType
+from typing import Any
+
+import attrs
+
+from workspace_fsm import actions as A
+from workspace_fsm.adapter import AdapterError, Conflict
+from workspace_fsm.catalogue import Catalogue
+from workspace_fsm.model import (LABEL_ACCELERATOR, LABEL_INSTANCE_TYPE, LABEL_WORKSPACE,
+                                 LABEL_WORKSPACE_NAMESPACE, Job, LabelSelector, Node, NodeClaim, Snapshot,
+                                 Workload, Workspace, WorkspaceStatus, format_time, whole_seconds)
+from workspace_fsm.persist import read_lifecycle
+
+from .documents import inference_document, to_workspace, tuning_document
+from .params import Scenario, ScenarioError, SimParams
+
+__all__ = ["SimCluster", "WorkspaceRecord", "EPOCH", "INSUFFICIENT_CAPACITY"]
+
+#: Virtual time 0 as a datetime (what ``decide`` gets as ``now`` is ``EPOCH + t``).
+EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
+INSUFFICIENT_CAPACITY = "InsufficientCapacity"
+WORKLOAD_PROBLEMS = ("CrashLoopBackOff", "ImagePullBackOff")
+
+_WS, _CLAIM, _NODE, _WORKLOAD, _JOB = "Workspace", "NodeClaim", "Node", "Workload", "Job"
+_CLUSTER_SCOPED = (_CLAIM, _NODE)
+_MASK64 = (1 << 64) - 1
+
+
+def _resource_version(seq: int) -> str:
+    """An opaque resourceVersion: unique per change, but not a counter anyone could do arithmetic on.
+
+    A multiply by an odd constant and an xor-shift are both bijections on 64-bit words, so distinct
+    changes never share a version.
+    """
+    x = (seq * 0x9E3779B97F4A7C15 + 0x2545F4914F6CDD1D) & _MASK64
+    x ^= x >> 29
+    x = (x * 0xBF58476D1CE4E5B9) & _MASK64
+    return str(x)
+
+
+def _absent_name(kind: str, key: str) -> str:
+    """``Snapshot.absent`` spelling: ``NodeClaim/<name>``, ``Job/<name>`` (namespace dropped)."""
+    return f"{kind}/{key.rsplit('/', 1)[-1]}"
+
+
+def _brief(obj: Any) -> str:
+    """A short, process-independent digest of an object for the trace."""
+    if obj is None:
+        return "-"
+    if isinstance(obj, NodeClaim):
+        return f"L={obj.launched} R={obj.registered} I={obj.initialized} Y={obj.ready} del={int(obj.deleting)}"
+    if isinstance(obj, Node):
+        return f"ready={int(obj.ready)} gpu={obj.gpu_capacity}"
+    if isinstance(obj, Workload):
+        return (f"{obj.ready_replicas}/{obj.updated_replicas}/{obj.replicas} rev={obj.revision} "
+                f"problem={obj.problem} del={int(obj.deleting)}")
+    if isinstance(obj, Job):
+        return f"rev={obj.revision} ok={int(obj.complete)} failed={int(obj.failed_permanently)} del={int(obj.deleting)}"
+    if isinstance(obj, Workspace):
+        m = obj.metadata
+        return (f"rv={m.resource_version} gen={m.generation} state={obj.status.state} "
+                f"fin={len(m.finalizers)} del={int(obj.deleting)}")
+    return type(obj).__name__
+
+
+# --------------------------------------------------------------------------- per-Workspace record
+
+
+@attrs.define
+class WorkspaceRecord:
+    """What the benchmark reports per Workspace. Times are virtual seconds."""
+
+    key: str
+    tuning: bool
+    nodes: int
+    preset: str = ""
+    created_at: float | None = None
+    generation: int = 1
+    #: generation -> (time, state) the first time status.state reached the goal for that generation
+    #: (inference: Ready; tuning: Succeeded or Failed), with the status computed for that generation.
+    goals: dict[int, tuple[float, str]] = attrs.field(factory=dict)
+    spec_change_at: float | None = None  # scheduled by the scenario
+    spec_changed_at: float | None = None  # when it happened
+    delete_at: float | None = None  # scheduled by the scenario
+    delete_requested_at: float | None = None
+    removed_at: float | None = None
+    #: NodeClaim name -> seconds from its creation to GPU capacity on its node (None: it never gets there).
+    claim_paths: dict[str, float | None] = attrs.field(factory=dict)
+    #: Rollout times of each workload version created or updated (None: never becomes ready).
+    workload_paths: list[float | None] = attrs.field(factory=list)
+    #: Run times of each tuning Job created.
+    job_paths: list[float] = attrs.field(factory=list)
+    #: max over time of (NodeClaims that exist, deleting ones included) - targetNodeCount.
+    over_target_max: int = 0
+
+    @property
+    def first_goal_at(self) -> float | None:
+        return min((t for t, _ in self.goals.values()), default=None)
+
+    @property
+    def goal_at(self) -> float | None:
+        """When the goal was reached for the Workspace's current generation."""
+        g = self.goals.get(self.generation)
+        return None if g is None else g[0]
+
+    @property
+    def goal_state(self) -> str | None:
+        g = self.goals.get(self.generation)
+        return None if g is None else g[1]
+
+    @property
+    def time_to_first_goal(self) -> float | None:
+        first = self.first_goal_at
+        return None if first is None or self.created_at is None else first - self.created_at
+
+    @property
+    def chain(self) -> float | None:
+        """The floor on time-to-first-goal set by this Workspace's own objects: the slowest NodeClaim that
+        became Ready (creation -> Ready -> GPU capacity) plus the first workload rollout or Job run.
+        None until those have been sampled (or when the workload never becomes ready)."""
+        paths = [p for p in self.claim_paths.values() if p is not None]
+        if not paths:
+            return None
+        tail = self.job_paths[0] if self.tuning and self.job_paths else (
+            self.workload_paths[0] if not self.tuning and self.workload_paths else None)
+        return None if tail is None else max(paths) + tail
+
+    @property
+    def stuck(self) -> bool:
+        """Its latest workload version will never become ready (a failure that does not recover)."""
+        return not self.tuning and bool(self.workload_paths) and self.workload_paths[-1] is None
+
+    @property
+    def settled(self) -> bool:
+        """Nothing more is expected of it: removed if its deletion was scheduled, else at its goal for
+        its final generation (or stuck for good)."""
+        if self.delete_at is not None:
+            return self.removed_at is not None
+        if self.spec_change_at is not None and self.spec_changed_at is None:
+            return False
+        return self.goal_at is not None or self.removed_at is not None or self.stuck
+
+
+@attrs.define
+class _Obj:
+    """Bookkeeping the API object does not carry: incarnation (to void stale scheduled changes), owner."""
+
+    inc: int
+    owner: str
+    owner_uid: str = ""
+    labels: Mapping[str, str] = attrs.field(factory=dict)
+    delete_latency: float = 0.0
+    delete_latency_foreground: float = 0.0
+    gpus: int = 0
+    node_name: str = ""
+
+
+class _Truth:
+    """Read-only views of the API server's objects. Free: for tests and metrics, never for a controller."""
+
+    def __init__(self, c: SimCluster) -> None:
+        self.workspaces: Mapping[str, Workspace] = MappingProxyType(c._ws)
+        self.nodeclaims: Mapping[str, NodeClaim] = MappingProxyType(c._claims)
+        self.nodes: Mapping[str, Node] = MappingProxyType(c._nodes)
+        self.workloads: Mapping[str, Workload] = MappingProxyType(c._workloads)
+        self.jobs: Mapping[str, Job] = MappingProxyType(c._jobs)
+
+
+# --------------------------------------------------------------------------- the cluster
+
+
+class SimCluster:
+    """The simulated cluster; implements :class:`workspace_fsm.adapter.ClusterAdapter`.
+
+    ``SimCluster(scenario)`` schedules the scenario's Workspaces; ``SimCluster(params=..., seed=...)``
+    starts empty (create Workspaces with :meth:`create_workspace`).
+    """
+
+    def __init__(self, scenario: Scenario | None = None, *, params: SimParams | None = None,
+                 seed: int | None = None, epoch: datetime = EPOCH, keep_trace: bool = True) -> None:
+        self.scenario = scenario
+        self.params: SimParams = params or (scenario.params if scenario is not None else SimParams())
+        self.seed: int = seed if seed is not None else (scenario.seed if scenario is not None else 1)
+        self.epoch = epoch
+        self.now: float = 0.0
+        self.keep_trace = keep_trace
+        #: (time, kind, key, digest) of every truth change, in order: two runs with one seed give the same.
+        self.trace: list[tuple[float, str, str, str]] = []
+        #: (time, workspace key, type, reason, message) of every Event recorded through apply().
+        self.events: list[tuple[float, str, str, str, str]] = []
+        self.records: dict[str, WorkspaceRecord] = {}
+
+        # accounting
+        self.reads = 0
+        self.writes = 0
+        self.api_call_count = 0  #: reads + writes: what the runner charges api_latency_s for
+        self.api_calls: dict[str, int] = {}  #: "verb Kind" -> count (Events included, as "create Event")
+        self.nodeclaims_created = 0
+        self.nodeclaims_over_target_max = 0
+
+        # truth
+        self._ws: dict[str, Workspace] = {}
+        self._ws_seq: dict[str, int] = {}
+        self._claims: dict[str, NodeClaim] = {}
+        self._nodes: dict[str, Node] = {}
+        self._workloads: dict[str, Workload] = {}
+        self._jobs: dict[str, Job] = {}
+        self._meta: dict[tuple[str, str], _Obj] = {}
+        self._claims_of: dict[str, dict[str, None]] = {}  # owner -> claim names (ordered set)
+        self._inc = 0
+        self._seq = 0  # change counter; resourceVersions are derived from it
+
+        # scheduled changes and the change log
+        self._heap: list[tuple[float, int, str, tuple]] = []
+        self._heap_seq = 0
+        self._log: deque[tuple[float, int, str, str, Any, str | None]] = deque()
+
+        # informer cache
+        self._cache: dict[str, dict[str, Any]] = {k: {} for k in (_WS, _CLAIM, _NODE, _WORKLOAD, _JOB)}
+        self._cache_claims_of: dict[str, dict[str, None]] = {}
+        self._cache_seq = 0
+        self._tombs: dict[tuple[str, str], str | None] = {}
+        self._tombs_of: dict[str, dict[str, None]] = {}
+        self._handler: Callable[[str], None] | None = None
+
+        # write-through overlay: key -> (the version this adapter wrote (None: it removed it), its change seq)
+        self._overlay: dict[str, tuple[Workspace | None, int]] = {}
+        # resourceVersions produced by this adapter's own metadata patches: key -> {before: after}
+        self._own_patches: dict[str, dict[str, str]] = {}
+
+        self._streams: dict[tuple[str, str], random.Random] = {}
+        self._err_rng = self._rng("", "api-errors")
+        self.truth = _Truth(self)
+        if scenario is not None:
+            self._schedule_scenario(scenario)
+
+    # ------------------------------------------------------------------ clock
+
+    @property
+    def api_latency_s(self) -> float:
+        return self.params.api_latency_s
+
+    @property
+    def cache_lag_s(self) -> float:
+        return self.params.cache_lag_s
+
+    @property
+    def now_dt(self) -> datetime:
+        return self.to_datetime(self.now)
+
+    def to_datetime(self, t: float) -> datetime:
+        return self.epoch + timedelta(seconds=t)
+
+    def to_seconds(self, dt: datetime) -> float:
+        return (dt - self.epoch).total_seconds()
+
+    def next_event_time(self) -> float | None:
+        """When the cluster next changes by itself or its cache next catches up; None when idle."""
+        t = self._heap[0][0] if self._heap else math.inf
+        if self._log:
+            t = min(t, self._log[0][0] + self.params.cache_lag_s)
+        return None if t == math.inf else max(t, self.now)
+
+    def advance_to(self, t: float) -> None:
+        """Apply every scheduled change with time <= t (in time order; ties in scheduling order) and let
+        the cache apply every change with time <= t - cache_lag_s, calling the event handler. Then now = t."""
+        if t < self.now - 1e-9:
+            raise ValueError(f"the virtual clock cannot go back: now is {self.now}, asked for {t}")
+        lag = self.params.cache_lag_s
+        while True:
+            nt = self._heap[0][0] if self._heap else math.inf
+            nd = self._log[0][0] + lag if self._log else math.inf
+            if min(nt, nd) > t:
+                break
+            if nd <= nt:  # a change that happened earlier reaches the cache first
+                self.now = max(self.now, nd)
+                self._deliver(self._log.popleft())
+            else:
+                when, _, op, args = heapq.heappop(self._heap)
+                self.now = max(self.now, when)
+                getattr(self, "_ev_" + op)(*args)
+        self.now = max(self.now, t)
+
+    def sync(self) -> None:
+        """advance_to(now): deliver what is due now (e.g. this instant's writes when cache_lag_s is 0)."""
+        self.advance_to(self.now)
+
+    def _at(self, when: float, op: str, *args: Any) -> None:
+        self._heap_seq += 1
+        heapq.heappush(self._heap, (when, self._heap_seq, op, args))
+
+    def _rng(self, owner: str, kind: str) -> random.Random:
+        r = self._streams.get((owner, kind))
+        if r is None:
+            digest = hashlib.sha256(f"{self.seed}/{owner}/{kind}".encode()).digest()
+            r = self._streams[(owner, kind)] = random.Random(int.from_bytes(digest[:8], "big"))
+        return r
+
+    # ------------------------------------------------------------------ truth changes and the log
+
+    def _change(self, kind: str, key: str, obj: Any, owner: str | None) -> int:
+        self._seq += 1
+        self._log.append((self.now, self._seq, kind, key, obj, owner))
+        if self.keep_trace:
+            self.trace.append((round(self.now, 9), kind, key, _brief(obj)))
+        if owner is not None and kind in (_CLAIM, _WS):
+            self._check_over_target(owner)
+        return self._seq
+
+    def _put_ws(self, ws: Workspace) -> tuple[Workspace, int]:
+        """Store a new version of a Workspace with a fresh resourceVersion."""
+        seq = self._seq + 1
+        ws = attrs.evolve(ws, metadata=attrs.evolve(ws.metadata, resource_version=_resource_version(seq)))
+        self._ws[ws.key] = ws
+        self._ws_seq[ws.key] = seq
+        assert self._change(_WS, ws.key, ws, ws.key) == seq
+        return ws, seq
+
+    def _remove_ws(self, key: str) -> int:
+        ws = self._ws.pop(key)
+        self._ws_seq.pop(key, None)
+        seq = self._change(_WS, key, None, key)
+        rec = self.records.get(key)
+        if rec is not None:
+            rec.removed_at = self.now
+        # ownerReference garbage collection of the workload and the Job.
+        delay = self.params.latencies.owner_gc.sample(self._rng(key, "gc"))
+        self._at(self.now + delay, "gc", key, ws.metadata.uid)
+        return seq
+
+    def _check_over_target(self, owner: str) -> None:
+        n = len(self._claims_of.get(owner, ()))
+        if not n:
+            return
+        ws = self._ws.get(owner)
+        rec = self.records.get(owner)
+        target = ws.status.target_node_count if ws is not None else None
+        if not target:
+            if rec is not None:
+                target = rec.nodes
+            elif ws is not None and ws.resource is not None:
+                target = max(1, ws.resource.count or 1)
+            else:
+                target = 1
+        over = n - target
+        if rec is not None and over > rec.over_target_max:
+            rec.over_target_max = over
+        if over > self.nodeclaims_over_target_max:
+            self.nodeclaims_over_target_max = over
+
+    # ------------------------------------------------------------------ the informer cache
+
+    def _deliver(self, entry: tuple[float, int, str, str, Any, str | None]) -> None:
+        _, seq, kind, key, obj, owner = entry
+        store = self._cache[kind]
+        if obj is None:
+            store.pop(key, None)
+            if kind == _CLAIM and owner is not None:
+                self._cache_claims_of.get(owner, {}).pop(key, None)
+            if kind == _WS:
+                self._tombs_of.pop(key, None)  # a Workspace gone takes its tombstones along
+            else:
+                self._tombs[(kind, key)] = owner
+                if owner is not None:
+                    self._tombs_of.setdefault(owner, {})[_absent_name(kind, key)] = None
+        else:
+            store[key] = obj
+            if kind == _CLAIM and owner is not None:
+                self._cache_claims_of.setdefault(owner, {})[key] = None
+            if (kind, key) in self._tombs:  # re-created: no longer absent
+                old_owner = self._tombs.pop((kind, key))
+                if old_owner is not None:
+                    self._tombs_of.get(old_owner, {}).pop(_absent_name(kind, key), None)
+        self._cache_seq = seq
+        if self._handler is not None and owner is not None and kind != _NODE:
+            self._handler(owner)  # Nodes are not watched: no event for them
+
+    # ------------------------------------------------------------------ ClusterAdapter
+
+    def set_event_handler(self, handler: Callable[[str], None]) -> None:
+        """``handler(workspace_key)`` is called whenever the cache applies a change to the Workspace, or to
+        one of its NodeClaims (by label), its workload or its Job. Called from inside :meth:`advance_to`."""
+        self._handler = handler
+
+    def observe(self, key: str, *, also_absent: Iterable[str] = ()) -> tuple[Workspace | None, Snapshot]:
+        """The Workspace (from the cache, or the version this adapter last wrote while the cache has not
+        caught up with it; None when gone) and a snapshot of its objects from the cache.
+
+        ``absent`` holds the tombstones of the Workspace's own objects, of the NodeClaims named in its
+        lifecycle record, and of any ``also_absent`` names (``"Kind/name"``) the caller asks about.
+        Nodes the snapshot needs (those of Ready NodeClaims, or the labelSelector's for bring-your-own
+        nodes) are read with GETs that count as API reads, unless ``params.nodes_from_cache``.
+        """
+        ws = self._observed_ws(key)
+        ns = key.split("/", 1)[0]
+        claims = tuple(self._cache[_CLAIM][n] for n in sorted(self._cache_claims_of.get(key, ())))
+        nodes: dict[str, Node] = {}
+        if ws is not None and ws.resource is not None and ws.resource.byo_nodes:
+            if self.params.nodes_from_cache:
+                nodes = {n.name: n for n in self._cache[_NODE].values() if ws.resource.label_selector.matches(n.labels)}
+            else:
+                nodes = {n.name: n for n in self.list_nodes(ws.resource.label_selector)}
+        else:
+            for c in claims:
+                if c.node_name and c.ready == "True" and not c.deleting:
+                    node = self._cache[_NODE].get(c.node_name) if self.params.nodes_from_cache \
+                        else self.get_node(c.node_name)
+                    if node is not None:
+                        nodes[node.name] = node
+        absent = set(self._tombs_of.get(key, ()))
+        if ws is not None:
+            rec = read_lifecycle(ws.status)
+            if rec is not None:
+                absent.update("NodeClaim/" + n for n in rec.nodeclaims if (_CLAIM, n) in self._tombs)
+        for name in also_absent:
+            kind, _, short = name.partition("/")
+            full = short if kind in _CLUSTER_SCOPED else f"{ns}/{short}"
+            if (kind, full) in self._tombs:
+                absent.add(name)
+        return ws, Snapshot(nodeclaims=claims, nodes=nodes, workload=self._cache[_WORKLOAD].get(key),
+                            job=self._cache[_JOB].get(key), absent=frozenset(absent))
+
+    def _observed_ws(self, key: str) -> Workspace | None:
+        ov = self._overlay.get(key)
+        if ov is not None:
+            if self._cache_seq < ov[1]:
+                return ov[0]
+            del self._overlay[key]
+        return self._cache[_WS].get(key)
+
+    def apply(self, ws: Workspace, actions: Sequence[A.Action]) -> None:
+        """Execute actions in order, each one API write at ``now`` (Events are not charged: client-go's
+        recorder sends them asynchronously). AlreadyExists and NotFound count as success. Raises
+        :class:`AdapterError` on an injected API failure, leaving the remaining actions undone."""
+        for action in actions:
+            self._APPLY[type(action)](self, ws, action)
+
+    def persist(self, ws: Workspace, status: WorkspaceStatus) -> Workspace:
+        """Write the status subresource with ``ws.metadata.resource_version`` as precondition.
+
+        Raises :class:`Conflict` when the stored object is newer (someone else wrote it; its watch event
+        will follow). This adapter's own finalizer patches in between do not count as someone else: like
+        a client that keeps the object each patch returns, it writes on top of them. Writing the status
+        of a Workspace that no longer exists is a no-op (there is nothing left to record).
+        """
+        key = ws.key
+        self._write("update", "Workspace/status")
+        own = self._own_patches.pop(key, {})
+        cur = self._ws.get(key)
+        if cur is None:
+            return ws.with_status(status)
+        rv, seen = ws.metadata.resource_version, 0
+        while rv != cur.metadata.resource_version and rv in own and seen < 64:
+            rv, seen = own[rv], seen + 1
+        if rv != cur.metadata.resource_version:
+            raise Conflict(f"Operation cannot be fulfilled on workspaces.kaito.sh {key!r}: the object has been "
+                           f"modified; please apply your changes to the latest version and try again")
+        if status == cur.status:  # an update that changes nothing does not make a new version
+            return cur
+        new, seq = self._put_ws(cur.with_status(status))
+        self._overlay[key] = (new, seq)
+        self._note_goal(new)
+        return new
+
+    # ------------------------------------------------------------------ API accounting
+
+    def _count(self, verb: str, kind: str) -> None:
+        name = f"{verb} {kind}"
+        self.api_calls[name] = self.api_calls.get(name, 0) + 1
+
+    def _read(self, verb: str, kind: str) -> None:
+        self.reads += 1
+        self.api_call_count += 1
+        self._count(verb, kind)
+
+    def _write(self, verb: str, kind: str) -> None:
+        self.writes += 1
+        self.api_call_count += 1
+        self._count(verb, kind)
+        rate = self.params.api_error_rate
+        if rate and self._err_rng.random() < rate:
+            raise AdapterError(f"simulated API error: {verb} {kind} failed (500 Internal Server Error)")
+
+    # ------------------------------------------------------------------ actions
+
+    def _add_finalizer(self, ws: Workspace, a: A.AddFinalizer) -> None:
+        self._write("patch", "Workspace")
+        cur = self._ws.get(ws.key)
+        if cur is None or a.finalizer in cur.metadata.finalizers:
+            return
+        if cur.deleting:
+            raise AdapterError(f"Workspace {ws.key!r} is forbidden: no new finalizers can be added if the object "
+                               f"is being deleted")
+        self._own_patch(cur, attrs.evolve(cur, metadata=attrs.evolve(
+            cur.metadata, finalizers=cur.metadata.finalizers + (a.finalizer,))))
+
+    def _remove_finalizer(self, ws: Workspace, a: A.RemoveFinalizer) -> None:
+        self._write("patch", "Workspace")
+        cur = self._ws.get(ws.key)
+        if cur is None or a.finalizer not in cur.metadata.finalizers:
+            return
+        left = tuple(f for f in cur.metadata.finalizers if f != a.finalizer)
+        if cur.deleting and not left:
+            seq = self._remove_ws(ws.key)
+            self._overlay[ws.key] = (None, seq)
+            return
+        self._own_patch(cur, attrs.evolve(cur, metadata=attrs.evolve(cur.metadata, finalizers=left)))
+
+    def _own_patch(self, cur: Workspace, new: Workspace) -> None:
+        new, seq = self._put_ws(new)
+        self._own_patches.setdefault(new.key, {})[cur.metadata.resource_version] = new.metadata.resource_version
+        self._overlay[new.key] = (new, seq)
+
+    def _create_nodeclaim(self, ws: Workspace, a: A.CreateNodeClaim) -> None:
+        self._write("create", "NodeClaim")
+        if a.name in self._claims:
+            return  # AlreadyExists
+        labels = dict(a.labels)
+        owner = ws.key
+        if LABEL_WORKSPACE in labels and LABEL_WORKSPACE_NAMESPACE in labels:
+            owner = f"{labels[LABEL_WORKSPACE_NAMESPACE]}/{labels[LABEL_WORKSPACE]}"
+        self.create_nodeclaim(a.name, owner, a.instance_type, labels)
+
+    def _delete_nodeclaim(self, ws: Workspace, a: A.DeleteNodeClaim) -> None:
+        self._write("delete", "NodeClaim")
+        c = self._claims.get(a.name)
+        if c is None or c.deleting:
+            return  # NotFound, or already going
+        self._delete_claim(a.name)
+
+    def _create_workload(self, ws: Workspace, a: A.CreateWorkload) -> None:
+        self._write("create", a.kind)
+        key = f"{ws.metadata.namespace}/{a.name}"
+        if key in self._workloads:
+            return  # AlreadyExists
+        self._roll_workload(key, ws, Workload(kind=a.kind, name=a.name, replicas=a.replicas, revision=a.revision))
+
+    def _update_workload(self, ws: Workspace, a: A.UpdateWorkload) -> None:
+        self._write("update", a.kind)
+        key = f"{ws.metadata.namespace}/{a.name}"
+        old = self._workloads.get(key)
+        if old is None:
+            return  # NotFound
+        self._roll_workload(key, ws, attrs.evolve(old, replicas=a.replicas, revision=a.revision, updated_replicas=0,
+                                                  ready_replicas=min(old.ready_replicas, a.replicas), problem=None))
+
+    def _create_job(self, ws: Workspace, a: A.CreateJob) -> None:
+        self._write("create", "Job")
+        key = f"{ws.metadata.namespace}/{a.name}"
+        if key in self._jobs:
+            return  # AlreadyExists (an old Job still being deleted included)
+        owner = ws.key
+        rng = self._rng(owner, "job")
+        p, lat = self.params, self.params.latencies
+        r_fail, run = rng.random(), lat.job_run.sample(rng)
+        bg, fg = lat.job_delete_background.sample(rng), lat.job_delete_foreground.sample(rng)
+        inc = self._next_inc()
+        self._meta[(_JOB, key)] = _Obj(inc, owner, ws.metadata.uid, delete_latency=bg, delete_latency_foreground=fg)
+        job = Job(name=a.name, revision=a.revision, active=1)
+        self._jobs[key] = job
+        self._change(_JOB, key, job, owner)
+        self._at(self.now + run, "job_done", key, inc, r_fail < p.job_failure_rate)
+        rec = self.records.get(owner)
+        if rec is not None:
+            rec.job_paths.append(run)
+
+    def _delete_job(self, ws: Workspace, a: A.DeleteJob) -> None:
+        self._write("delete", "Job")
+        key = f"{ws.metadata.namespace}/{a.name}"
+        job = self._jobs.get(key)
+        # The delete carries a precondition: a Job of another revision is not the one meant (NotFound).
+        if job is None or job.deleting or (a.revision and job.revision != a.revision):
+            return
+        meta = self._meta[(_JOB, key)]
+        job = attrs.evolve(job, deleting=True)
+        self._jobs[key] = job
+        self._change(_JOB, key, job, meta.owner)
+        delay = meta.delete_latency_foreground if a.propagation == "Foreground" else meta.delete_latency
+        self._at(self.now + delay, "job_gone", key, meta.inc)
+
+    def _record_event(self, ws: Workspace, a: A.RecordEvent) -> None:
+        self._count("create", "Event")
+        self.events.append((self.now, ws.key, a.type, a.reason, a.message))
+
+    _APPLY: dict[type, Callable[..., None]] = {
+        A.AddFinalizer: _add_finalizer, A.RemoveFinalizer: _remove_finalizer,
+        A.CreateNodeClaim: _create_nodeclaim, A.DeleteNodeClaim: _delete_nodeclaim,
+        A.CreateWorkload: _create_workload, A.UpdateWorkload: _update_workload,
+        A.CreateJob: _create_job, A.DeleteJob: _delete_job, A.RecordEvent: _record_event,
+    }
+
+    def _next_inc(self) -> int:
+        self._inc += 1
+        return self._inc
+
+    # ------------------------------------------------------------------ Karpenter: NodeClaims and Nodes
+
+    def create_nodeclaim(self, name: str, owner: str, instance_type: str,
+                         labels: Mapping[str, str] | None = None) -> NodeClaim:
+        """Create a NodeClaim in the truth and schedule its Karpenter lifecycle (no API accounting: the
+        ``CreateNodeClaim`` action is the counted way). Latencies and failure are drawn now, in a fixed
+        order, from the owner's NodeClaim stream."""
+        p, lat = self.params, self.params.latencies
+        rng = self._rng(owner, "nodeclaim")
+        r_fail, r_never = rng.random(), rng.random()
+        launched = lat.nodeclaim_launched.sample(rng)
+        registered = max(lat.nodeclaim_registered.sample(rng), launched)
+        initialized = registered + lat.nodeclaim_initialized.sample(rng)
+        ready = initialized + lat.nodeclaim_ready.sample(rng)
+        gpu = ready + lat.gpu_plugin.sample(rng)
+        delete = lat.nodeclaim_delete.sample(rng)
+        inc = self._next_inc()
+        node_labels = dict(labels or {})
+        node_labels[LABEL_INSTANCE_TYPE] = instance_type
+        node_labels[LABEL_ACCELERATOR] = "nvidia"
+        self._meta[(_CLAIM, name)] = _Obj(inc, owner, labels=node_labels, delete_latency=delete,
+                                          gpus=p.gpus(instance_type), node_name="aks-" + name)
+        claim = NodeClaim(name=name, workspace_key=owner, instance_type=instance_type, launched="Unknown",
+                          registered="Unknown", initialized="Unknown", ready="Unknown",
+                          created_at=whole_seconds(self.now_dt))
+        self._claims[name] = claim
+        self._claims_of.setdefault(owner, {})[name] = None
+        self.nodeclaims_created += 1
+        t0 = self.now
+        path: float | None = None
+        if r_fail < p.instance_unavailable_rate:
+            self._at(t0 + launched, "claim_launch_failed", name, inc)
+        elif r_never < p.never_ready_rate:
+            self._at(t0 + launched, "claim_step", name, inc, "launched")
+            if p.registration_ttl_s is not None:
+                self._at(t0 + max(p.registration_ttl_s, launched), "claim_liveness", name, inc)
+        else:
+            self._at(t0 + launched, "claim_step", name, inc, "launched")
+            self._at(t0 + registered, "claim_step", name, inc, "registered")
+            self._at(t0 + initialized, "claim_step", name, inc, "initialized")
+            self._at(t0 + ready, "claim_step", name, inc, "ready")
+            self._at(t0 + gpu, "node_gpu", name, inc)
+            path = gpu
+        rec = self.records.get(owner)
+        if rec is not None:
+            rec.claim_paths[name] = path
+        self._change(_CLAIM, name, claim, owner)
+        return claim
+
+    def _live_claim(self, name: str, inc: int) -> tuple[NodeClaim, _Obj] | None:
+        c = self._claims.get(name)
+        meta = self._meta.get((_CLAIM, name))
+        if c is None or meta is None or meta.inc != inc or c.deleting:
+            return None
+        return c, meta
+
+    def _ev_claim_step(self, name: str, inc: int, step: str) -> None:
+        live = self._live_claim(name, inc)
+        if live is None:
+            return
+        c, meta = live
+        if step == "registered":
+            node = Node(name=meta.node_name, labels=dict(meta.labels), ready=False, gpu_capacity=0)
+            self._nodes[node.name] = node
+            self._change(_NODE, node.name, node, meta.owner)
+            c = attrs.evolve(c, registered="True", node_name=node.name)
+        elif step == "ready":
+            node = self._nodes.get(meta.node_name)
+            if node is not None:
+                node = attrs.evolve(node, ready=True)
+                self._nodes[node.name] = node
+                self._change(_NODE, node.name, node, meta.owner)
+            c = attrs.evolve(c, ready="True")
+        else:
+            c = attrs.evolve(c, **{step: "True"})
+        self._claims[name] = c
+        self._change(_CLAIM, name, c, meta.owner)
+
+    def _ev_claim_launch_failed(self, name: str, inc: int) -> None:
+        live = self._live_claim(name, inc)
+        if live is None:
+            return
+        c, meta = live
+        c = attrs.evolve(c, launched="False", failure_reason=INSUFFICIENT_CAPACITY)
+        self._claims[name] = c
+        self._change(_CLAIM, name, c, meta.owner)
+
+    def _ev_claim_liveness(self, name: str, inc: int) -> None:
+        """Karpenter deletes a NodeClaim whose Node did not register within the registration TTL."""
+        live = self._live_claim(name, inc)
+        if live is not None and live[0].registered != "True":
+            self._delete_claim(name)
+
+    def _ev_node_gpu(self, name: str, inc: int) -> None:
+        live = self._live_claim(name, inc)
+        if live is None:
+            return
+        meta = live[1]
+        node = self._nodes.get(meta.node_name)
+        if node is not None:
+            node = attrs.evolve(node, gpu_capacity=meta.gpus)
+            self._nodes[node.name] = node
+            self._change(_NODE, node.name, node, meta.owner)
+
+    def _delete_claim(self, name: str) -> None:
+        meta = self._meta[(_CLAIM, name)]
+        c = attrs.evolve(self._claims[name], deleting=True)
+        self._claims[name] = c
+        self._change(_CLAIM, name, c, meta.owner)
+        self._at(self.now + meta.delete_latency, "claim_gone", name, meta.inc)
+
+    def _ev_claim_gone(self, name: str, inc: int) -> None:
+        meta = self._meta.get((_CLAIM, name))
+        if meta is None or meta.inc != inc or name not in self._claims:
+            return
+        if self._nodes.pop(meta.node_name, None) is not None:
+            self._change(_NODE, meta.node_name, None, meta.owner)
+        del self._claims[name]
+        del self._meta[(_CLAIM, name)]
+        self._claims_of.get(meta.owner, {}).pop(name, None)
+        self._change(_CLAIM, name, None, meta.owner)
+
+    # ------------------------------------------------------------------ workloads, Jobs, garbage collection
+
+    def _roll_workload(self, key: str, ws: Workspace, w: Workload) -> None:
+        owner = ws.key
+        p, lat = self.params, self.params.latencies
+        rng = self._rng(owner, "workload")
+        r_fail, r_recover, r_reason = rng.random(), rng.random(), rng.random()
+        rollout, problem, recovery = (lat.workload_rollout.sample(rng), lat.workload_problem.sample(rng),
+                                      lat.workload_recovery.sample(rng))
+        inc = self._next_inc()
+        self._meta[(_WORKLOAD, key)] = _Obj(inc, owner, ws.metadata.uid)
+        self._workloads[key] = w
+        self._change(_WORKLOAD, key, w, owner)
+        path: float | None = rollout
+        if r_fail < p.workload_failure_rate:
+            reason = WORKLOAD_PROBLEMS[0] if r_reason < 0.5 else WORKLOAD_PROBLEMS[1]
+            self._at(self.now + problem, "workload_problem", key, inc, reason)
+            if r_recover < p.workload_recovery_share:
+                path = problem + recovery
+                self._at(self.now + path, "workload_ready", key, inc)
+            else:
+                path = None
+        else:
+            self._at(self.now + rollout, "workload_ready", key, inc)
+        rec = self.records.get(owner)
+        if rec is not None:
+            rec.workload_paths.append(path)
+
+    def _live(self, kind: str, key: str, inc: int) -> _Obj | None:
+        meta = self._meta.get((kind, key))
+        return meta if meta is not None and meta.inc == inc else None
+
+    def _ev_workload_problem(self, key: str, inc: int, reason: str) -> None:
+        meta = self._live(_WORKLOAD, key, inc)
+        if meta is not None and key in self._workloads:
+            w = attrs.evolve(self._workloads[key], problem=reason)
+            self._workloads[key] = w
+            self._change(_WORKLOAD, key, w, meta.owner)
+
+    def _ev_workload_ready(self, key: str, inc: int) -> None:
+        meta = self._live(_WORKLOAD, key, inc)
+        if meta is not None and key in self._workloads:
+            w = self._workloads[key]
+            w = attrs.evolve(w, ready_replicas=w.replicas, updated_replicas=w.replicas, problem=None)
+            self._workloads[key] = w
+            self._change(_WORKLOAD, key, w, meta.owner)
+
+    def _ev_job_done(self, key: str, inc: int, failed: bool) -> None:
+        meta = self._live(_JOB, key, inc)
+        job = self._jobs.get(key)
+        if meta is None or job is None:
+            return
+        if failed:
+            job = attrs.evolve(job, active=0, failed=1, failed_permanently=True, failure_reason="BackoffLimitExceeded")
+        else:
+            job = attrs.evolve(job, active=0, succeeded=1, complete=True)
+        self._jobs[key] = job
+        self._change(_JOB, key, job, meta.owner)
+
+    def _ev_job_gone(self, key: str, inc: int) -> None:
+        meta = self._live(_JOB, key, inc)
+        if meta is not None and self._jobs.pop(key, None) is not None:
+            del self._meta[(_JOB, key)]
+            self._change(_JOB, key, None, meta.owner)
+
+    def _ev_gc(self, owner: str, owner_uid: str) -> None:
+        for kind, store in ((_WORKLOAD, self._workloads), (_JOB, self._jobs)):
+            meta = self._meta.get((kind, owner))
+            if meta is not None and meta.owner_uid == owner_uid and owner in store:
+                del store[owner]
+                del self._meta[(kind, owner)]
+                self._change(kind, owner, None, owner)
+
+    # ------------------------------------------------------------------ users: Workspaces
+
+    def create_workspace(self, doc: Mapping[str, Any] | Workspace, *, at: float | None = None,
+                         nodes: int | None = None) -> str:
+        """Create a Workspace as a user would (``kubectl apply``; not counted as controller API calls),
+        now or at virtual time ``at``. Returns its key."""
+        ws = doc if isinstance(doc, Workspace) else to_workspace(doc)
+        if not ws.metadata.uid:
+            digest = hashlib.sha256(f"{self.seed}/uid/{ws.key}/{len(self.records)}".encode()).digest()
+            ws = attrs.evolve(ws, metadata=attrs.evolve(ws.metadata, uid=str(uuid.UUID(bytes=digest[:16], version=4))))
+        if ws.key not in self.records or self.records[ws.key].removed_at is not None:
+            count = 1 if ws.tuning is not None or ws.resource is None else max(1, ws.resource.count or 1)
+            preset = ws.tuning if ws.tuning is not None else ws.inference
+            self.records[ws.key] = WorkspaceRecord(
+                key=ws.key, tuning=ws.tuning is not None, nodes=nodes or count,
+                preset=preset.preset.name if preset is not None and preset.preset is not None else "")
+        if at is not None and at > self.now:
+            self._at(at, "ws_arrive", ws)
+        else:
+            self._ev_ws_arrive(ws)
+        return ws.key
+
+    def _ev_ws_arrive(self, ws: Workspace) -> None:
+        if ws.key in self._ws:
+            return
+        meta = attrs.evolve(ws.metadata, generation=max(1, ws.metadata.generation),
+                            creation_timestamp=whole_seconds(self.now_dt), deletion_timestamp=None)
+        self._put_ws(attrs.evolve(ws, metadata=meta))
+        rec = self.records.get(ws.key)
+        if rec is not None:
+            rec.created_at = self.now
+            rec.generation = meta.generation
+
+    def change_tuning_spec(self, key: str, *, at: float | None = None) -> None:
+        """A user edits a tuning Workspace's spec (a new ``tuning.config``): generation + 1."""
+        if at is not None and at > self.now:
+            self._at(at, "ws_spec_change", key)
+        else:
+            self._ev_ws_spec_change(key)
+
+    def _ev_ws_spec_change(self, key: str) -> None:
+        ws = self._ws.get(key)
+        if ws is None or ws.deleting or ws.tuning is None:
+            return
+        gen = ws.metadata.generation + 1
+        base = (ws.tuning.config or "tuning-params").split("-rev")[0]
+        tuning = attrs.evolve(ws.tuning, config=f"{base}-rev{gen}")
+        self._put_ws(attrs.evolve(ws, tuning=tuning, metadata=attrs.evolve(ws.metadata, generation=gen)))
+        rec = self.records.get(key)
+        if rec is not None:
+            rec.generation = gen
+            rec.spec_changed_at = self.now
+
+    def delete_workspace(self, key: str, *, at: float | None = None) -> None:
+        """A user deletes a Workspace: deletionTimestamp is set, and the object goes once it has no finalizers."""
+        if at is not None and at > self.now:
+            self._at(at, "ws_delete", key)
+        else:
+            self._ev_ws_delete(key)
+
+    def _ev_ws_delete(self, key: str) -> None:
+        ws = self._ws.get(key)
+        if ws is None or ws.deleting:
+            return
+        rec = self.records.get(key)
+        if rec is not None:
+            rec.delete_requested_at = self.now
+        if not ws.metadata.finalizers:
+            self._remove_ws(key)
+            return
+        self._put_ws(attrs.evolve(ws, metadata=attrs.evolve(ws.metadata, deletion_timestamp=whole_seconds(self.now_dt))))
+
+    def _note_goal(self, ws: Workspace) -> None:
+        rec = self.records.get(ws.key)
+        if rec is None:
+            return
+        goal = ("Succeeded", "Failed") if rec.tuning else ("Ready",)
+        state = ws.status.state
+        gen = ws.metadata.generation
+        if state not in goal or gen in rec.goals:
+            return
+        observed = max((c.observed_generation or 0 for c in ws.status.conditions), default=0)
+        if observed >= gen:
+            rec.goals[gen] = (self.now, state)
+
+    def _schedule_scenario(self, sc: Scenario) -> None:
+        rng = random.Random(sc.seed)
+        cat = Catalogue.default()
+        tunable = sc.tuning_presets
+        lo, hi = sc.nodes_per_workspace
+        width = len(str(sc.workspaces - 1))
+        for i in range(sc.workspaces):
+            # Every draw is made for every Workspace, in this order, so that changing one share does not
+            # reshuffle everything else.
+            at = rng.uniform(0, sc.arrival_window_s) if sc.arrival == "spread" else 0.0
+            tuning = rng.random() < sc.tuning_share
+            nodes = rng.randint(lo, hi)
+            inference_preset, tuning_preset = rng.choice(sc.presets), rng.choice(tunable) if tunable else ""
+            uid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+            r_change, change_after = rng.random(), sc.spec_change_after.sample(rng)
+            r_delete, delete_after = rng.random(), sc.delete_after.sample(rng)
+            name = f"ws-{i:0{max(width, 4)}d}"
+            if tuning:
+                doc = tuning_document(name, preset=tuning_preset, instance_type=sc.instance_type,
+                                      namespace=sc.namespace, uid=uid)
+                nodes = 1
+            else:
+                entry = cat.get(inference_preset)
+                doc = inference_document(name, preset=inference_preset, instance_type=sc.instance_type, count=nodes,
+                                         namespace=sc.namespace, uid=uid,
+                                         auth_required=bool(entry and entry.download_auth_required))
+            ws = to_workspace(doc)
+            if ws.problems:
+                raise ScenarioError("<scenario>", "presets" if "preset" in ws.problems[0].path else "instance_type",
+                                    f"Workspace {name} would be invalid: " + "; ".join(map(str, ws.problems)))
+            key = self.create_workspace(ws, at=at if at > 0 else None, nodes=nodes)
+            rec = self.records[key]
+            if tuning and r_change < sc.spec_change_share:
+                rec.spec_change_at = at + change_after
+                self._at(rec.spec_change_at, "ws_spec_change", key)
+            if r_delete < sc.delete_share:
+                rec.delete_at = at + delete_after
+                self._at(rec.delete_at, "ws_delete", key)
+
+    # ------------------------------------------------------------------ reads for pollers (each one counted)
+
+    def get_workspace(self, key: str) -> Workspace | None:
+        self._read("get", _WS)
+        return self._ws.get(key)
+
+    def get_nodeclaim(self, name: str) -> NodeClaim | None:
+        self._read("get", _CLAIM)
+        return self._claims.get(name)
+
+    def list_nodeclaims(self, workspace_key: str) -> tuple[NodeClaim, ...]:
+        """LIST NodeClaims by the Workspace's labels."""
+        self._read("list", _CLAIM)
+        return tuple(self._claims[n] for n in sorted(self._claims_of.get(workspace_key, ())))
+
+    def get_node(self, name: str) -> Node | None:
+        self._read("get", _NODE)
+        return self._nodes.get(name)
+
+    def list_nodes(self, selector: Mapping[str, str] | LabelSelector | None = None) -> tuple[Node, ...]:
+        """LIST Nodes, optionally by label selector (matchLabels mapping or a LabelSelector)."""
+        self._read("list", _NODE)
+        if selector is None:
+            match: Callable[[Mapping[str, str]], bool] = lambda labels: True  # noqa: E731
+        elif isinstance(selector, LabelSelector):
+            match = selector.matches
+        else:
+            match = LabelSelector(match_labels=dict(selector)).matches
+        return tuple(n for _, n in sorted(self._nodes.items()) if match(n.labels))
+
+    def get_workload(self, key: str) -> Workload | None:
+        self._read("get", _WORKLOAD)
+        return self._workloads.get(key)
+
+    def get_job(self, key: str) -> Job | None:
+        self._read("get", _JOB)
+        return self._jobs.get(key)
+
+    # ------------------------------------------------------------------ results
+
+    def settled(self) -> bool:
+        """Every Workspace created so far, and every one the scenario will create, is settled."""
+        return all(r.settled for r in self.records.values()) and all(
+            op not in ("ws_arrive", "ws_spec_change", "ws_delete") for _, _, op, _ in self._heap)
+
+    def metrics(self) -> dict[str, Any]:
+        recs = list(self.records.values())
+        ttg = sorted(t for r in recs if (t := r.time_to_first_goal) is not None)
+        return {
+            "now": self.now,
+            "workspaces": len(recs),
+            "goals_reached": sum(1 for r in recs if r.first_goal_at is not None),
+            "time_to_first_goal_p50": ttg[len(ttg) // 2] if ttg else None,
+            "time_to_first_goal_max": ttg[-1] if ttg else None,
+            "reads": self.reads,
+            "writes": self.writes,
+            "api_call_count": self.api_call_count,
+            "api_calls": dict(sorted(self.api_calls.items())),
+            "events_recorded": len(self.events),
+            "nodeclaims_created": self.nodeclaims_created,
+            "nodeclaims_over_target_max": self.nodeclaims_over_target_max,
+        }
+
+    def iso(self, t: float | None = None) -> str:
+        """An API-style timestamp for virtual time t (default now)."""
+        return format_time(self.to_datetime(self.now if t is None else t))
