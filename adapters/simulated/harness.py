@@ -77,19 +77,13 @@ def run_mode(scenario: Scenario, mode: str, workers: int = 5, *, config: Config 
     else:
         reconciler = PollerReconciler(cluster, clock)
     runner = VirtualTimeRunner(reconciler, queue, cluster, clock, workers=workers)
-    states: list[tuple[float, dict[str, str]]] = []
-
     def on_progress(t: float) -> None:
-        if timeline:
-            states.append((t, {k: (ws.status.condition("workspace-fsm/Lifecycle").reason
-                                   if ws.status.condition("workspace-fsm/Lifecycle") else (ws.status.state or "New"))
-                               for k, ws in cluster.truth.workspaces.items()}))
         if progress is not None:
             recs = cluster.records.values()
             progress(Progress(mode, t, state_counts(cluster), sum(1 for r in recs if r.first_goal_at is not None),
                               len(cluster.records) or scenario.workspaces))
 
-    stats = runner.run(cluster.settled, HORIZON_S, progress=on_progress if (progress or timeline) else None,
+    stats = runner.run(cluster.settled, HORIZON_S, progress=on_progress if progress else None,
                        progress_every_s=progress_every_s)
     if progress is not None:
         on_progress(clock.t)
@@ -131,10 +125,32 @@ def run_mode(scenario: Scenario, mode: str, workers: int = 5, *, config: Config 
         "settled": cluster.settled(),
         "wall_s": round(wall, 3),
     }
+    result["_goals"] = sorted(ends)  # for pictures; keys starting with "_" are not part of the JSON
     if timeline:
-        result["_timeline"] = states
-        result["_goals"] = sorted(ends)
+        result["_histories"] = histories(cluster)
     return result
+
+
+def histories(cluster: SimCluster) -> dict[str, list[tuple[str, float, float]]]:
+    """Per Workspace, (state, from, to) in virtual seconds, read back from the persisted lifecycle record."""
+    from workspace_fsm.persist import read_lifecycle
+
+    out: dict[str, list[tuple[str, float, float]]] = {}
+    end = cluster.now
+    for key, ws in cluster.truth.workspaces.items():
+        rec = read_lifecycle(ws.status)
+        created = cluster.records[key].created_at if key in cluster.records else 0.0
+        if rec is None:
+            continue
+        segments: list[tuple[str, float, float]] = []
+        state, since = "Pending", created or 0.0
+        for h in rec.history:
+            at = cluster.to_seconds(h.time)
+            segments.append((h.source, since, at))
+            state, since = h.dest, at
+        segments.append((state, since, end))
+        out[key] = segments
+    return out
 
 
 def _round(v: float | None, nd: int = 3) -> float | None:
