@@ -413,8 +413,10 @@ class SimCluster:
                 if old_owner is not None:
                     self._tombs_of.get(old_owner, {}).pop(_absent_name(kind, key), None)
         self._cache_seq = seq
-        if self._handler is not None and owner is not None and kind != _NODE:
-            self._handler(owner)  # Nodes are not watched: no event for them
+        if self._handler is not None and owner is not None and (kind != _NODE or self.params.nodes_from_cache):
+            # Nodes wake their Workspace only when they are cached (a label-selected watch of the
+            # Workspace's own nodes); otherwise they are not watched and a timer re-checks them.
+            self._handler(owner)
 
     # ------------------------------------------------------------------ ClusterAdapter
 

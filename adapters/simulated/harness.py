@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from datetime import timedelta
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ from .cluster import SimCluster
 from .params import Scenario
 
 MODES = ("fsm", "blocking", "poller")
+WATCHED_NODES_RECHECK = timedelta(seconds=60)
 HORIZON_S = 7 * 24 * 3600.0  # a run that has not settled after a simulated week has a bug
 
 
@@ -62,9 +64,12 @@ def run_mode(scenario: Scenario, mode: str, workers: int = 5, *, config: Config 
     wall0 = time.perf_counter()
     if mode == "fsm":
         # The machine's adapter keeps a cache of the Nodes labelled for its Workspaces (a label-selected
-        # watch: only the GPU nodes it created, not every Node of a large cluster), so reading them is free;
-        # it still learns of their changes on a timer, not from events. The baselines read Nodes with GETs.
+        # watch: only the GPU nodes it created, not every Node of a large cluster), so reading them is free
+        # and their changes wake the Workspace; the GPU re-check timer is then only a safety net. The
+        # baselines, like KAITO, do not watch Nodes: they read them with GETs and re-check on timers.
         scenario = attrs.evolve(scenario, params=attrs.evolve(scenario.params, nodes_from_cache=True))
+        if config.gpu_recheck < WATCHED_NODES_RECHECK:
+            config = attrs.evolve(config, gpu_recheck=WATCHED_NODES_RECHECK)
     cluster = SimCluster(scenario)
     clock = VirtualClock()
     queue: WorkQueue[str] = WorkQueue(clock)
