@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from .adapters.simulated.harness import MODES, run_mode
     from .adapters.simulated.params import ScenarioError
 
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     try:
         scenario = load_scenario(args)
     except ScenarioError as exc:
