@@ -58,11 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_late_commands(sub: argparse._SubParsersAction) -> None:
     """Commands whose modules may be heavier to import: registered here, imported when run."""
-    try:
-        from .simulate_cli import add_parser as add_simulate
-    except ImportError:
-        return
+    from .run_cli import add_parser as add_run
+    from .simulate_cli import add_parser as add_simulate
+
     add_simulate(sub)
+    add_run(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,459 @@
+"""The Kubernetes adapter: caches in, actions out, status with optimistic concurrency.
+
+It implements :class:`workspace_fsm.adapter.ClusterAdapter` over the official client:
+
+- **observe** reads only from list+watch caches (Workspaces; NodeClaims, Nodes, Deployments,
+  StatefulSets and Jobs labelled ``kaito.sh/workspace``). The one exception is a positive check that
+  something the machine recorded is gone when the cache cannot say (after a restart): a GET, whose 404
+  goes into ``Snapshot.absent``. In steady state a pass makes no GET.
+- **apply** executes actions in order; AlreadyExists on create and NotFound on delete are success; Jobs
+  are deleted with Background propagation; finalizers are patched with the object's resourceVersion.
+- **persist** PUTs the status subresource with the resourceVersion the pass observed (or the one its own
+  finalizer patch returned): a 409 raises :class:`Conflict` ("observe again"), never an overwrite. The
+  written object is kept as an overlay until the watch delivers that resourceVersion, so the next pass
+  never acts on a cache older than its own write.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+
+from workspace_fsm import actions as A
+from workspace_fsm.adapter import AdapterError, Conflict
+from workspace_fsm.model import (ANNOTATION_REVISION, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, GPU_RESOURCE, Job,
+                                 Node, NodeClaim, Snapshot, Workload, Workspace, WorkspaceStatus, format_time,
+                                 parse_time, parse_workspace)
+from workspace_fsm.persist import read_lifecycle
+
+from . import manifests
+from .informer import Informer, object_key
+
+log = logging.getLogger("workspace_fsm.kubernetes")
+
+KAITO_GROUP, KAITO_VERSION, KAITO_PLURAL = "kaito.sh", "v1beta1", "workspaces"
+NODECLAIMS = ("karpenter.sh", "v1", "nodeclaims")
+
+
+# --------------------------------------------------------------------------- dict -> snapshot types
+
+
+def _conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c.get("type"): c for c in ((obj.get("status") or {}).get("conditions") or []) if isinstance(c, dict)}
+
+
+def to_nodeclaim(obj: dict[str, Any]) -> NodeClaim:
+    meta = obj.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    conds = _conditions(obj)
+    launched = conds.get("Launched", {})
+    return NodeClaim(
+        name=str(meta["name"]),
+        workspace_key=f"{labels.get(LABEL_WORKSPACE_NAMESPACE, '')}/{labels.get(LABEL_WORKSPACE, '')}",
+        instance_type=str(next((r.get("values", [""])[0] for r in (obj.get("spec") or {}).get("requirements") or []
+                                if r.get("key") == "node.kubernetes.io/instance-type" and r.get("values")), "")),
+        launched=conds.get("Launched", {}).get("status"),
+        registered=conds.get("Registered", {}).get("status"),
+        initialized=conds.get("Initialized", {}).get("status"),
+        ready=conds.get("Ready", {}).get("status"),
+        node_name=(obj.get("status") or {}).get("nodeName"),
+        deleting=meta.get("deletionTimestamp") is not None,
+        failure_reason=launched.get("reason") if launched.get("status") == "False" else None,
+        created_at=parse_time(meta.get("creationTimestamp")),
+    )
+
+
+def to_node(obj: dict[str, Any]) -> Node:
+    meta = obj.get("metadata") or {}
+    status = obj.get("status") or {}
+    gpus = (status.get("capacity") or {}).get(GPU_RESOURCE, 0)
+    return Node(name=str(meta["name"]), labels=dict(meta.get("labels") or {}),
+                ready=_conditions(obj).get("Ready", {}).get("status") == "True", gpu_capacity=int(gpus or 0))
+
+
+def to_workload(obj: dict[str, Any]) -> Workload:
+    meta = obj.get("metadata") or {}
+    status = obj.get("status") or {}
+    replicas = int((obj.get("spec") or {}).get("replicas", 1) or 0)
+    fresh = status.get("observedGeneration", 0) >= meta.get("generation", 0)
+    return Workload(kind=str(obj.get("kind") or ""), name=str(meta["name"]), replicas=replicas,
+                    ready_replicas=int(status.get("readyReplicas") or 0) if fresh else 0,
+                    updated_replicas=int(status.get("updatedReplicas") or 0) if fresh else 0,
+                    revision=str((meta.get("annotations") or {}).get(ANNOTATION_REVISION, "")),
+                    deleting=meta.get("deletionTimestamp") is not None)
+
+
+def to_job(obj: dict[str, Any]) -> Job:
+    meta = obj.get("metadata") or {}
+    status = obj.get("status") or {}
+    conds = _conditions(obj)
+    failed = conds.get("Failed", {})
+    return Job(name=str(meta["name"]), revision=str((meta.get("annotations") or {}).get(ANNOTATION_REVISION, "")),
+               active=int(status.get("active") or 0), succeeded=int(status.get("succeeded") or 0),
+               failed=int(status.get("failed") or 0), complete=conds.get("Complete", {}).get("status") == "True",
+               failed_permanently=failed.get("status") == "True", deleting=meta.get("deletionTimestamp") is not None,
+               failure_reason=failed.get("reason") if failed.get("status") == "True" else None)
+
+
+def _owner_key(obj: dict[str, Any]) -> str | None:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    name, ns = labels.get(LABEL_WORKSPACE), labels.get(LABEL_WORKSPACE_NAMESPACE)
+    return f"{ns}/{name}" if name and ns else None
+
+
+# --------------------------------------------------------------------------- the adapter
+
+
+class KubernetesAdapter:
+    def __init__(self, api_client: k8s.ApiClient, *, namespace: str | None = None, catalogue: Any = None,
+                 auto_provisioning: bool = True, component: str = "workspace-fsm", request_timeout_s: float = 30.0,
+                 watch_timeout_s: int = 240, node_class: dict[str, str] | None = None) -> None:
+        self.api = api_client
+        self.custom = k8s.CustomObjectsApi(api_client)
+        self.core = k8s.CoreV1Api(api_client)
+        self.namespace = namespace
+        self.catalogue = catalogue
+        self.auto_provisioning = auto_provisioning
+        self.component = component
+        self.timeout = request_timeout_s
+        self.node_class = node_class
+        self.requests: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._handler: Callable[[str], None] | None = None
+        self._overlay: dict[str, tuple[Workspace, dict[str, Any], str]] = {}  # key -> (ws, raw, rv written)
+        self._own_rv: dict[str, tuple[str, dict[str, Any]]] = {}  # key -> (rv before own patch, patched raw)
+        self._parsed: dict[str, tuple[str, Workspace]] = {}  # key -> (rv, parsed) to validate once per version
+        self._known: set[str] = set()  # "Kind/name" this process created or saw: no GET needed to know it exists
+        self._event_seq = itertools.count(int(datetime.now(timezone.utc).timestamp() * 1000))
+        sel = LABEL_WORKSPACE
+        san = api_client.sanitize_for_serialization
+        kw = dict(watch_timeout_s=watch_timeout_s, request_timeout_s=request_timeout_s)
+        if namespace:
+            ws_list = lambda **k: self.custom.list_namespaced_custom_object(  # noqa: E731
+                KAITO_GROUP, KAITO_VERSION, namespace, KAITO_PLURAL, **k)
+        else:
+            ws_list = lambda **k: self.custom.list_cluster_custom_object(  # noqa: E731
+                KAITO_GROUP, KAITO_VERSION, KAITO_PLURAL, **k)
+        # The client's Watch finds the return type from the function's docstring; plain lambdas return dicts.
+        self.workspaces = Informer("workspaces", _watchable(ws_list, "object"), **kw)
+        self.nodeclaims = Informer("nodeclaims", _watchable(
+            lambda **k: self.custom.list_cluster_custom_object(*NODECLAIMS, **k), "object"), label_selector=sel, **kw)
+        self.nodes = Informer("nodes", _watchable(lambda **k: self.core.list_node(**k), "V1NodeList"),
+                              label_selector=sel, to_dict=san, **kw)
+        self.deployments = Informer("deployments", _watchable(
+            lambda **k: self.custom.list_cluster_custom_object("apps", "v1", "deployments", **k), "object"),
+            label_selector=sel, **kw)
+        self.statefulsets = Informer("statefulsets", _watchable(
+            lambda **k: self.custom.list_cluster_custom_object("apps", "v1", "statefulsets", **k), "object"),
+            label_selector=sel, **kw)
+        self.jobs = Informer("jobs", _watchable(
+            lambda **k: self.custom.list_cluster_custom_object("batch", "v1", "jobs", **k), "object"),
+            label_selector=sel, **kw)
+        self.informers = (self.workspaces, self.nodeclaims, self.nodes, self.deployments, self.statefulsets, self.jobs)
+        self.workspaces.add_handler(self._on_workspace)
+        for inf in self.informers[1:]:
+            inf.add_handler(self._on_owned)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        for inf in self.informers:
+            inf.start()
+
+    def wait_synced(self, timeout_s: float = 30.0) -> bool:
+        return all(inf.wait_synced(timeout_s) for inf in self.informers)
+
+    def stop(self) -> None:
+        for inf in self.informers:
+            inf.stop()
+
+    def set_event_handler(self, handler: Callable[[str], None]) -> None:
+        self._handler = handler
+
+    def keys(self) -> list[str]:
+        return [object_key(o) for o in self.workspaces.items()]
+
+    # ------------------------------------------------------------------ events
+
+    def _on_workspace(self, etype: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        obj = new or old
+        key = object_key(obj)
+        if new is not None:
+            rv = (new.get("metadata") or {}).get("resourceVersion")
+            with self._lock:
+                ov = self._overlay.get(key)
+                if ov is not None and ov[2] == rv:
+                    del self._overlay[key]  # the cache has caught up with our own write
+        else:
+            with self._lock:
+                self._overlay.pop(key, None)
+                self._parsed.pop(key, None)
+                self._own_rv.pop(key, None)
+        if self._handler is not None:
+            self._handler(key)
+
+    def _on_owned(self, etype: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        key = _owner_key(new or old)
+        if key is not None and self._handler is not None:
+            self._handler(key)
+
+    # ------------------------------------------------------------------ observe
+
+    def _parse(self, key: str, raw: dict[str, Any]) -> Workspace | None:
+        rv = (raw.get("metadata") or {}).get("resourceVersion", "")
+        hit = self._parsed.get(key)
+        if hit is not None and hit[0] == rv:
+            return hit[1]
+        try:
+            ws = parse_workspace(raw, catalogue=self.catalogue, auto_provisioning=self.auto_provisioning)
+        except Exception as exc:  # garbage from the API: nothing we can address or act on
+            log.error("workspace %s: object cannot be read, skipping it: %s", key, exc)
+            return None
+        self._parsed[key] = (rv, ws)
+        return ws
+
+    def _raw(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            ov = self._overlay.get(key)
+        if ov is not None:
+            return ov[1]
+        return self.workspaces.get(key)
+
+    def observe(self, key: str) -> tuple[Workspace | None, Snapshot]:
+        raw = self._raw(key)
+        if raw is None:
+            return None, Snapshot()
+        ws = self._parse(key, raw)
+        if ws is None:
+            return None, Snapshot()
+        ns, name = key.split("/", 1)
+        claims: list[NodeClaim] = []
+        for obj in self.nodeclaims.items():
+            if _owner_key(obj) == key:
+                try:
+                    claims.append(to_nodeclaim(obj))
+                except (KeyError, TypeError, ValueError) as exc:
+                    log.warning("workspace %s: NodeClaim %s cannot be read: %s", key, object_key(obj), exc)
+        claims.sort(key=lambda c: c.name)
+        nodes: dict[str, Node] = {}
+        if ws.resource is not None and ws.resource.byo_nodes:
+            for obj in self.nodes.items():
+                try:
+                    n = to_node(obj)
+                except (KeyError, TypeError, ValueError):
+                    continue
+                if ws.resource.label_selector.matches(n.labels):
+                    nodes[n.name] = n
+        else:
+            for c in claims:
+                if c.node_name:
+                    obj = self.nodes.get(c.node_name)
+                    if obj is not None:
+                        try:
+                            nodes[c.node_name] = to_node(obj)
+                        except (KeyError, TypeError, ValueError):
+                            pass
+        workload = None
+        for inf in (self.statefulsets, self.deployments):
+            obj = inf.get(key)
+            if obj is not None:
+                workload = to_workload(obj)
+                break
+        job_obj = self.jobs.get(key)
+        job = to_job(job_obj) if job_obj is not None else None
+        absent = self._absent(ws, name, ns, {c.name for c in claims}, workload, job)
+        return ws, Snapshot(tuple(claims), nodes, workload, job, frozenset(absent))
+
+    def _absent(self, ws: Workspace, name: str, ns: str, seen: set[str], workload: Workload | None,
+                job: Job | None) -> set[str]:
+        absent: set[str] = set()
+        rec = read_lifecycle(ws.status)
+        if rec is None:
+            return absent
+        for claim in rec.nodeclaims:
+            if claim in seen:
+                continue
+            if self.nodeclaims.gone(claim):
+                absent.add("NodeClaim/" + claim)
+            elif "NodeClaim/" + claim not in self._known and not self._exists(
+                    "NodeClaim/" + claim, lambda: self.custom.get_cluster_custom_object(*NODECLAIMS, claim,
+                                                                                    _request_timeout=self.timeout)):
+                absent.add("NodeClaim/" + claim)
+        key = f"{ns}/{name}"
+        if job is None and rec.state in ("JobReplacing", "JobRunning") and rec.revision is not None:
+            if self.jobs.gone(key) or ("Job/" + key not in self._known and not self._exists(
+                    "Job/" + key, lambda: self.custom.get_namespaced_custom_object(
+                        "batch", "v1", ns, "jobs", name, _request_timeout=self.timeout))):
+                absent.add("Job/" + name)
+        if workload is None and rec.revision is not None and rec.state in ("WorkloadDeploying", "Ready"):
+            if self.deployments.gone(key) or self.statefulsets.gone(key):
+                absent.add("Workload/" + name)
+        return absent
+
+    def _exists(self, what: str, get: Callable[[], Any]) -> bool:
+        """A live GET for something the cache cannot vouch for (only after a restart, once per object)."""
+        self._count("get", what.split("/", 1)[0])
+        try:
+            get()
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise self._error(exc, f"checking {what}") from None
+        self._known.add(what)
+        return True
+
+    # ------------------------------------------------------------------ apply
+
+    def apply(self, ws: Workspace, actions: Sequence[A.Action]) -> None:
+        for action in actions:
+            self._apply(ws, action)
+
+    def _count(self, verb: str, kind: str) -> None:
+        name = f"{verb} {kind}"
+        with self._lock:
+            self.requests[name] = self.requests.get(name, 0) + 1
+
+    def _error(self, exc: ApiException, doing: str) -> AdapterError:
+        retry = None
+        if exc.status == 429 and exc.headers:
+            try:
+                retry = float(exc.headers.get("Retry-After", "1"))
+            except ValueError:
+                retry = 1.0
+        if exc.status == 409:
+            return Conflict(f"{doing}: conflict: {exc.reason}")
+        return AdapterError(f"{doing}: API answered {exc.status} {exc.reason}", retry_after=retry)
+
+    def _call(self, verb: str, kind: str, doing: str, fn: Callable[[], Any], ok: tuple[int, ...] = ()) -> Any:
+        self._count(verb, kind)
+        try:
+            return fn()
+        except ApiException as exc:
+            if exc.status in ok:
+                return None
+            raise self._error(exc, doing) from None
+        except Exception as exc:  # connection refused, timeouts: retried with backoff by the runner
+            raise AdapterError(f"{doing}: {type(exc).__name__}: {exc}") from None
+
+    def _apply(self, ws: Workspace, a: A.Action) -> None:
+        t = self.timeout
+        ns, name = ws.metadata.namespace, ws.metadata.name
+        if isinstance(a, A.CreateNodeClaim):
+            body = manifests.nodeclaim(ws, a, self.node_class)
+            self._call("create", "NodeClaim", f"creating NodeClaim {a.name} for {ws.key}",
+                       lambda: self.custom.create_cluster_custom_object(*NODECLAIMS, body, _request_timeout=t), ok=(409,))
+            self._known.add("NodeClaim/" + a.name)
+        elif isinstance(a, A.DeleteNodeClaim):
+            self._call("delete", "NodeClaim", f"deleting NodeClaim {a.name} of {ws.key}",
+                       lambda: self.custom.delete_cluster_custom_object(*NODECLAIMS, a.name, _request_timeout=t),
+                       ok=(404,))
+        elif isinstance(a, (A.CreateWorkload, A.UpdateWorkload)):
+            body = manifests.workload(ws, a)
+            plural = "statefulsets" if a.kind == "StatefulSet" else "deployments"
+            if isinstance(a, A.CreateWorkload):
+                self._call("create", a.kind, f"creating {a.kind} {ns}/{a.name}",
+                           lambda: self.custom.create_namespaced_custom_object("apps", "v1", ns, plural, body,
+                                                                               _request_timeout=t), ok=(409,))
+            else:
+                patch = {"metadata": {"annotations": body["metadata"]["annotations"]}, "spec": body["spec"]}
+                self._call("patch", a.kind, f"updating {a.kind} {ns}/{a.name}",
+                           lambda: self.custom.patch_namespaced_custom_object("apps", "v1", ns, plural, a.name, patch,
+                                                                              _request_timeout=t))
+        elif isinstance(a, A.CreateJob):
+            body = manifests.job(ws, a)
+            self._call("create", "Job", f"creating Job {ns}/{a.name}",
+                       lambda: self.custom.create_namespaced_custom_object("batch", "v1", ns, "jobs", body,
+                                                                           _request_timeout=t), ok=(409,))
+            self._known.add(f"Job/{ns}/{a.name}")
+        elif isinstance(a, A.DeleteJob):
+            opts = {"propagationPolicy": a.propagation}
+            self._call("delete", "Job", f"deleting stale Job {ns}/{a.name}",
+                       lambda: self.custom.delete_namespaced_custom_object("batch", "v1", ns, "jobs", a.name, body=opts,
+                                                                           _request_timeout=t), ok=(404,))
+            self._known.discard(f"Job/{ns}/{a.name}")
+        elif isinstance(a, (A.AddFinalizer, A.RemoveFinalizer)):
+            self._patch_finalizers(ws, a)
+        elif isinstance(a, A.RecordEvent):
+            self._record_event(ws, a)
+        else:  # pragma: no cover - a new action type without an executor is a bug
+            raise AdapterError(f"no executor for action {type(a).__name__}")
+
+    def _patch_finalizers(self, ws: Workspace, a: A.AddFinalizer | A.RemoveFinalizer) -> None:
+        key = ws.key
+        raw = self._raw(key) or ws.to_dict()
+        meta = raw.get("metadata") or {}
+        current = list(meta.get("finalizers") or [])
+        wanted = current + [a.finalizer] if isinstance(a, A.AddFinalizer) and a.finalizer not in current else \
+            [f for f in current if f != a.finalizer] if isinstance(a, A.RemoveFinalizer) else current
+        if wanted == current:
+            return
+        rv = meta.get("resourceVersion") or ws.metadata.resource_version
+        # The resourceVersion makes the merge patch conditional: finalizers are a list, replaced whole.
+        patch = {"metadata": {"finalizers": wanted, "resourceVersion": rv}}
+        verb = "add" if isinstance(a, A.AddFinalizer) else "remove"
+        result = self._call("patch", "Workspace", f"{verb} finalizer on {key}",
+                            lambda: self.custom.patch_namespaced_custom_object(
+                                KAITO_GROUP, KAITO_VERSION, ws.metadata.namespace, KAITO_PLURAL, ws.metadata.name,
+                                patch, _request_timeout=self.timeout), ok=(404,) if verb == "remove" else ())
+        if isinstance(result, dict):
+            new_rv = (result.get("metadata") or {}).get("resourceVersion")
+            with self._lock:
+                self._own_rv[key] = (ws.metadata.resource_version, result)
+                parsed = self._parse_raw_for_overlay(key, result)
+                if parsed is not None:
+                    self._overlay[key] = (parsed, result, new_rv)
+
+    def _parse_raw_for_overlay(self, key: str, raw: dict[str, Any]) -> Workspace | None:
+        try:
+            return parse_workspace(raw, catalogue=self.catalogue, auto_provisioning=self.auto_provisioning)
+        except Exception:
+            return None
+
+    def _record_event(self, ws: Workspace, a: A.RecordEvent) -> None:
+        now = format_time(datetime.now(timezone.utc))
+        body = manifests.event(ws, a, now, next(self._event_seq), self.component)
+        self._count("create", "Event")
+        try:
+            self.core.create_namespaced_event(ws.metadata.namespace, body, _request_timeout=self.timeout)
+        except Exception as exc:  # Events are best effort: a lost Event must not fail the pass
+            log.debug("workspace %s: event %s not recorded: %s", ws.key, a.reason, exc)
+
+    # ------------------------------------------------------------------ persist
+
+    def persist(self, ws: Workspace, status: WorkspaceStatus) -> Workspace:
+        key = ws.key
+        raw = self._raw(key)
+        if raw is None:
+            raise Conflict(f"writing status of {key}: the Workspace is gone from the cache")
+        rv = ws.metadata.resource_version
+        with self._lock:
+            own = self._own_rv.pop(key, None)
+        if own is not None and own[0] == rv:
+            rv = (own[1].get("metadata") or {}).get("resourceVersion", rv)
+        body = {**raw, "metadata": {**(raw.get("metadata") or {}), "resourceVersion": rv}, "status": status.to_dict()}
+        result = self._call("update", "Workspace/status", f"writing status of {key}",
+                            lambda: self.custom.replace_namespaced_custom_object_status(
+                                KAITO_GROUP, KAITO_VERSION, ws.metadata.namespace, KAITO_PLURAL, ws.metadata.name, body,
+                                _request_timeout=self.timeout), ok=(404,))
+        if not isinstance(result, dict):
+            return ws.with_status(status)
+        new_rv = (result.get("metadata") or {}).get("resourceVersion", "")
+        parsed = self._parse_raw_for_overlay(key, result)
+        if parsed is not None:
+            with self._lock:
+                self._overlay[key] = (parsed, result, new_rv)
+            return parsed
+        return ws.with_status(status)
+
+
+def _watchable(fn: Callable[..., Any], return_type: str) -> Callable[..., Any]:
+    """kubernetes.watch.Watch reads the list function's docstring to know what it returns."""
+    fn.__doc__ = f":return: {return_type}\n"
+    return fn

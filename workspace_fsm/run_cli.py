@@ -1,0 +1,136 @@
+"""``workspace-fsm run``: the runner against a real (or the embedded test) Kubernetes API server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+log = logging.getLogger("workspace_fsm.run")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run the machine against a Kubernetes cluster (kubeconfig, in-cluster, or --embedded)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--kubeconfig", metavar="PATH", help="kubeconfig file (default: in-cluster config, then ~/.kube/config)")
+    src.add_argument("--embedded", action="store_true",
+                     help="start an embedded test API server with KAITO's CRDs and simulated GPU nodes, and run against it")
+    p.add_argument("--context", help="kubeconfig context")
+    p.add_argument("--namespace", help="only Workspaces in this namespace (default: all namespaces)")
+    p.add_argument("--workers", type=int, default=5, help="concurrent reconcilers (default 5)")
+    p.add_argument("--byo-nodes", action="store_true", help="node auto-provisioning is disabled: Workspaces bring their own nodes")
+    p.add_argument("--health-port", type=int, default=8081, help="port for /healthz and /readyz (0: off; default 8081)")
+    p.add_argument("--time-scale", type=float, default=60.0,
+                   help="with --embedded: how many times faster than real the simulated cluster runs (default 60)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=run)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+class _Health(BaseHTTPRequestHandler):
+    ready: callable = staticmethod(lambda: False)
+    alive: callable = staticmethod(lambda: True)
+
+    def do_GET(self) -> None:  # noqa: N802
+        ok = self.alive() if self.path.startswith("/healthz") else self.ready() if self.path.startswith("/readyz") else None
+        code = 404 if ok is None else 200 if ok else 503
+        body = b"ok\n" if ok else b"not ready\n" if ok is False else b"not found\n"
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def start_health_server(port: int, ready, alive) -> ThreadingHTTPServer | None:
+    if not port:
+        return None
+    handler = type("Health", (_Health,), {"ready": staticmethod(ready), "alive": staticmethod(alive)})
+    server = ThreadingHTTPServer(("0.0.0.0", port), handler)
+    threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
+    return server
+
+
+def load_api_client(kubeconfig: str | None, context: str | None):
+    from kubernetes import client, config
+
+    if kubeconfig:
+        return config.new_client_from_config(config_file=kubeconfig, context=context)
+    try:
+        config.load_incluster_config()
+        return client.ApiClient()
+    except config.ConfigException:
+        return config.new_client_from_config(context=context)
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level)
+    if args.embedded:
+        from .embedded import run_embedded
+
+        return run_embedded(args)
+    try:
+        api = load_api_client(args.kubeconfig, args.context)
+    except Exception as exc:
+        print(f"workspace-fsm run: cannot load Kubernetes configuration: {exc}", file=sys.stderr)
+        return 2
+    return run_against(api, args)
+
+
+def run_against(api, args: argparse.Namespace, stop: threading.Event | None = None) -> int:
+    """Start informers, workers and probes; run until SIGTERM/SIGINT (or ``stop``)."""
+    from .adapters.kubernetes.adapter import KubernetesAdapter
+    from .catalogue import Catalogue
+    from .lifecycle import Config
+    from .queue import WorkQueue
+    from .runner import FsmReconciler, ThreadedRunner
+
+    stop = stop or threading.Event()
+    adapter = KubernetesAdapter(api, namespace=args.namespace, catalogue=Catalogue.default(),
+                                auto_provisioning=not args.byo_nodes)
+    queue: WorkQueue[str] = WorkQueue(time.monotonic)
+    adapter.set_event_handler(queue.add)
+    reconciler = FsmReconciler(adapter, time.time, config=Config(auto_provisioning=not args.byo_nodes),
+                               epoch=datetime(1970, 1, 1, tzinfo=timezone.utc))
+    runner = ThreadedRunner(reconciler, queue, workers=args.workers)
+    health = start_health_server(args.health_port, ready=lambda: all(i.synced for i in adapter.informers),
+                                 alive=lambda: not stop.is_set())
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            signal.signal(sig, lambda *_: stop.set())
+        except ValueError:  # not the main thread (tests): the caller's stop event is enough
+            pass
+    adapter.start()
+    log.info("watching Workspaces%s; %d workers", f" in namespace {args.namespace}" if args.namespace else "",
+             args.workers)
+    if not adapter.wait_synced(60.0):
+        log.warning("caches not synced after 60s; starting anyway, they will catch up")
+    runner.start()
+    last = 0.0
+    while not stop.wait(1.0):
+        now = time.monotonic()
+        if now - last >= 30:
+            last = now
+            log.info("%d Workspaces watched, %d passes so far, queue: %d ready, %d waiting", len(adapter.keys()),
+                     reconciler.passes, queue.ready_count, queue.waiting_count)
+    log.info("stopping: finishing passes in flight")
+    runner.stop()
+    adapter.stop()
+    if health is not None:
+        health.shutdown()
+    log.info("stopped after %d passes", reconciler.passes)
+    return 0
