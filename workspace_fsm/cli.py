@@ -61,8 +61,11 @@ def _add_late_commands(sub: argparse._SubParsersAction) -> None:
     from .run_cli import add_parser as add_run
     from .simulate_cli import add_parser as add_simulate
 
+    from .embedded import add_cluster_parser
+
     add_simulate(sub)
     add_run(sub)
+    add_cluster_parser(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,281 @@
+"""The simulated cluster's controllers, acting through a real Kubernetes API server.
+
+The same latency and failure model as the in-memory simulator (:mod:`.params`), but every effect is an
+API call, so the machine's Kubernetes adapter, the test API server and ``kubectl`` see a cluster that
+behaves like Karpenter + the NVIDIA device plugin + the workload controllers:
+
+- a NodeClaim provisioner: on a new NodeClaim it adds Karpenter's termination finalizer, then after
+  sampled delays sets Launched, creates the Node (NotReady, with the claim's labels, the instance type
+  and ``accelerator=nvidia``) and sets Registered, Initialized, Ready (Node Ready), and later gives the
+  Node ``nvidia.com/gpu`` capacity; a deleted NodeClaim loses its Node and finalizer after its delay;
+- a workload status updater: a Deployment or StatefulSet of a new generation becomes ready after its
+  rollout delay;
+- a Job runner: a Job completes (or fails) after its run time.
+
+Time is scaled: ``time_scale=60`` makes a 240 s provisioning take 4 s. Scheduling is one thread with a
+heap of due times; it waits on a condition for the next due time or a new event (the shell's waiting).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+
+from workspace_fsm.model import GPU_RESOURCE, format_time
+
+from ..kubernetes.informer import Informer, object_key
+from .params import GPUS_PER_INSTANCE, SimParams
+
+log = logging.getLogger("workspace_fsm.simulated.controllers")
+
+KARPENTER_FINALIZER = "karpenter.sh/termination"
+NODECLAIMS = ("karpenter.sh", "v1", "nodeclaims")
+
+
+def _now() -> str:
+    return format_time(datetime.now(timezone.utc))
+
+
+def _cond(type_: str, status: str, reason: str, message: str = "") -> dict[str, Any]:
+    return {"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": _now()}
+
+
+class SimulatedControllers:
+    def __init__(self, api_client: k8s.ApiClient, params: SimParams | None = None, *, seed: int = 1,
+                 time_scale: float = 60.0, request_timeout_s: float = 10.0) -> None:
+        if time_scale <= 0:
+            raise ValueError("time_scale must be positive")
+        self.params = params or SimParams()
+        self.scale = time_scale
+        self.rng = random.Random(seed)
+        self.custom = k8s.CustomObjectsApi(api_client)
+        self.core = k8s.CoreV1Api(api_client)
+        self.timeout = request_timeout_s
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._cv = threading.Condition()
+        self._stop = threading.Event()
+        self._seen: set[tuple[str, str, Any]] = set()
+        san = api_client.sanitize_for_serialization
+        kw = dict(watch_timeout_s=60, request_timeout_s=request_timeout_s)
+        self.informers = [
+            Informer("sim-nodeclaims", _watchable(lambda **k: self.custom.list_cluster_custom_object(*NODECLAIMS, **k)), **kw),
+            Informer("sim-deployments", _watchable(lambda **k: self.custom.list_cluster_custom_object("apps", "v1", "deployments", **k)), **kw),
+            Informer("sim-statefulsets", _watchable(lambda **k: self.custom.list_cluster_custom_object("apps", "v1", "statefulsets", **k)), **kw),
+            Informer("sim-jobs", _watchable(lambda **k: self.custom.list_cluster_custom_object("batch", "v1", "jobs", **k)), **kw),
+        ]
+        self.informers[0].add_handler(self._on_nodeclaim)
+        self.informers[1].add_handler(lambda t, o, n: self._on_workload("deployments", t, n))
+        self.informers[2].add_handler(lambda t, o, n: self._on_workload("statefulsets", t, n))
+        self.informers[3].add_handler(self._on_job)
+        self._thread = threading.Thread(target=self._loop, name="sim-controllers", daemon=True)
+        self._san = san
+
+    # ------------------------------------------------------------------ running
+
+    def start(self) -> None:
+        for inf in self.informers:
+            inf.start()
+        self._thread.start()
+
+    def wait_synced(self, timeout_s: float = 30.0) -> bool:
+        return all(i.wait_synced(timeout_s) for i in self.informers)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for inf in self.informers:
+            inf.stop()
+        with self._cv:
+            self._cv.notify_all()
+
+    def _after(self, sim_seconds: float, fn: Callable[[], None]) -> None:
+        with self._cv:
+            heapq.heappush(self._heap, (time.monotonic() + sim_seconds / self.scale, next(self._seq), fn))
+            self._cv.notify()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            with self._cv:
+                if not self._heap:
+                    self._cv.wait(0.5)
+                    continue
+                due, _, fn = self._heap[0]
+                delay = due - time.monotonic()
+                if delay > 0:
+                    self._cv.wait(min(delay, 0.5))
+                    continue
+                heapq.heappop(self._heap)
+            try:
+                fn()
+            except ApiException as exc:
+                if exc.status != 404:  # the object went away meanwhile: nothing to do
+                    log.warning("simulated controller step failed: %s %s", exc.status, exc.reason)
+            except Exception:
+                log.exception("simulated controller step failed")
+
+    def _once(self, kind: str, obj: dict[str, Any], what: Any) -> bool:
+        """True the first time (kind, object uid, what) is seen: informer relists must not reschedule."""
+        uid = (obj.get("metadata") or {}).get("uid") or object_key(obj)
+        mark = (kind, uid, what)
+        if mark in self._seen:
+            return False
+        self._seen.add(mark)
+        return True
+
+    # ------------------------------------------------------------------ NodeClaims and Nodes
+
+    def _on_nodeclaim(self, etype: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        if new is None:
+            return
+        meta = new.get("metadata") or {}
+        name = meta["name"]
+        if meta.get("deletionTimestamp"):
+            if self._once("nc-delete", new, 0):
+                self._after(self.params.latencies.nodeclaim_delete.sample(self.rng), lambda: self._finish_delete(name))
+            return
+        if not self._once("nc", new, 0):
+            return
+        lat = self.params.latencies
+        self._patch_claim(name, {"metadata": {"finalizers": list(set(meta.get("finalizers") or []) | {KARPENTER_FINALIZER})}},
+                          status=False)
+        if self.rng.random() < self.params.instance_unavailable_rate:
+            self._after(lat.nodeclaim_launched.sample(self.rng), lambda: self._set_claim(
+                name, [_cond("Launched", "False", "InsufficientCapacity", "instance type unavailable in this zone")]))
+            return
+        launched = lat.nodeclaim_launched.sample(self.rng)
+        registered = max(launched, lat.nodeclaim_registered.sample(self.rng))
+        initialized = registered + lat.nodeclaim_initialized.sample(self.rng)
+        ready = initialized + lat.nodeclaim_ready.sample(self.rng)
+        gpu = ready + lat.gpu_plugin.sample(self.rng)
+        never = self.rng.random() < self.params.never_ready_rate
+        node = f"aks-{name}"[:63]
+        itype = next((r.get("values", [""])[0] for r in (new.get("spec") or {}).get("requirements") or []
+                      if r.get("key") == "node.kubernetes.io/instance-type" and r.get("values")), "")
+        labels = {**(meta.get("labels") or {}), "node.kubernetes.io/instance-type": itype, "accelerator": "nvidia",
+                  "kubernetes.io/hostname": node, "karpenter.sh/nodepool": "kaito"}
+        self._after(launched, lambda: self._set_claim(name, [_cond("Launched", "True", "Launched")]))
+        if never:
+            return
+        self._after(registered, lambda: self._register(name, node, labels))
+        self._after(initialized, lambda: self._set_claim(name, [_cond("Initialized", "True", "Initialized")]))
+        self._after(ready, lambda: self._ready(name, node))
+        gpus = GPUS_PER_INSTANCE.get(itype, 1)
+        self._after(gpu, lambda: self._gpu(node, gpus))
+
+    def _patch_claim(self, name: str, patch: dict[str, Any], status: bool = True) -> None:
+        if status:
+            self.custom.patch_cluster_custom_object_status(*NODECLAIMS, name, patch, _request_timeout=self.timeout)
+        else:
+            self.custom.patch_cluster_custom_object(*NODECLAIMS, name, patch, _request_timeout=self.timeout)
+
+    def _set_claim(self, name: str, conds: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> None:
+        cur = self.custom.get_cluster_custom_object(*NODECLAIMS, name, _request_timeout=self.timeout)
+        have = {c["type"]: c for c in ((cur.get("status") or {}).get("conditions") or [])}
+        for c in conds:
+            have[c["type"]] = c
+        status = {**(cur.get("status") or {}), "conditions": list(have.values()), **(extra or {})}
+        self._patch_claim(name, {"status": status})
+
+    def _register(self, claim: str, node: str, labels: dict[str, str]) -> None:
+        body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node, "labels": labels},
+                "spec": {"providerID": f"azure:///simulated/{node}"},
+                "status": {"conditions": [{"type": "Ready", "status": "False", "reason": "KubeletNotReady",
+                                           "lastHeartbeatTime": _now(), "lastTransitionTime": _now(), "message": ""}]}}
+        try:
+            self.core.create_node(body, _request_timeout=self.timeout)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        self.core.patch_node_status(node, {"status": body["status"]}, _request_timeout=self.timeout)
+        self._set_claim(claim, [_cond("Registered", "True", "Registered")], {"nodeName": node})
+
+    def _ready(self, claim: str, node: str) -> None:
+        self.core.patch_node_status(node, {"status": {"conditions": [{
+            "type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready status",
+            "lastHeartbeatTime": _now(), "lastTransitionTime": _now()}]}}, _request_timeout=self.timeout)
+        self._set_claim(claim, [_cond("Ready", "True", "Ready")])
+
+    def _gpu(self, node: str, gpus: int) -> None:
+        cur = self._san(self.core.read_node(node, _request_timeout=self.timeout))
+        status = cur.get("status") or {}
+        cap = {**(status.get("capacity") or {}), GPU_RESOURCE: str(gpus)}
+        alloc = {**(status.get("allocatable") or {}), GPU_RESOURCE: str(gpus)}
+        self.core.patch_node_status(node, {"status": {"capacity": cap, "allocatable": alloc}},
+                                    _request_timeout=self.timeout)
+
+    def _finish_delete(self, claim: str) -> None:
+        try:
+            cur = self.custom.get_cluster_custom_object(*NODECLAIMS, claim, _request_timeout=self.timeout)
+        except ApiException as exc:
+            if exc.status == 404:
+                return
+            raise
+        node = (cur.get("status") or {}).get("nodeName")
+        if node:
+            try:
+                self.core.delete_node(node, _request_timeout=self.timeout)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+        fins = [f for f in (cur.get("metadata") or {}).get("finalizers") or [] if f != KARPENTER_FINALIZER]
+        rv = (cur.get("metadata") or {}).get("resourceVersion")
+        self._patch_claim(claim, {"metadata": {"finalizers": fins, "resourceVersion": rv}}, status=False)
+
+    # ------------------------------------------------------------------ workloads and Jobs
+
+    def _on_workload(self, plural: str, etype: str, new: dict[str, Any] | None) -> None:
+        if new is None or (new.get("metadata") or {}).get("deletionTimestamp"):
+            return
+        meta = new["metadata"]
+        gen = meta.get("generation", 1)
+        if not self._once(plural, new, gen):
+            return
+        ns, name = meta["namespace"], meta["name"]
+        replicas = (new.get("spec") or {}).get("replicas", 1)
+        lat = self.params.latencies
+
+        def ready() -> None:
+            status = {"observedGeneration": gen, "replicas": replicas, "readyReplicas": replicas,
+                      "updatedReplicas": replicas, "availableReplicas": replicas}
+            self.custom.patch_namespaced_custom_object_status("apps", "v1", ns, plural, name, {"status": status},
+                                                              _request_timeout=self.timeout)
+
+        self._after(lat.workload_rollout.sample(self.rng), ready)
+
+    def _on_job(self, etype: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        if new is None or (new.get("metadata") or {}).get("deletionTimestamp") or not self._once("job", new, 0):
+            return
+        meta = new["metadata"]
+        ns, name, uid = meta["namespace"], meta["name"], meta.get("uid")
+        fail = self.rng.random() < self.params.job_failure_rate
+        self.custom.patch_namespaced_custom_object_status("batch", "v1", ns, "jobs", name,
+                                                          {"status": {"active": 1, "startTime": _now()}},
+                                                          _request_timeout=self.timeout)
+
+        def finish() -> None:
+            cur = self.custom.get_namespaced_custom_object("batch", "v1", ns, "jobs", name, _request_timeout=self.timeout)
+            if (cur.get("metadata") or {}).get("uid") != uid:
+                return  # replaced meanwhile
+            cond = _cond("Failed", "True", "BackoffLimitExceeded", "Job has reached the specified backoff limit") \
+                if fail else _cond("Complete", "True", "Completed")
+            status = {"active": 0, "succeeded": 0 if fail else 1, "failed": 4 if fail else 0, "conditions": [cond],
+                      "completionTime": _now()}
+            self.custom.patch_namespaced_custom_object_status("batch", "v1", ns, "jobs", name, {"status": status},
+                                                              _request_timeout=self.timeout)
+
+        self._after(self.params.latencies.job_run.sample(self.rng), finish)
+
+
+def _watchable(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn.__doc__ = ":return: object\n"
+    return fn

@@ -1,0 +1,101 @@
+"""The embedded cluster: the test API server with KAITO's and Karpenter's CRDs, plus the simulated
+Karpenter, device plugin and workload controllers acting through it. ``workspace-fsm cluster`` runs only
+this; ``workspace-fsm run --embedded`` runs it and the machine in one process."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import tempfile
+import threading
+from importlib import resources
+from pathlib import Path
+
+log = logging.getLogger("workspace_fsm.embedded")
+
+
+def crd_paths() -> list[Path]:
+    data = resources.files("workspace_fsm")
+    return [Path(str(data / "data" / "kaito.sh_workspaces.yaml")),
+            Path(str(data / "testing" / "crds" / "karpenter.sh_nodeclaims.yaml"))]
+
+
+class EmbeddedCluster:
+    def __init__(self, *, time_scale: float = 60.0, seed: int = 1, port: int = 0) -> None:
+        from .testing import TestAPIServer
+
+        self.server = TestAPIServer(crds=crd_paths(), port=port)
+        self.time_scale = time_scale
+        self.seed = seed
+        self.controllers = None
+        self.api = None
+
+    def start(self, kubeconfig_out: str | Path) -> Path:
+        from kubernetes import config
+
+        from .adapters.simulated.http_controllers import SimulatedControllers
+
+        self.server.start()
+        path = Path(self.server.write_kubeconfig(kubeconfig_out))
+        self.api = config.new_client_from_config(config_file=str(path))
+        self.controllers = SimulatedControllers(self.api, seed=self.seed, time_scale=self.time_scale)
+        self.controllers.start()
+        self.controllers.wait_synced(30.0)
+        return path
+
+    def stop(self) -> None:
+        if self.controllers is not None:
+            self.controllers.stop()
+        self.server.stop()
+
+
+def add_cluster_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cluster", help="start only the embedded cluster (test API server + simulated GPU nodes)")
+    p.add_argument("--kubeconfig-out", required=True, metavar="PATH", help="write a kubeconfig here once it is ready")
+    p.add_argument("--time-scale", type=float, default=60.0, help="simulated latencies run this many times faster (default 60)")
+    p.add_argument("--port", type=int, default=0, help="API server port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=run_cluster)
+
+
+def _wait_for_signal(stop: threading.Event) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
+
+
+def run_cluster(args: argparse.Namespace) -> int:
+    from .run_cli import setup_logging
+
+    setup_logging(args.log_level)
+    cluster = EmbeddedCluster(time_scale=args.time_scale, seed=args.seed, port=args.port)
+    path = cluster.start(args.kubeconfig_out)
+    print(f"embedded cluster ready at {cluster.server.url}; kubeconfig written to {path}", flush=True)
+    print(f"  try: kubectl --kubeconfig {path} apply -f <a KAITO Workspace manifest>", flush=True)
+    stop = threading.Event()
+    try:
+        _wait_for_signal(stop)
+    finally:
+        cluster.stop()
+    print("embedded cluster stopped", flush=True)
+    return 0
+
+
+def run_embedded(args: argparse.Namespace) -> int:
+    from .run_cli import run_against
+
+    tmp = Path(tempfile.mkdtemp(prefix="workspace-fsm-"))
+    cluster = EmbeddedCluster(time_scale=args.time_scale)
+    path = cluster.start(tmp / "kubeconfig")
+    print(f"embedded cluster ready; kubeconfig: {path}", flush=True)
+    print(f"  kubectl --kubeconfig {path} apply -f <a KAITO Workspace manifest>", flush=True)
+    print(f"  kubectl --kubeconfig {path} get workspaces -w", flush=True)
+    try:
+        return run_against(cluster.api, args)
+    finally:
+        cluster.stop()
+        sys.stdout.flush()
