@@ -42,6 +42,20 @@ KAITO_GROUP, KAITO_VERSION, KAITO_PLURAL = "kaito.sh", "v1beta1", "workspaces"
 NODECLAIMS = ("karpenter.sh", "v1", "nodeclaims")
 
 
+#: Every (API group, resource, verb) the adapter uses, and nothing more. deploy/rbac.yaml grants exactly
+#: these; tests/test_deploy.py checks both the file and the requests an end-to-end run makes.
+PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
+    ("kaito.sh", "workspaces"): frozenset({"list", "watch", "patch"}),  # patch: the finalizer
+    ("kaito.sh", "workspaces/status"): frozenset({"update"}),
+    ("karpenter.sh", "nodeclaims"): frozenset({"list", "watch", "get", "create", "delete"}),
+    ("", "nodes"): frozenset({"list", "watch"}),
+    ("apps", "deployments"): frozenset({"list", "watch", "create", "patch"}),
+    ("apps", "statefulsets"): frozenset({"list", "watch", "create", "patch"}),
+    ("batch", "jobs"): frozenset({"list", "watch", "get", "create", "delete"}),
+    ("", "events"): frozenset({"create"}),
+}
+
+
 # --------------------------------------------------------------------------- dict -> snapshot types
 
 
