@@ -239,27 +239,36 @@ def test_cache_is_a_monotone_prefix() -> None:
 
 
 def test_tombstones_make_absent_and_recreation_drops_them() -> None:
+    """absent answers for the names asked about (the machine's confirmations, or also_absent): a tombstone
+    seen by the watch, or a counted GET's 404; never for something the cache merely does not show yet."""
     c = make_cluster(lag=5.0)
     key = add_inference(c)
     ws = c.truth.workspaces[key]
+    ask = ["NodeClaim/nc-0"]
     c.apply(ws, [claim_action(key, "nc-0")])
+    c.advance_to(2)
+    # Created by this adapter, not in the (lagging) cache yet: known to exist, no GET, not absent.
+    reads = c.reads
+    assert "NodeClaim/nc-0" not in c.observe(key, also_absent=ask)[1].absent and c.reads == reads
     c.advance_to(10)
     c.apply(ws, [A.DeleteNodeClaim("nc-0", "test")])
     c.advance_to(50.0)  # gone at 50, seen at 55
-    assert "NodeClaim/nc-0" not in c.observe(key)[1].absent
+    snap = c.observe(key, also_absent=ask)[1]
+    assert "NodeClaim/nc-0" not in snap.absent and [n.name for n in snap.nodeclaims] == ["nc-0"]
     c.advance_to(55.0)
-    snap = c.observe(key)[1]
+    snap = c.observe(key, also_absent=ask)[1]
     assert "NodeClaim/nc-0" in snap.absent and snap.nodeclaims == ()
-    # Asked about by name (e.g. a Job the caller knows of): reported only when a tombstone exists.
-    assert "Job/ws-a" not in c.observe(key, also_absent=["Job/ws-a"])[1].absent
+    # Asked about by name and never created: a GET (counted) answers 404.
+    reads = c.reads
+    assert "Job/ws-a" in c.observe(key, also_absent=["Job/ws-a"])[1].absent and c.reads == reads + 1
     c.apply(ws, [claim_action(key, "nc-0")])
     c.advance_to(60.0)
-    snap = c.observe(key)[1]
+    snap = c.observe(key, also_absent=ask)[1]
     assert "NodeClaim/nc-0" not in snap.absent and [n.name for n in snap.nodeclaims] == ["nc-0"]
 
     c.apply(ws, [A.CreateJob("ws-a", "r1", "p", "qlora", ()), A.DeleteJob("ws-a", "r1")])
     c.advance_to(80.0)
-    snap = c.observe(key)[1]
+    snap = c.observe(key, also_absent=["Job/ws-a"])[1]
     assert snap.job is None and "Job/ws-a" in snap.absent
 
 

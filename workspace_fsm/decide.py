@@ -25,7 +25,7 @@ from .model import (ANNOTATION_REVISION, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESP
                     Workspace, WorkspaceStatus, Snapshot, format_time, whole_seconds)
 from .persist import LIFECYCLE_CONDITION, HistoryEntry, Lifecycle, read_lifecycle
 
-__all__ = ["Decision", "decide", "nodeclaim_name", "target_node_count", "ANNOTATION_REVISION"]
+__all__ = ["Decision", "decide", "confirmations", "nodeclaim_name", "target_node_count", "ANNOTATION_REVISION"]
 
 # KAITO's condition types.
 NODECLAIM_READY = "NodeClaimReady"
@@ -43,14 +43,28 @@ _AFTER_NODES = frozenset({"PluginsReady", "WorkloadDeploying", "Ready", "JobRunn
 _AFTER_PLUGINS = _AFTER_NODES - {"PluginsReady"}
 
 
+# Apply protocol. ``before`` runs first (the finalizer, so nothing can exist that deletion would not clean
+# up; deletions, which are safe to repeat), then the status is persisted, then ``after`` (creations,
+# finalizer removal, Events). Recording what will be created *before* creating it means that a pass whose
+# status write fails (409, crash) has created nothing: the record is never behind what exists.
+_BEFORE = (A.AddFinalizer, A.DeleteNodeClaim, A.DeleteJob)
+_AFTER_CREATES = (A.CreateNodeClaim, A.CreateWorkload, A.UpdateWorkload, A.CreateJob)
+
+
 @attrs.frozen
 class Decision:
     status: WorkspaceStatus
-    actions: tuple[A.Action, ...]
+    before: tuple[A.Action, ...]
     wake: A.WakeUp
     state: str
     transitions: tuple[HistoryEntry, ...] = ()
     status_changed: bool = True
+    after: tuple[A.Action, ...] = ()
+
+    @property
+    def actions(self) -> tuple[A.Action, ...]:
+        """Every action in the order they are applied (the status write falls between before and after)."""
+        return self.before + self.after
 
     @property
     def mutating_actions(self) -> tuple[A.Action, ...]:
@@ -93,6 +107,16 @@ def _merge_claims(rec: Lifecycle, f: Facts) -> tuple[str, ...]:
     return tuple(keep + extra) if extra or len(keep) != len(rec.nodeclaims) else rec.nodeclaims
 
 
+def _next_free_seq(ws: Workspace, names: tuple[str, ...]) -> int:
+    """One past the highest sequence number among this Workspace's deterministic NodeClaim names."""
+    base = nodeclaim_name(ws, 0)[:-1]
+    top = -1
+    for n in names:
+        if n.startswith(base) and n[len(base):].isdigit():
+            top = max(top, int(n[len(base):]))
+    return top + 1
+
+
 def _prune_deleted(deleted: set[str], claims: tuple[str, ...]) -> tuple[str, ...]:
     """Deletion marks for NodeClaims are kept only while the claim is still known."""
     known = set(claims)
@@ -103,6 +127,23 @@ def _enter(rec: Lifecycle, source: str, dest: str, stamp: datetime, why: str, li
     entry = HistoryEntry(source, dest, format_time(stamp), why)
     history = (rec.history + (entry,))[-limit:]
     return attrs.evolve(rec, state=dest, entered_at=stamp, attempts=0, history=history)
+
+
+def confirmations(ws: Workspace) -> frozenset[str]:
+    """The objects whose absence the machine must know positively to decide for this Workspace.
+
+    Adapters look these up when their cache does not show them: a tombstone (deletion seen by the watch)
+    or a 404 from a GET puts the name in ``Snapshot.absent``. Everything else is read from caches.
+    ``"NodeClaim/<name>"`` for every NodeClaim the record holds, ``"Job/<workspace>"`` and
+    ``"Workload/<workspace>"`` once one was recorded.
+    """
+    rec = read_lifecycle(ws.status)
+    if rec is None:
+        return frozenset()
+    out = {"NodeClaim/" + n for n in rec.nodeclaims}
+    if rec.revision is not None:
+        out.add(("Job/" if ws.is_tuning else "Workload/") + ws.metadata.name)
+    return frozenset(out)
 
 
 # ----------------------------------------------------------------------------- ensure: per-state actions
@@ -124,7 +165,8 @@ def _ensure_nodeclaims(f: Facts, rec: Lifecycle, out: list) -> Lifecycle:
             failures += 1
     claims = _merge_claims(rec, f)
     missing = f.target - f.existing
-    seq = rec.next_seq
+    # Never reuse a name: a cache that saw an old NodeClaim of that name go would take the new one for gone.
+    seq = max(rec.next_seq, _next_free_seq(ws, claims))
     if missing > 0 and failures < f.config.max_nodeclaim_failures:
         labels = ((LABEL_WORKSPACE, ws.metadata.name), (LABEL_WORKSPACE_NAMESPACE, ws.metadata.namespace))
         new = []
@@ -152,16 +194,17 @@ def _ensure_workload(f: Facts, rec: Lifecycle, out: list) -> Lifecycle:
     if w is None:
         gone = ("Workload/" + ws.metadata.name) in f.snap.absent
         if rec.revision is None or gone:
+            # Recorded first (this pass's status write), created after it: a creation is never unrecorded.
             out.append(A.CreateWorkload(kind, ws.metadata.name, f.target, f.revision, preset, f.ready_nodes))
             return attrs.evolve(rec, revision=f.revision)
-        if rec.revision != f.revision:
-            # Created for an older spec and not yet in the cache: update it once it is visible.
-            return rec
+        return rec  # created already (possibly for an older spec) and not yet visible: act once it is
+    if w.revision == f.revision:
+        return rec if rec.revision == f.revision else attrs.evolve(rec, revision=f.revision)
+    if w.deleting:
         return rec
-    if w.revision != f.revision and rec.revision != f.revision:
-        out.append(A.UpdateWorkload(w.kind, w.name, f.target, f.revision, preset, f.ready_nodes))
-        return attrs.evolve(rec, revision=f.revision)
-    return rec
+    # Level-based: whatever the record says, a visible workload of another revision is brought up to date.
+    out.append(A.UpdateWorkload(w.kind, w.name, f.target, f.revision, preset, f.ready_nodes))
+    return rec if rec.revision == f.revision else attrs.evolve(rec, revision=f.revision)
 
 
 def _ensure_job(f: Facts, rec: Lifecycle, out: list) -> Lifecycle:
@@ -174,22 +217,25 @@ def _ensure_job(f: Facts, rec: Lifecycle, out: list) -> Lifecycle:
             t = ws.tuning
             out.append(A.CreateJob(name, f.revision, t.preset.name if t and t.preset else "",
                                    (t.method if t else None) or "qlora", f.ready_nodes))
-            return attrs.evolve(rec, revision=f.revision, deleted=tuple(d for d in rec.deleted if d != "Job/" + name))
+            return attrs.evolve(rec, revision=f.revision,
+                                deleted=tuple(d for d in rec.deleted if not d.startswith("Job/")))
+        return rec
+    if j.revision == f.revision and rec.revision != f.revision:
+        return attrs.evolve(rec, revision=f.revision)  # adopt what exists (its creation's record was lost)
     return rec
 
 
 def _ensure_old_job_deleted(f: Facts, rec: Lifecycle, out: list) -> Lifecycle:
     name = f.ws.metadata.name
     j = f.snap.job
-    key = "Job/" + name
-    if key in rec.deleted:
+    if j is None or j.deleting:
         return rec
-    if j is None and key in f.snap.absent:
+    # The mark names the revision deleted, so a newer stale Job that appears later is deleted too.
+    mark = f"Job/{name}@{j.revision}"
+    if mark in rec.deleted:
         return rec
-    if j is not None and j.deleting:
-        return rec
-    out.append(A.DeleteJob(name, j.revision if j is not None else (rec.revision or ""), "Background"))
-    return attrs.evolve(rec, deleted=tuple(sorted(set(rec.deleted) | {key})))
+    out.append(A.DeleteJob(name, j.revision, "Background"))
+    return attrs.evolve(rec, deleted=tuple(sorted({d for d in rec.deleted if not d.startswith("Job/")} | {mark})))
 
 
 def _ensure_deleted(f: Facts, rec: Lifecycle, out: list) -> Lifecycle:
@@ -224,6 +270,9 @@ def _ensure(state: str, f: Facts, rec: Lifecycle, out: list) -> Lifecycle:
         return _ensure_job(f, rec, out)
     if state == "JobReplacing":
         return _ensure_old_job_deleted(f, rec, out)
+    if state in ("Succeeded", "Failed") and f.snap.job is not None and f.snap.job.revision == f.revision \
+            and rec.revision != f.revision:
+        rec = attrs.evolve(rec, revision=f.revision)
     if rec.nodeclaims and f.snap.absent:
         claims = _merge_claims(rec, f)
         if claims is not rec.nodeclaims:
@@ -241,8 +290,11 @@ def _fire_deadline(state: str, f: Facts, rec: Lifecycle, stamp: datetime, out: l
     if spec.on_deadline == "replace_unready_nodeclaims":
         deleted = set(rec.deleted)
         replaced = []
+        serving = set(f.ready_nodes)
         for c in f.claims:
-            if not c.is_ready and not c.deleting and ("NodeClaim/" + c.name) not in deleted:
+            # Unready: the claim is not Ready, or its Node never became Ready (it serves nothing).
+            if not c.deleting and ("NodeClaim/" + c.name) not in deleted \
+                    and not (c.is_ready and c.node_name in serving):
                 replaced.append(c.name)
         replaced.extend(n for n in f.unseen if ("NodeClaim/" + n) not in deleted)
         for name in replaced:
@@ -352,6 +404,8 @@ def _conditions_for(state: str, f: Facts, rec: Lifecycle) -> list[tuple[str, str
         out.append((INFERENCE_READY, "False", reason, msg))
         out.append((WORKSPACE_SUCCEEDED, "False", "WorkspaceNotReady", msg))
     else:
+        if f.ws.status.condition(INFERENCE_READY) is not None:  # it was serving: say it no longer is
+            out.append((INFERENCE_READY, "False", "ResourcesNotReady", "nodes or GPU device plugins are not ready"))
         out.append((WORKSPACE_SUCCEEDED, "False", "WorkspacePending", "resources are not ready yet"))
     return out
 
@@ -435,7 +489,7 @@ def _invalid(ws: Workspace, rec: Lifecycle | None, stamp: datetime, config: Conf
     acts: tuple[A.Action, ...] = ()
     if changed:
         acts = (A.RecordEvent("Warning", first.reason, f"Workspace {ws.key}: {message}"),)
-    return Decision(status, acts, A.WakeUp.on_event("invalid spec: waiting for it to be fixed"), state, (), changed)
+    return Decision(status, (), A.WakeUp.on_event("invalid spec: waiting for it to be fixed"), state, (), changed, acts)
 
 
 def decide(ws: Workspace, snapshot: Snapshot, now: datetime, config: Config = DEFAULT_CONFIG) -> Decision:
@@ -485,10 +539,14 @@ def decide(ws: Workspace, snapshot: Snapshot, now: datetime, config: Config = DE
     worker_nodes = ws.status.worker_nodes
     if state in _AFTER_NODES and f.ready_nodes and state not in ("Succeeded", "Failed"):
         worker_nodes = f.ready_nodes
+    elif worker_nodes and state in ("NodesProvisioning", "PluginsReady"):
+        still = set(f.ready_nodes)
+        kept = tuple(n for n in worker_nodes if n in still)
+        worker_nodes = kept if len(kept) != len(worker_nodes) else worker_nodes  # a lost node is not a worker
     status = _build_status(ws, f, state, rec, stamp, _conditions_for(state, f, rec),
                            target or ws.status.target_node_count, worker_nodes)
     changed = status != ws.status
-    # Apply order: finalizer first (nothing may exist that deletion could not clean up), events last.
-    mutating = [a for a in out if not isinstance(a, A.RecordEvent)]
-    events = [a for a in out if isinstance(a, A.RecordEvent)]
-    return Decision(status, tuple(mutating + events), _wake(state, f, rec, config), state, tuple(taken), changed)
+    before = tuple(a for a in out if isinstance(a, _BEFORE))
+    after = tuple(a for a in out if isinstance(a, _AFTER_CREATES)) + tuple(a for a in out if isinstance(a, A.RemoveFinalizer)) \
+        + tuple(a for a in out if isinstance(a, A.RecordEvent))
+    return Decision(status, before, _wake(state, f, rec, config), state, tuple(taken), changed, after)

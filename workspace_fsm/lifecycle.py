@@ -123,19 +123,24 @@ def workload_ready(f: Facts) -> bool:
 
 
 def workload_unready_or_stale(f: Facts) -> bool:
-    """Replicas are no longer ready, or the spec changed since the workload was built."""
-    w = f.snap.workload
-    return w is None or not w.is_ready or w.revision != f.revision or f.rec.revision != f.revision
+    """Replicas are no longer ready, or the workload was built from an older spec (exactly not workload_ready)."""
+    return not workload_ready(f)
 
 
 def job_stale(f: Facts) -> bool:
-    """The tuning spec changed: the Job that exists (or was last created) has an old revision."""
+    """The tuning spec changed: the Job that exists (or was last created and is not yet visible) has an older revision."""
     j = f.snap.job
     if j is not None and not j.deleting:
         return j.revision != f.revision
     if ("Job/" + f.ws.metadata.name) in f.snap.absent:
         return False  # no Job exists: nothing stale to replace (the next one is created with the current revision)
     return f.rec.revision is not None and f.rec.revision != f.revision
+
+
+def spec_changed_job_gone(f: Facts) -> bool:
+    """A finished tuning Workspace got a new spec and no Job is left (its absence confirmed): run the new one."""
+    j = f.snap.job
+    return j is None and ("Job/" + f.ws.metadata.name) in f.snap.absent and f.rec.revision != f.revision
 
 
 def job_succeeded(f: Facts) -> bool:
@@ -150,16 +155,12 @@ def job_failed(f: Facts) -> bool:
     return j is not None and j.revision == f.revision and j.failed_permanently
 
 
-def spec_changed(f: Facts) -> bool:
-    """A finished tuning Workspace got a new spec: a new run replaces the old Job."""
-    return f.rec.revision is not None and f.rec.revision != f.revision
-
-
 def old_job_gone(f: Facts) -> bool:
-    """The stale Job is gone: deleted, and its deletion seen (not merely missing from a lagging cache)."""
+    """No stale Job is left: it is gone (its absence confirmed, not merely missing from a lagging cache),
+    or the Job there already has the current revision."""
     j = f.snap.job
     if j is not None:
-        return False
+        return not j.deleting and j.revision == f.revision
     return ("Job/" + f.ws.metadata.name) in f.snap.absent
 
 
@@ -229,8 +230,10 @@ EDGES: tuple[Edge, ...] = (
     Edge("JobRunning", "Succeeded", job_succeeded),
     Edge("JobRunning", "Failed", job_failed),
     Edge("JobReplacing", "JobRunning", old_job_gone),
-    Edge("Succeeded", "JobReplacing", spec_changed),
-    Edge("Failed", "JobReplacing", spec_changed),
+    Edge("Succeeded", "JobReplacing", job_stale),
+    Edge("Succeeded", "JobRunning", spec_changed_job_gone),
+    Edge("Failed", "JobReplacing", job_stale),
+    Edge("Failed", "JobRunning", spec_changed_job_gone),
 )
 
 TRIGGER = "advance"

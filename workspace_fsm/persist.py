@@ -142,7 +142,15 @@ def read_lifecycle(status: WorkspaceStatus) -> Lifecycle | None:
 @functools.lru_cache(maxsize=65536)
 def _parse_record(message: str, since: datetime) -> Lifecycle | None:
     # Records are immutable values and a Workspace is looked at many times per state: parse each once.
-    try:
-        return Lifecycle.from_json(message, since=since)
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+    if len(message) > MESSAGE_LIMIT:
         return None
+    try:
+        rec = Lifecycle.from_json(message, since=since)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, ArithmeticError, RecursionError):
+        return None
+    # Times the machine will add deadlines to must stay far from datetime's limits; counters must be sane.
+    if rec.entered_at is not None and not (1970 <= rec.entered_at.year <= 9000):
+        return None
+    if not (0 <= rec.attempts <= 1000 and 0 <= rec.next_seq <= 10**9 and 0 <= rec.claim_failures <= 10**9):
+        return None
+    return rec

@@ -74,6 +74,16 @@ class FsmReconciler:
     def _held(self, before: int) -> float:
         return (self.calls() - before) * self.latency
 
+    def _apply(self, key: str, ws, actions) -> Generator[float, None, None]:
+        for action in actions:
+            before = self.calls()
+            self.adapter.apply(ws, (action,))
+            held = self._held(before)
+            if held:
+                yield held
+            if isinstance(action, RecordEvent) and action.type == "Warning":
+                log.warning("workspace %s: %s: %s", key, action.reason, action.message)
+
     def reconcile(self, key: str) -> Pass:
         self.passes += 1
         before = self.calls()
@@ -94,20 +104,16 @@ class FsmReconciler:
         for t in decision.transitions:
             log.info("workspace %s: %s -> %s (%s)", key, t.source, t.dest, t.why)
         try:
-            for action in decision.actions:
-                before = self.calls()
-                self.adapter.apply(ws, (action,))
-                held = self._held(before)
-                if held:
-                    yield held
-                if isinstance(action, RecordEvent) and action.type == "Warning":
-                    log.warning("workspace %s: %s: %s", key, action.reason, action.message)
+            # Before the status write: the finalizer and deletions. After it: creations and Events, so that
+            # nothing is created that the persisted record does not already hold (see decide.Decision).
+            yield from self._apply(key, ws, decision.before)
             if decision.status_changed:
                 before = self.calls()
                 self.adapter.persist(ws, decision.status)
                 held = self._held(before)
                 if held:
                     yield held
+            yield from self._apply(key, ws, decision.after)
         except Conflict as exc:
             log.debug("workspace %s: conflict on write, observing again: %s", key, exc)
             return Outcome(observe_again=True, error=exc)

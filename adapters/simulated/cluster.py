@@ -50,6 +50,7 @@ from workspace_fsm.catalogue import Catalogue
 from workspace_fsm.model import (LABEL_ACCELERATOR, LABEL_INSTANCE_TYPE, LABEL_WORKSPACE,
                                  LABEL_WORKSPACE_NAMESPACE, Job, LabelSelector, Node, NodeClaim, Snapshot,
                                  Workload, Workspace, WorkspaceStatus, format_time, whole_seconds)
+from workspace_fsm.decide import confirmations
 from workspace_fsm.persist import read_lifecycle
 
 from .documents import inference_document, to_workspace, tuning_document
@@ -261,6 +262,8 @@ class SimCluster:
         self._cache_claims_of: dict[str, dict[str, None]] = {}
         self._cache_seq = 0
         self._tombs: dict[tuple[str, str], str | None] = {}
+        #: (kind, key) this adapter created and its cache has not shown yet (like a controller's expectations).
+        self._own_known: set[tuple[str, str]] = set()
         self._tombs_of: dict[str, dict[str, None]] = {}
         self._handler: Callable[[str], None] | None = None
 
@@ -406,6 +409,7 @@ class SimCluster:
                     self._tombs_of.setdefault(owner, {})[_absent_name(kind, key)] = None
         else:
             store[key] = obj
+            self._own_known.discard((kind, key))  # the cache shows it now
             if kind == _CLAIM and owner is not None:
                 self._cache_claims_of.setdefault(owner, {})[key] = None
             if (kind, key) in self._tombs:  # re-created: no longer absent
@@ -450,15 +454,24 @@ class SimCluster:
                         else self.get_node(c.node_name)
                     if node is not None:
                         nodes[node.name] = node
-        absent = set(self._tombs_of.get(key, ()))
+        absent: set[str] = set()
+        wanted = set(also_absent)
         if ws is not None:
-            rec = read_lifecycle(ws.status)
-            if rec is not None:
-                absent.update("NodeClaim/" + n for n in rec.nodeclaims if (_CLAIM, n) in self._tombs)
-        for name in also_absent:
+            wanted |= confirmations(ws)
+        for name in sorted(wanted):
             kind, _, short = name.partition("/")
             full = short if kind in _CLUSTER_SCOPED else f"{ns}/{short}"
+            if full in self._cache[kind]:
+                continue  # visible: not absent
+            if (kind, full) in self._own_known:
+                continue  # this adapter created it; its watch event is on the way
             if (kind, full) in self._tombs:
+                absent.add(name)  # the watch showed it deleted
+                continue
+            # Neither: ask the API server (a counted GET). Only after a lost record or a failed create.
+            self._read("get", kind)
+            store = {_CLAIM: self._claims, _JOB: self._jobs, _WORKLOAD: self._workloads}.get(kind, {})
+            if full not in store:
                 absent.add(name)
         return ws, Snapshot(nodeclaims=claims, nodes=nodes, workload=self._cache[_WORKLOAD].get(key),
                             job=self._cache[_JOB].get(key), absent=frozenset(absent))
@@ -556,6 +569,7 @@ class SimCluster:
 
     def _create_nodeclaim(self, ws: Workspace, a: A.CreateNodeClaim) -> None:
         self._write("create", "NodeClaim")
+        self._own_known.add((_CLAIM, a.name))
         if a.name in self._claims:
             return  # AlreadyExists
         labels = dict(a.labels)
@@ -566,6 +580,7 @@ class SimCluster:
 
     def _delete_nodeclaim(self, ws: Workspace, a: A.DeleteNodeClaim) -> None:
         self._write("delete", "NodeClaim")
+        self._own_known.discard((_CLAIM, a.name))
         c = self._claims.get(a.name)
         if c is None or c.deleting:
             return  # NotFound, or already going
@@ -574,6 +589,7 @@ class SimCluster:
     def _create_workload(self, ws: Workspace, a: A.CreateWorkload) -> None:
         self._write("create", a.kind)
         key = f"{ws.metadata.namespace}/{a.name}"
+        self._own_known.add((_WORKLOAD, key))
         if key in self._workloads:
             return  # AlreadyExists
         self._roll_workload(key, ws, Workload(kind=a.kind, name=a.name, replicas=a.replicas, revision=a.revision))
@@ -590,6 +606,7 @@ class SimCluster:
     def _create_job(self, ws: Workspace, a: A.CreateJob) -> None:
         self._write("create", "Job")
         key = f"{ws.metadata.namespace}/{a.name}"
+        self._own_known.add((_JOB, key))
         if key in self._jobs:
             return  # AlreadyExists (an old Job still being deleted included)
         owner = ws.key
@@ -610,6 +627,7 @@ class SimCluster:
     def _delete_job(self, ws: Workspace, a: A.DeleteJob) -> None:
         self._write("delete", "Job")
         key = f"{ws.metadata.namespace}/{a.name}"
+        self._own_known.discard((_JOB, key))
         job = self._jobs.get(key)
         # The delete carries a precondition: a Job of another revision is not the one meant (NotFound).
         if job is None or job.deleting or (a.revision and job.revision != a.revision):

@@ -1,0 +1,580 @@
+"""Whole lifecycles of ``decide``, step by step, against the cluster model (tests/model_cluster.py).
+
+Each test reads as a story: what the cluster shows, the pass, what the machine asked for and what the
+user sees (conditions, ``status.state``). The model applies the actions with API semantics and checks
+its invariants at every change (NodeClaims never above targetNodeCount, nothing created before the
+nodes are Ready with GPUs, ...). At the end, regression stories for the bugs the property tests found,
+each the smallest story that showed it.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from datetime import timedelta
+
+import pytest
+
+import model_cluster as mc
+from model_cluster import EPOCH, Cluster, inference_ws, pure_decide, reparse, spec_revision, tuning_ws
+from workspace_fsm import actions as A
+from workspace_fsm.decide import KAITO_CONDITIONS, nodeclaim_name
+from workspace_fsm.lifecycle import DEFAULT_CONFIG
+from workspace_fsm.model import Condition, Snapshot, WorkspaceStatus, parse_workspace
+from workspace_fsm.persist import LIFECYCLE_CONDITION, read_lifecycle
+
+FINALIZER = DEFAULT_CONFIG.finalizer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_sleep_no_network():
+    """Sleeping and sockets fail loudly in this module; the clock is forbidden inside decide itself."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(time, "sleep", mc._forbidden("time.sleep()"))
+        mp.setattr(socket.socket, "connect", mc._forbidden("socket.connect()"))
+        mp.setattr(socket, "create_connection", mc._forbidden("socket.create_connection()"))
+        yield
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def kinds(d, *types):
+    return [a for a in d.actions if isinstance(a, types)]
+
+
+def names(actions):
+    return [a.name for a in actions]
+
+
+def warnings(c: Cluster, key: str, reason: str | None = None):
+    return [e for e in c.events_of(key, reason) if e[1] == "Warning"]
+
+
+def cond(c: Cluster, key: str, type_: str) -> Condition:
+    found = c.ws(key).status.condition(type_)
+    assert found is not None, f"{type_} missing from {c.ws(key).status}"
+    return found
+
+
+def to_ready(c: Cluster, key: str) -> None:
+    """Happy rounds until the Workspace is where it ends (Ready or Succeeded)."""
+    for _ in range(6):
+        c.run_pass(key)
+        c.settle(key)
+    c.run_pass(key)
+    assert c.state(key) in ("Ready", "Succeeded"), c.state(key)
+
+
+# ---------------------------------------------------------------------------- inference
+
+
+def test_inference_on_one_node_gets_a_deployment():
+    c = Cluster()
+    key = c.add(inference_ws("phi", 1))
+
+    d = c.run_pass(key).decision
+    assert d.state == "NodesProvisioning"
+    assert [type(a) for a in d.mutating_actions] == [A.AddFinalizer, A.CreateNodeClaim]
+    claim = d.mutating_actions[1]
+    assert claim.name == nodeclaim_name(c.ws(key), 0)
+    assert dict(claim.labels) == {"kaito.sh/workspace": "phi", "kaito.sh/workspacenamespace": "default"}
+    assert claim.instance_type == mc.INSTANCE_TYPE
+    assert c.ws(key).metadata.finalizers == (FINALIZER,)
+    assert c.ws(key).status.state == "Pending" and c.ws(key).status.target_node_count == 1
+
+    c.launch(claim.name)
+    c.make_ready(claim.name, gpu=False)  # the node is Ready; the device plugin is not up yet
+    d = c.run_pass(key).decision
+    assert d.state == "PluginsReady"
+    assert not kinds(d, A.CreateWorkload)  # no workload before the GPUs are there
+    assert d.wake.after == DEFAULT_CONFIG.gpu_recheck  # Nodes are not watched: look again soon
+    assert cond(c, key, "NodesReady").reason == "GPUCapacityNotReady"
+
+    c.gpu_arrives("node-" + claim.name)
+    d = c.run_pass(key).decision
+    assert d.state == "WorkloadDeploying"
+    (create,) = kinds(d, A.CreateWorkload)
+    assert (create.kind, create.name, create.replicas, create.preset) == ("Deployment", "phi", 1, "phi-4")
+    assert create.revision == spec_revision(c.ws(key))
+    assert create.node_names == ("node-" + claim.name,)
+
+    c.rollout(key)
+    d = c.run_pass(key).decision
+    assert d.state == "Ready" and d.mutating_actions == ()
+    status = c.ws(key).status
+    assert status.state == "Ready" and status.worker_nodes == ("node-" + claim.name,)
+    assert cond(c, key, "InferenceReady").status == "True"
+    assert cond(c, key, "WorkspaceSucceeded").status == "True"
+    assert d.wake.after is None  # nothing to wait for: only the next event
+
+    again = c.run_pass(key).decision  # quiet once there
+    assert again.actions == () and not again.status_changed
+
+
+def test_inference_on_three_nodes_gets_a_statefulset_only_when_all_three_have_gpus():
+    c = Cluster()
+    key = c.add(inference_ws("big", 3))
+    d = c.run_pass(key).decision
+    created = names(kinds(d, A.CreateNodeClaim))
+    assert created == [nodeclaim_name(c.ws(key), i) for i in range(3)]
+
+    for n in created[:2]:
+        c.make_ready(n, gpu=True)
+    c.make_ready(created[2], gpu=False)
+    assert c.run_pass(key).decision.state == "PluginsReady"  # 3 Ready nodes, one without GPU capacity
+    assert c.workload(key) is None
+
+    c.gpu_arrives("node-" + created[2])
+    d = c.run_pass(key).decision
+    (create,) = kinds(d, A.CreateWorkload)
+    assert (create.kind, create.replicas) == ("StatefulSet", 3)
+    assert create.node_names == tuple(sorted("node-" + n for n in created))
+    c.rollout(key)
+    assert c.run_pass(key).decision.state == "Ready"
+    assert len(c.claims(key)) == 3 and c.ws(key).status.target_node_count == 3
+
+
+def test_summary_state_goes_pending_ready_notready_and_conditions_carry_observed_generation():
+    c = Cluster()
+    key = c.add(inference_ws("s", 1))
+    seen = []
+    for _ in range(4):
+        c.run_pass(key)
+        seen.append(c.ws(key).status.state)
+        c.settle(key)
+    assert seen[0] == "Pending" and seen[-1] == "Ready"
+    assert [s for s in seen if s not in ("Pending", "Ready")] == []
+
+    for t in ("NodeClaimReady", "NodesReady", "ResourceReady", "InferenceReady", "WorkspaceSucceeded"):
+        assert cond(c, key, t).observed_generation == 1, t
+    assert {x.type for x in c.ws(key).status.conditions} >= {"NodeClaimReady", "NodesReady", "ResourceReady",
+                                                           "InferenceReady", "WorkspaceSucceeded",
+                                                           "workspace-fsm/Lifecycle"}
+
+    c.change_spec(key)  # generation 2: the workload is updated to the new revision
+    d = c.run_pass(key).decision
+    assert d.state == "WorkloadDeploying"
+    (update,) = kinds(d, A.UpdateWorkload)
+    assert update.revision == spec_revision(c.ws(key))
+    assert c.ws(key).status.state == "NotReady"  # was Ready: never back to Pending
+    for t in KAITO_CONDITIONS:
+        got = c.ws(key).status.condition(t)
+        assert got is None or got.observed_generation == 2, got
+    c.settle(key)
+    c.run_pass(key)
+    assert c.ws(key).status.state == "Ready"
+
+
+def test_ready_goes_back_to_nodes_provisioning_when_a_node_disappears():
+    c = Cluster()
+    key = c.add(inference_ws("lost", 2))
+    to_ready(c, key)
+    first, second = (x.name for x in c.claims(key))
+
+    c.node_terminated(first)  # the Node goes away; Karpenter deletes its NodeClaim
+    d = c.run_pass(key).decision
+    assert d.state == "NodesProvisioning" and [(h.source, h.dest) for h in d.transitions] == [("Ready", "NodesProvisioning")]
+    assert c.ws(key).status.state == "NotReady"
+    inference = c.ws(key).status.condition("InferenceReady")
+    assert inference is None or inference.status != "True"  # (today it is dropped, not set to False)
+    assert cond(c, key, "WorkspaceSucceeded").status == "False"
+    assert cond(c, key, "NodesReady").status == "False"
+    assert not kinds(d, A.CreateNodeClaim)  # the one being deleted still counts towards targetNodeCount
+
+    d = c.run_pass(key).decision
+    assert not kinds(d, A.CreateNodeClaim)
+    c.finish_claim_deletion(first)
+    d = c.run_pass(key, lag=1).decision  # a cache that has not seen the deletion yet proves nothing
+    assert not kinds(d, A.CreateNodeClaim)
+    d = c.run_pass(key).decision
+    (replacement,) = kinds(d, A.CreateNodeClaim)
+    assert replacement.name == nodeclaim_name(c.ws(key), 2)  # a new name, never a reused one
+    c.settle(key)
+    c.run_pass(key)
+    c.settle(key)
+    assert c.run_pass(key).decision.state == "Ready"
+    assert {x.name for x in c.claims(key)} == {second, replacement.name}
+
+
+# ---------------------------------------------------------------------------- tuning
+
+
+def test_tuning_runs_to_succeeded():
+    c = Cluster()
+    key = c.add(tuning_ws("tune"))
+    c.run_pass(key)
+    c.settle(key)
+    d = c.run_pass(key).decision
+    assert d.state == "JobRunning"
+    (create,) = kinds(d, A.CreateJob)
+    assert (create.name, create.revision, create.preset, create.method) == (
+        "tune", spec_revision(c.ws(key)), mc.TUNING_PRESET, "qlora")
+    assert c.ws(key).status.state == "Running"
+    assert cond(c, key, "JobStarted").status == "True"
+    assert cond(c, key, "WorkspaceSucceeded").reason == "WorkspacePending"
+
+    assert c.run_pass(key).decision.mutating_actions == ()  # the Job is running: nothing to do
+    c.finish_job(key, ok=True)
+    d = c.run_pass(key).decision
+    assert d.state == "Succeeded" and c.ws(key).status.state == "Succeeded"
+    assert cond(c, key, "WorkspaceSucceeded").status == "True"
+    assert d.wake.after is None
+
+
+def test_tuning_job_failure_and_job_deadline_mark_the_workspace_failed():
+    c = Cluster()
+    key = c.add(tuning_ws("fails"))
+    c.run_pass(key)
+    for x in c.claims(key):
+        c.make_ready(x.name, gpu=True)
+    c.run_pass(key)
+    c.finish_job(key, ok=False)
+    c.run_pass(key)
+    assert c.ws(key).status.state == "Failed"
+    assert (cond(c, key, "WorkspaceSucceeded").status, cond(c, key, "WorkspaceSucceeded").reason) == (
+        "False", "TuningJobFailed")
+
+    slow = Cluster()
+    key = slow.add(tuning_ws("slow"))
+    slow.run_pass(key)
+    slow.settle(key)
+    slow.run_pass(key)
+    assert slow.state(key) == "JobRunning"
+    slow.advance(timedelta(hours=47, minutes=59))
+    slow.run_pass(key)
+    assert slow.state(key) == "JobRunning" and not warnings(slow, key)
+    slow.advance(timedelta(minutes=1))
+    slow.run_pass(key)
+    assert slow.state(key) == "Failed"
+    assert [e[2] for e in warnings(slow, key)] == ["TuningJobDeadlineExceeded"]
+    assert cond(slow, key, "WorkspaceSucceeded").reason == "TuningJobDeadlineExceeded"
+    slow.run_pass(key)
+    assert len(warnings(slow, key)) == 1
+
+
+def test_tuning_spec_change_mid_run_replaces_the_job_after_the_old_one_is_gone():
+    c = Cluster()
+    key = c.add(tuning_ws("retune"))
+    c.run_pass(key)
+    c.settle(key)
+    c.run_pass(key)
+    old = c.job(key)
+    assert old is not None and not old.complete
+
+    c.change_spec(key)
+    new_rev = spec_revision(c.ws(key))
+    d = c.run_pass(key).decision
+    assert d.state == "JobReplacing"
+    (delete,) = kinds(d, A.DeleteJob)
+    assert (delete.name, delete.revision, delete.propagation) == ("retune", old.revision, "Background")
+    assert not kinds(d, A.CreateJob)
+    assert cond(c, key, "JobStarted").reason == "JobReplacing"
+
+    # The old Job is still visible (Background deletion takes a while): wait, ask nothing again.
+    d = c.run_pass(key).decision
+    assert d.state == "JobReplacing" and d.mutating_actions == ()
+    # It is gone, but the cache has not seen that yet: missing from a cache is no proof.
+    c.finish_job_deletion(key)
+    stale = Snapshot(nodeclaims=c.snapshot(key).nodeclaims, nodes=c.snapshot(key).nodes)
+    d = pure_decide(c.ws(key), stale, c.now)
+    assert d.state == "JobReplacing" and not kinds(d, A.CreateJob)
+    # Its deletion is confirmed: the new Job, with the new revision.
+    d = c.run_pass(key).decision
+    assert d.state == "JobRunning"
+    (create,) = kinds(d, A.CreateJob)
+    assert create.revision == new_rev
+    assert c.job(key).revision == new_rev
+    c.finish_job(key, ok=True)
+    assert c.run_pass(key).decision.state == "Succeeded"
+    assert c.job(key).revision == new_rev
+
+
+def test_tuning_spec_change_after_success_runs_again():
+    c = Cluster()
+    key = c.add(tuning_ws("again"))
+    to_ready(c, key)
+    c.change_spec(key)
+    d = c.run_pass(key).decision
+    assert d.state == "JobReplacing" and kinds(d, A.DeleteJob)
+    assert c.ws(key).status.state == "Running"
+    c.settle(key)
+    d = c.run_pass(key).decision
+    assert kinds(d, A.CreateJob)[0].revision == spec_revision(c.ws(key))
+    c.settle(key)
+    c.run_pass(key)
+    assert c.ws(key).status.state == "Succeeded" and c.job(key).revision == spec_revision(c.ws(key))
+
+
+# ---------------------------------------------------------------------------- NodeClaims: failures and deadlines
+
+
+def test_nodes_provisioning_deadline_replaces_unready_nodeclaims_and_fires_once():
+    c = Cluster()
+    key = c.add(inference_ws("slow", 2))
+    d = c.run_pass(key).decision
+    ready, stuck = names(kinds(d, A.CreateNodeClaim))
+    c.make_ready(ready, gpu=True)
+
+    c.advance(timedelta(minutes=9, seconds=59))
+    assert not warnings(c, key) and not kinds(c.run_pass(key).decision, A.DeleteNodeClaim)
+
+    c.advance(timedelta(seconds=1))
+    d = c.run_pass(key).decision
+    assert [a.name for a in kinds(d, A.DeleteNodeClaim)] == [stuck]  # only the unready one
+    assert [e[2] for e in warnings(c, key)] == ["NodeClaimNotReady"]
+    assert cond(c, key, "NodeClaimReady").reason == "NodeClaimNotReady"
+    assert not kinds(d, A.CreateNodeClaim)  # the one being deleted still counts
+
+    # The same state entry does not fire again: not on the next pass, not after a restart.
+    c.run_pass(key)
+    assert pure_decide(reparse(c.ws(key)), c.snapshot(key), c.now).actions == ()
+    c.restart()
+    c.run_pass(key)
+    assert len(warnings(c, key, "NodeClaimNotReady")) == 1
+
+    c.finish_claim_deletion(stuck)
+    d = c.run_pass(key).decision
+    (replacement,) = kinds(d, A.CreateNodeClaim)
+    assert replacement.name == nodeclaim_name(c.ws(key), 2)
+    assert len(c.claims(key)) == 2
+
+    # The deadline restarts from the firing: ten more minutes, then a second (and last of three) round.
+    c.advance(timedelta(minutes=10))
+    c.run_pass(key)
+    assert len(warnings(c, key, "NodeClaimNotReady")) == 2
+    assert read_lifecycle(c.ws(key).status).attempts == 2
+
+
+def test_failed_launch_is_deleted_and_replaced_with_a_new_name():
+    c = Cluster()
+    key = c.add(inference_ws("capacity", 1))
+    (first,) = names(kinds(c.run_pass(key).decision, A.CreateNodeClaim))
+    c.launch(first, ok=False, reason="InsufficientCapacity")
+    d = c.run_pass(key).decision
+    assert [(a.name, a.reason) for a in kinds(d, A.DeleteNodeClaim)] == [(first, "InsufficientCapacity")]
+    assert [e[2] for e in warnings(c, key)] == ["NodeClaimFailed"]
+    assert not kinds(d, A.CreateNodeClaim)
+    assert not kinds(c.run_pass(key).decision, A.DeleteNodeClaim)  # asked once
+    c.finish_claim_deletion(first)
+    (second,) = names(kinds(c.run_pass(key).decision, A.CreateNodeClaim))
+    assert second != first
+    c.settle(key)
+    to_ready(c, key)
+
+
+def test_failure_budget_exhausted_stops_creating_and_says_so():
+    c = Cluster()
+    key = c.add(inference_ws("nocap", 1))
+    for _ in range(DEFAULT_CONFIG.max_nodeclaim_failures):
+        d = c.run_pass(key).decision
+        (name,) = names(kinds(d, A.CreateNodeClaim))
+        c.launch(name, ok=False)
+        c.run_pass(key)
+        c.finish_claim_deletion(name)
+    d = c.run_pass(key).decision
+    assert not kinds(d, A.CreateNodeClaim) and c.claims(key) == []
+    assert cond(c, key, "NodeClaimReady").reason == "NodeClaimProvisioningFailed"
+    assert cond(c, key, "WorkspaceSucceeded").status == "False"
+
+
+# ---------------------------------------------------------------------------- deletion
+
+
+def test_deletion_removes_nodeclaims_then_the_finalizer():
+    c = Cluster()
+    key = c.add(inference_ws("bye", 2))
+    to_ready(c, key)
+    claims = [x.name for x in c.claims(key)]
+
+    c.delete_workspace(key)
+    d = c.run_pass(key).decision
+    assert d.state == "Deleting"
+    assert sorted(a.name for a in kinds(d, A.DeleteNodeClaim)) == claims
+    assert not kinds(d, A.RemoveFinalizer)
+    assert cond(c, key, "WorkspaceDeleting").status == "True"
+
+    assert c.run_pass(key).decision.mutating_actions == ()  # deleting: wait, ask nothing twice
+    for n in claims:
+        c.finish_claim_deletion(n)
+    d = c.run_pass(key, lag=2).decision  # the cache has not seen them go: no proof yet
+    assert not kinds(d, A.RemoveFinalizer)
+    d = c.run_pass(key).decision
+    assert kinds(d, A.RemoveFinalizer) == [A.RemoveFinalizer(FINALIZER)]
+    assert c.entries[key].gone and c.claims(key) == [] and c.workload(key) is None
+
+
+def test_deleting_a_workspace_whose_spec_became_invalid_still_cleans_up():
+    c = Cluster()
+    key = c.add(inference_ws("was-valid", 1))
+    to_ready(c, key)
+    bad = reparse(c.ws(key)).to_dict()
+    bad["inference"]["preset"]["name"] = "no-such-model-xyz"
+    bad["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    ws = parse_workspace(bad)
+    assert ws.problems and ws.deleting
+    d = pure_decide(ws, c.snapshot(key), c.now)
+    assert d.state == "Deleting"
+    assert [type(a) for a in d.mutating_actions] == [A.DeleteNodeClaim]
+
+
+# ---------------------------------------------------------------------------- invalid specs, persistence
+
+
+@pytest.mark.parametrize("edit,reason", [
+    (lambda d: d["inference"]["preset"].update(name="no-such-model-xyz"), "UnknownPreset"),
+    (lambda d: d.update(tuning=tuning_ws("x").to_dict()["tuning"]), "InferenceAndTuningBothSet"),
+])
+def test_invalid_document_is_reported_once_and_nothing_is_created(edit, reason):
+    doc = inference_ws("bad").to_dict()
+    edit(doc)
+    ws = parse_workspace(doc)
+    assert [p.reason for p in ws.problems][:1] == [reason]
+    d = pure_decide(ws, Snapshot(), EPOCH)
+    assert d.mutating_actions == ()
+    got = d.status.condition("WorkspaceSucceeded")
+    assert (got.status, got.reason, got.observed_generation) == ("False", reason, 1)
+    assert [(a.type, a.reason) for a in d.actions] == [("Warning", reason)]
+    again = pure_decide(parse_workspace({**doc, "status": d.status.to_dict()}), Snapshot(), EPOCH + timedelta(hours=1))
+    assert again.actions == () and not again.status_changed
+
+
+def test_persisted_status_survives_the_crds_structural_pruning():
+    from workspace_fsm.schema import prune
+    from workspace_fsm.validation import workspace_schema
+
+    c = Cluster()
+    inf, tun = c.add(inference_ws("p", 2)), c.add(tuning_ws("q"))
+    for key in (inf, tun):
+        to_ready(c, key)
+        doc = json.loads(json.dumps(c.ws(key).to_dict()))
+        assert set(doc["status"]) <= mc.STATUS_KEYS
+        pruned, removed = prune(doc, workspace_schema())
+        assert removed == [] and pruned["status"] == doc["status"]
+        # and the machine reads back from the pruned document exactly what it wrote
+        back = parse_workspace(pruned)
+        assert read_lifecycle(back.status) == read_lifecycle(c.ws(key).status)
+        assert pure_decide(back, c.snapshot(key), c.now) == pure_decide(c.ws(key), c.snapshot(key), c.now)
+
+
+def test_last_transition_time_moves_only_when_the_status_moves():
+    c = Cluster()
+    key = c.add(inference_ws("ltt", 1))
+    c.run_pass(key)
+    t0 = cond(c, key, "WorkspaceSucceeded").last_transition_time
+    c.advance(timedelta(minutes=1))
+    c.settle(key)
+    c.run_pass(key)  # -> WorkloadDeploying: WorkspaceSucceeded still False (other reason, other message)
+    assert cond(c, key, "WorkspaceSucceeded").reason == "WorkspaceNotReady"
+    assert cond(c, key, "WorkspaceSucceeded").last_transition_time == t0
+    assert cond(c, key, "NodesReady").last_transition_time == c.now.replace(microsecond=0)  # False -> True
+    c.advance(timedelta(minutes=1))
+    c.settle(key)
+    c.run_pass(key)
+    assert cond(c, key, "WorkspaceSucceeded").last_transition_time == c.now.replace(microsecond=0)
+
+
+# ============================================================================ regressions found by the property tests
+
+
+def test_nodeclaims_created_by_a_pass_whose_write_failed_are_deleted_with_the_workspace():
+    c = Cluster()
+    key = c.add(inference_ws("leak", 1))
+    c.begin(key)  # Pending -> NodesProvisioning: AddFinalizer, CreateNodeClaim -0
+    c.touch(key)  # someone labels the Workspace meanwhile
+    assert not c.finish(key).persisted  # the NodeClaim exists; the status write got a 409
+    c.delete_workspace(key)  # the finalizer is on: deletionTimestamp is set
+    d = c.run_pass(key, lag=10**6).decision  # the NodeClaim informer lags behind
+    assert not kinds(d, A.RemoveFinalizer) or not c.claims(key), (
+        f"finalizer removed while {[x.name for x in c.claims(key)]} still exist")
+
+
+def test_adopted_nodeclaim_names_are_never_reused():
+    c = Cluster()
+    key = c.add(inference_ws("reuse", 1))
+    c.begin(key)
+    c.touch(key)
+    c.finish(key)  # NodeClaim -0 created; the status write conflicts: no record
+    c.run_pass(key)  # the next pass finds -0 through its labels and adopts it (next_seq stays 0)
+    (first,) = [x.name for x in c.claims(key)]
+    c.launch(first, ok=False)
+    c.run_pass(key)  # it failed to launch: deleted
+    c.finish_claim_deletion(first)
+    d = c.run_pass(key).decision  # raises (a) in the model: the replacement is named -0 again
+    (replacement,) = kinds(d, A.CreateNodeClaim)
+    assert replacement.name != first
+
+
+def test_workload_whose_creation_record_was_lost_settles_in_ready():
+    c = Cluster()
+    key = c.add(inference_ws("flip", 1))
+    c.run_pass(key)
+    c.settle(key)
+    c.begin(key)  # -> WorkloadDeploying: CreateWorkload
+    c.restart(crash_prefix=1)  # the runner dies after creating it, before writing the status
+    c.rollout(key)
+    seen = []
+    for _ in range(4):
+        d = c.run_pass(key).decision
+        seen.append((d.state, c.ws(key).status.state))
+    assert seen[1:] == [("Ready", "Ready")] * 3
+
+
+def test_workload_created_for_an_old_spec_is_updated_even_if_its_record_was_lost():
+    c = Cluster()
+    key = c.add(inference_ws("old-spec", 1))
+    c.run_pass(key)
+    c.settle(key)
+    c.begin(key)  # -> WorkloadDeploying: CreateWorkload for revision 1
+    c.change_spec(key)
+    c.finish(key)  # created; the status write conflicts
+    c.run_pass(key, lag=1)  # CreateWorkload for revision 2: AlreadyExists
+    for _ in range(3):
+        c.settle(key)
+        c.run_pass(key)
+    assert c.workload(key).revision == spec_revision(c.ws(key))
+    assert c.state(key) == "Ready"
+
+
+def test_a_pass_whose_status_write_fails_creates_nothing_and_a_new_spec_still_replaces_the_job():
+    """Creations come after the status write: a pass whose write conflicts leaves no unrecorded Job behind,
+    and the lifecycle then runs on; a spec change after success replaces the Job."""
+    c = Cluster()
+    key = c.add(tuning_ws("lost-job"))
+    c.run_pass(key)
+    c.settle(key)
+    p = c.begin(key)
+    assert kinds(p.decision, A.CreateJob)
+    c.touch(key)
+    assert not c.finish(key).persisted  # the status write conflicts
+    assert c.job(key) is None  # and so nothing was created
+    c.converge()
+    assert c.state(key) == "Succeeded"
+    c.change_spec(key)
+    d = c.run_pass(key).decision
+    assert d.state == "JobReplacing" and kinds(d, A.DeleteJob)
+
+
+def test_a_stale_job_tombstone_is_not_taken_for_the_new_jobs_absence():
+    c = Cluster()
+    key = c.add(tuning_ws("tomb"))
+    c.run_pass(key)
+    c.settle(key)
+    c.run_pass(key)  # Job of revision A running
+    c.change_spec(key)
+    c.run_pass(key)  # JobReplacing: DeleteJob A
+    c.finish_job_deletion(key)
+    c.run_pass(key)  # A confirmed gone: CreateJob B
+    b = c.job(key)
+    c.change_spec(key)
+    d = c.run_pass(key, lag=1).decision  # the cache: A gone, B not seen yet
+    assert not kinds(d, A.CreateJob), f"CreateJob while the Job of revision {b.revision} runs"
+
+
+@pytest.mark.parametrize("message", mc.GARBAGE_RECORDS_THAT_CRASH, ids=["Infinity", "year-9999", "deep-nesting"])
+def test_a_garbage_lifecycle_record_is_treated_as_absent(message):
+    ws = inference_ws("garbage").with_status(WorkspaceStatus(conditions=(
+        Condition(LIFECYCLE_CONDITION, "True", "Ready", message, EPOCH),)))
+    d = pure_decide(ws, Snapshot(), EPOCH)
+    assert d.state in ("Pending", "NodesProvisioning")

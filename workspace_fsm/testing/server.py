@@ -1,0 +1,832 @@
+"""A Kubernetes API server for tests, speaking real HTTP to the ``kubernetes`` client and kubectl.
+
+See :class:`TestAPIServer`. Storage and write rules live in :mod:`.store`; this module routes
+requests, negotiates Tables for kubectl, streams watches and applies fault rules.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import yaml
+
+from .errors import APIError, dumps, status_body
+from .faults import Faults, RequestCounts, RequestInfo
+from .resources import ResourceInfo
+from .selectors import SelectorError, parse_field_selector, parse_label_selector
+from .store import Event, Store, parse_patch_type
+from .table import partial_metadata, to_table
+
+__all__ = ["TestAPIServer"]
+
+log = logging.getLogger(__name__)
+
+KUBERNETES_VERSION = {
+    "major": "1", "minor": "32", "gitVersion": "v1.32.0", "gitCommit": "0000000000000000000000000000000000000000",
+    "gitTreeState": "clean", "buildDate": "2024-12-11T00:00:00Z", "goVersion": "go1.23.3", "compiler": "gc",
+    "platform": "linux/amd64",
+}
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], app: TestAPIServer) -> None:
+        self.app = app
+        super().__init__(address, _Handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, addr = super().get_request()
+        # Without this, a response written as headers + body waits for the client's delayed ACK
+        # (Nagle): ~40 ms per request.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock, addr
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "workspace-fsm-test-apiserver"
+    sys_version = ""
+    server: _HTTPServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.app._track(self.connection, True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.app._track(self.connection, False)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        log.debug("%s - %s", self.address_string(), format % args)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.server.app._handle(self, "GET")
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self.server.app._handle(self, "HEAD")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.server.app._handle(self, "POST")
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self.server.app._handle(self, "PUT")
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        self.server.app._handle(self, "PATCH")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self.server.app._handle(self, "DELETE")
+
+
+class _Route:
+    __slots__ = ("info", "version", "namespace", "name", "subresource")
+
+    def __init__(self, info: ResourceInfo, version: str, namespace: str | None, name: str | None,
+                 subresource: str | None) -> None:
+        self.info, self.version, self.namespace, self.name, self.subresource = (
+            info, version, namespace, name, subresource)
+
+
+def _is_table(accept: str) -> bool:
+    first = accept.split(",")[0] if accept else ""
+    return "as=Table" in first and "g=meta.k8s.io" in first
+
+
+def _is_partial(accept: str) -> bool:
+    first = accept.split(",")[0] if accept else ""
+    return "as=PartialObjectMetadata" in first
+
+
+class TestAPIServer:
+    """An in-process Kubernetes API server over HTTP/1.1 for tests.
+
+    ``crds`` are CRD documents (dicts) or paths of YAML files holding CRDs. ``history`` bounds the
+    watch event history (older resourceVersions get 410 Gone); ``seed`` makes resourceVersions,
+    uids and generated names reproducible; ``gc`` runs the garbage collector (ownerReferences,
+    Foreground/Orphan deletion, namespace termination) ``gc_delay`` seconds after writes;
+    ``bookmark_interval`` is how often watches that allow bookmarks get one.
+
+    Use as a context manager or with :meth:`start`/:meth:`stop`.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, crds: Iterable[Mapping[str, Any] | str | os.PathLike[str]] = (), *, host: str = "127.0.0.1",
+                 port: int = 0, history: int = 1000, seed: int | None = None, gc: bool = True,
+                 gc_delay: float = 0.02, bookmark_interval: float = 5.0, max_watch_seconds: float = 1800.0,
+                 namespaces: Iterable[str] = ("default", "kube-system", "kube-public", "kube-node-lease")) -> None:
+        self.store = Store(history=history, seed=seed, gc=gc, gc_delay=gc_delay, namespaces=namespaces)
+        self.faults = Faults()
+        self.faults.compact_hook = self.compact
+        self.requests = RequestCounts()
+        self.bookmark_interval = float(bookmark_interval)
+        self.max_watch_seconds = float(max_watch_seconds)
+        self._host = host
+        self._port = port
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._conns: set[socket.socket] = set()
+        self._conns_lock = threading.Lock()
+        self._stopping = False
+        for crd in crds:
+            if isinstance(crd, Mapping):
+                self.register_crd(crd)
+            else:
+                self.load_crds_from_yaml(crd)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> TestAPIServer:
+        if self._httpd is not None:
+            return self
+        self._stopping = False
+        self._httpd = _HTTPServer((self._host, self._port), self)
+        self._port = self._httpd.server_address[1]
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=f"test-apiserver-{self._port}", daemon=True)
+        self._thread.start()
+        self.store.start_gc()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is None:
+            return
+        self._stopping = True
+        with self.store.cond:
+            self.store.cond.notify_all()
+        self._httpd.shutdown()
+        with self._conns_lock:
+            conns = list(self._conns)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.store.stop_gc()
+        self._httpd = None
+        self._thread = None
+
+    def __enter__(self) -> TestAPIServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    def _track(self, conn: socket.socket, add: bool) -> None:
+        with self._conns_lock:
+            if add:
+                self._conns.add(conn)
+            else:
+                self._conns.discard(conn)
+
+    # ------------------------------------------------------------------ public helpers
+
+    def write_kubeconfig(self, path: str | os.PathLike[str], *, namespace: str = "default",
+                         context: str = "workspace-fsm-test") -> Path:
+        """Write a kubeconfig for this server (insecure http, one context) and return its path."""
+        doc = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": context, "cluster": {"server": self.url}}],
+            "users": [{"name": context, "user": {"token": "workspace-fsm-test"}}],
+            "contexts": [{"name": context, "context": {"cluster": context, "user": context,
+                                                        "namespace": namespace}}],
+            "current-context": context,
+            "preferences": {},
+        }
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return out
+
+    def client_configuration(self) -> Any:
+        """A ``kubernetes.client.Configuration`` for this server."""
+        from kubernetes import client
+
+        cfg = client.Configuration()
+        cfg.host = self.url
+        return cfg
+
+    def api_client(self) -> Any:
+        """A new ``kubernetes.client.ApiClient`` talking to this server (close it when done)."""
+        from kubernetes import client
+
+        return client.ApiClient(self.client_configuration())
+
+    def register_crd(self, crd_doc: Mapping[str, Any]) -> ResourceInfo:
+        """Serve a CustomResourceDefinition (as if created through the API); replaces an existing one."""
+        return self.store.register_crd(dict(crd_doc))
+
+    def load_crds_from_yaml(self, path: str | os.PathLike[str]) -> list[ResourceInfo]:
+        """Register every CustomResourceDefinition in a (multi-document) YAML file."""
+        out = []
+        with open(path, encoding="utf-8") as fh:
+            for doc in yaml.safe_load_all(fh):
+                if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
+                    out.append(self.register_crd(doc))
+        if not out:
+            raise ValueError(f"no CustomResourceDefinition in {path}")
+        return out
+
+    def compact(self) -> int:
+        """Forget the watch history: a watch from any earlier resourceVersion gets 410 Gone.
+        Returns the revision compacted at."""
+        return self.store.compact()
+
+    @property
+    def resource_version(self) -> str:
+        """The current (global) resourceVersion."""
+        return str(self.store.revision)
+
+    def wait_for_gc(self, timeout: float = 5.0) -> bool:
+        """Wait until the garbage collector has nothing left to do."""
+        return self.store.wait_for_gc(timeout)
+
+    def resource(self, group: str, plural: str) -> ResourceInfo | None:
+        return self.store.registry.get(group, plural)
+
+    def get_object(self, api_version: str, plural: str, name: str, namespace: str = "") -> dict[str, Any] | None:
+        """A copy of a stored object, bypassing HTTP, faults and counters (None if absent)."""
+        group, _, version = api_version.rpartition("/")
+        info = self.store.registry.lookup(group, version, plural)
+        if info is None:
+            raise KeyError(f"{plural} not served in {api_version}")
+        with self.store.lock:
+            obj = self.store.get_stored(info, namespace, name)
+            return None if obj is None else self.store.render(info, obj, version)
+
+    # ------------------------------------------------------------------ request handling
+
+    def _handle(self, h: _Handler, method: str) -> None:
+        url = urlsplit(h.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        try:
+            body = self._read_body(h)
+        except (OSError, ValueError):
+            h.close_connection = True
+            return
+        try:
+            self._dispatch(h, method, url.path, query, body)
+        except APIError as exc:
+            self._send(h, exc.code, exc.body(), exc.headers)
+        except _ClientGone:
+            h.close_connection = True
+        except (BrokenPipeError, ConnectionResetError):
+            h.close_connection = True
+        except Exception as exc:  # pragma: no cover - a bug in the server: answer 500, keep serving
+            log.exception("test API server: %s %s failed", method, h.path)
+            err = APIError.internal(f"{type(exc).__name__}: {exc}")
+            try:
+                self._send(h, err.code, err.body())
+            except OSError:
+                h.close_connection = True
+
+    @staticmethod
+    def _read_body(h: _Handler) -> bytes:
+        if (h.headers.get("Transfer-Encoding") or "").lower() == "chunked":
+            parts = []
+            while True:
+                size_line = h.rfile.readline()
+                size = int(size_line.split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while h.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                parts.append(h.rfile.read(size))
+                h.rfile.readline()
+            return b"".join(parts)
+        length = int(h.headers.get("Content-Length") or 0)
+        return h.rfile.read(length) if length > 0 else b""
+
+    def _send(self, h: _Handler, code: int, obj: Any, headers: Mapping[str, str] | None = None,
+              content_type: str = "application/json") -> None:
+        data = obj if isinstance(obj, bytes) else dumps(obj)
+        h.send_response(code)
+        h.send_header("Content-Type", content_type)
+        h.send_header("Content-Length", str(len(data)))
+        h.send_header("Cache-Control", "no-cache, private")
+        for k, v in (headers or {}).items():
+            h.send_header(k, v)
+        if h.command == "HEAD":
+            h.end_headers()
+            return
+        buf = getattr(h, "_headers_buffer", None)
+        if isinstance(buf, list):  # one write for headers and body
+            buf.append(b"\r\n")
+            buf.append(data)
+            h.flush_headers()
+        else:  # pragma: no cover
+            h.end_headers()
+            h.wfile.write(data)
+
+    # ------------------------------------------------------------------ routing
+
+    def _dispatch(self, h: _Handler, method: str, path: str, query: dict[str, str], body: bytes) -> None:
+        parts = [p for p in path.split("/") if p]
+        if not parts or parts[0] not in ("api", "apis"):
+            self._non_resource(h, method, parts)
+            return
+        registry = self.store.registry
+        if parts[0] == "api":
+            if len(parts) == 1:
+                self._discovery(h, method, "/api", registry.api_versions(f"{self._host}:{self._port}"))
+                return
+            group, version, rest = "", parts[1], parts[2:]
+        else:
+            if len(parts) == 1:
+                self._discovery(h, method, "/apis", registry.api_group_list())
+                return
+            group = parts[1]
+            if len(parts) == 2:
+                doc = registry.api_group(group)
+                if doc is None:
+                    raise APIError.path_not_found()
+                self._discovery(h, method, "/apis", dict(doc, kind="APIGroup", apiVersion="v1"))
+                return
+            version, rest = parts[2], parts[3:]
+        if not rest:
+            doc = registry.resource_list(group, version)
+            if doc is None:
+                raise APIError.path_not_found()
+            self._discovery(h, method, "/apis" if group else "/api", doc)
+            return
+        route = self._route(group, version, rest)
+        verb = self._verb(method, route, query)
+        req = RequestInfo(verb=verb, resource=route.info.plural, subresource=route.subresource,
+                          group=route.info.group, namespace=route.namespace, name=route.name)
+        self.requests.add(verb, req.resource_path)
+        plan = self.faults.plan(req)
+        if plan.delay > 0:
+            time.sleep(plan.delay)
+        if plan.compact:
+            self.compact()
+        if plan.error is not None:
+            raise self._fault_error(plan.error, route)
+        handler = getattr(self, f"_do_{verb}")
+        handler(h, route, query, body, plan)
+
+    def _route(self, group: str, version: str, rest: list[str]) -> _Route:
+        registry = self.store.registry
+        namespace = None
+        if rest[0] == "namespaces" and len(rest) >= 3 and registry.lookup(group, version, rest[2]) is not None:
+            namespace, rest = rest[1], rest[2:]
+        if len(rest) > 3:
+            raise APIError.path_not_found()
+        info = registry.lookup(group, version, rest[0])
+        if info is None:
+            raise APIError.path_not_found()
+        name = rest[1] if len(rest) > 1 else None
+        sub = rest[2] if len(rest) > 2 else None
+        if namespace is not None and not info.namespaced:
+            raise APIError.path_not_found()
+        if info.namespaced and namespace is None and name is not None:
+            raise APIError.path_not_found()
+        if sub is not None and not (sub == "status" and info.has_status(version)):
+            raise APIError.path_not_found()
+        return _Route(info, version, namespace, name, sub)
+
+    @staticmethod
+    def _verb(method: str, route: _Route, query: dict[str, str]) -> str:
+        watch = query.get("watch", "").lower() in ("true", "1")
+        if method in ("GET", "HEAD"):
+            if watch:
+                if route.subresource:
+                    raise APIError.method_not_allowed()
+                return "watch"
+            return "get" if route.name else "list"
+        if route.subresource and method not in ("PUT", "PATCH"):
+            raise APIError.method_not_allowed()
+        if method == "POST":
+            if route.name:
+                raise APIError.method_not_allowed()
+            return "create"
+        if method == "PUT":
+            if not route.name:
+                raise APIError.method_not_allowed()
+            return "update"
+        if method == "PATCH":
+            if not route.name:
+                raise APIError.method_not_allowed()
+            return "patch"
+        if method == "DELETE":
+            return "delete" if route.name else "deletecollection"
+        raise APIError.method_not_allowed()
+
+    @staticmethod
+    def _fault_error(fault: Any, route: _Route) -> APIError:
+        if fault.kind == "conflict":
+            return APIError.conflict(route.info, route.name or "")
+        if fault.kind == "throttle":
+            return APIError.too_many_requests(fault.retry_after)
+        code = int(fault.code)
+        if code == 500:
+            return APIError.internal(fault.message)
+        reasons = {503: "ServiceUnavailable", 504: "Timeout", 502: "InternalError", 401: "Unauthorized",
+                   403: "Forbidden", 404: "NotFound", 409: "Conflict", 422: "Invalid", 410: "Expired"}
+        return APIError(code, reasons.get(code, "InternalError"), fault.message, {})
+
+    # ------------------------------------------------------------------ discovery and other paths
+
+    def _discovery(self, h: _Handler, method: str, family: str, doc: dict[str, Any]) -> None:
+        if method not in ("GET", "HEAD"):
+            raise APIError.method_not_allowed()
+        self.requests.add("discovery", family)
+        self._send(h, 200, doc)
+
+    def _non_resource(self, h: _Handler, method: str, parts: list[str]) -> None:
+        if method not in ("GET", "HEAD"):
+            raise APIError.path_not_found()
+        path = "/" + "/".join(parts)
+        if path == "/version":
+            self.requests.add("discovery", "/version")
+            self._send(h, 200, KUBERNETES_VERSION)
+            return
+        if path in ("/healthz", "/livez", "/readyz"):
+            self._send(h, 200, b"ok", content_type="text/plain; charset=utf-8")
+            return
+        if parts[:2] == ["openapi", "v3"]:
+            self.requests.add("discovery", "/openapi")
+            registry = self.store.registry
+            if len(parts) == 2:
+                self._send(h, 200, registry.openapi_index())
+                return
+            rest = parts[2:]
+            doc = None
+            if rest[0] == "api" and len(rest) == 2:
+                doc = registry.openapi_gv("", rest[1])
+            elif rest[0] == "apis" and len(rest) == 3:
+                doc = registry.openapi_gv(rest[1], rest[2])
+            if doc is None:
+                raise APIError.path_not_found()
+            self._send(h, 200, doc)
+            return
+        raise APIError.path_not_found()
+
+    # ------------------------------------------------------------------ reading
+
+    def _view(self, route: _Route, obj: dict[str, Any]) -> dict[str, Any]:
+        """A stored object as the route's version shows it (shallow: only for serializing)."""
+        return dict(obj, apiVersion=route.info.api_version(route.version), kind=route.info.kind)
+
+    def _matcher(self, route: _Route, query: dict[str, str]) -> tuple[Any, Any]:
+        try:
+            labels = parse_label_selector(query.get("labelSelector"))
+            fields = parse_field_selector(query.get("fieldSelector"), route.info.field_selectors)
+        except SelectorError as exc:
+            raise APIError.bad_request(str(exc)) from None
+        if route.name:
+            fields = parse_field_selector(
+                ",".join(x for x in (query.get("fieldSelector"), f"metadata.name={route.name}") if x),
+                route.info.field_selectors)
+
+        def match(obj: dict[str, Any]) -> bool:
+            meta = obj.get("metadata") or {}
+            return labels.matches(meta.get("labels")) and fields.matches(obj)
+        return match, bool(labels or fields)
+
+    def _do_get(self, h: _Handler, route: _Route, query: dict[str, str], body: bytes, plan: Any) -> None:
+        with self.store.lock:
+            obj = self.store.get_stored(route.info, route.namespace or "", route.name or "")
+            if obj is None:
+                raise APIError.not_found(route.info, route.name or "")
+            view = self._view(route, obj)
+            accept = h.headers.get("Accept", "")
+            if _is_table(accept):
+                doc = to_table(route.info, route.version, [view], view["metadata"].get("resourceVersion"),
+                               query.get("includeObject", "Metadata"))
+            elif _is_partial(accept):
+                doc = partial_metadata(view)
+            else:
+                doc = view
+            data = dumps(doc)
+        self._send(h, 200, data)
+
+    def _do_list(self, h: _Handler, route: _Route, query: dict[str, str], body: bytes, plan: Any) -> None:
+        match, _ = self._matcher(route, query)
+        with self.store.lock:
+            items, revision = self.store.list(route.info, route.namespace, match)
+            views = [self._view(route, o) for o in items]
+            accept = h.headers.get("Accept", "")
+            if _is_table(accept):
+                doc = to_table(route.info, route.version, views, str(revision), query.get("includeObject", "Metadata"))
+            elif _is_partial(accept):
+                doc = {"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
+                       "metadata": {"resourceVersion": str(revision)},
+                       "items": [partial_metadata(v) for v in views]}
+            else:
+                doc = {"kind": route.info.list_kind, "apiVersion": route.info.api_version(route.version),
+                       "metadata": {"resourceVersion": str(revision)}, "items": views}
+            data = dumps(doc)
+        self._send(h, 200, data)
+
+    # ------------------------------------------------------------------ watch
+
+    def _do_watch(self, h: _Handler, route: _Route, query: dict[str, str], body: bytes, plan: Any) -> None:
+        match, _ = self._matcher(route, query)
+        store = self.store
+        info = route.info
+        accept = h.headers.get("Accept", "")
+        as_table, as_partial = _is_table(accept), _is_partial(accept)
+        include = query.get("includeObject", "Metadata")
+        bookmarks = query.get("allowWatchBookmarks", "").lower() in ("true", "1")
+        try:
+            timeout = float(query["timeoutSeconds"]) if query.get("timeoutSeconds") else self.max_watch_seconds
+        except ValueError:
+            raise APIError.bad_request(f"invalid timeoutSeconds {query['timeoutSeconds']!r}") from None
+        started = time.monotonic()
+        deadline = started + min(timeout, self.max_watch_seconds)
+        drop = plan.drop_watch
+        drop_at = started + drop.after_seconds if drop is not None and drop.after_seconds is not None else None
+        drop_after = drop.after_events if drop is not None else None
+        rv = query.get("resourceVersion", "")
+        expired: APIError | None = None
+        initial: list[dict[str, Any]] = []
+        with store.lock:
+            if rv not in ("", "0"):
+                try:
+                    cursor = int(rv)
+                except ValueError:
+                    raise APIError.bad_request(f'resourceVersion: Invalid value: "{rv}": must be a number') from None
+                if cursor < store.floor:
+                    expired = APIError.expired(cursor, store.floor)
+            else:
+                items, cursor = store.list(info, route.namespace, match)
+                initial = [self._view(route, o) for o in items]
+
+        def encode(etype: str, obj: dict[str, Any]) -> bytes:
+            if etype in ("ERROR", "BOOKMARK"):
+                payload = obj
+            elif as_table:
+                payload = to_table(info, route.version, [obj], obj["metadata"].get("resourceVersion"), include)
+            elif as_partial:
+                payload = partial_metadata(obj)
+            else:
+                payload = obj
+            return dumps({"type": etype, "object": payload}) + b"\n"
+
+        def bookmark(revision: int) -> bytes:
+            return encode("BOOKMARK", {"kind": info.kind, "apiVersion": info.api_version(route.version),
+                                       "metadata": {"resourceVersion": str(revision)}})
+
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.send_header("Cache-Control", "no-cache, private")
+        h.end_headers()
+        sent = 0
+
+        def write(data: bytes) -> None:
+            try:
+                h.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            except OSError:
+                raise _ClientGone() from None
+
+        def dropped() -> bool:
+            return drop_after is not None and sent >= drop_after
+
+        abrupt = False
+        if expired is not None:
+            write(encode("ERROR", expired.body()))
+        else:
+            for obj in initial:
+                if dropped():
+                    break
+                write(encode("ADDED", obj))
+                sent += 1
+            next_bookmark = time.monotonic() + self.bookmark_interval
+            while not dropped():
+                now = time.monotonic()
+                if self._stopping or now >= deadline or (drop_at is not None and now >= drop_at):
+                    break
+                wake = min(deadline, drop_at or deadline, next_bookmark if bookmarks else deadline)
+                with store.cond:
+                    while not (store.events and store.events[-1].revision > cursor) \
+                            and not self._stopping and store.floor <= cursor:
+                        left = wake - time.monotonic()
+                        if left <= 0:
+                            break
+                        store.cond.wait(timeout=min(left, 1.0))
+                    events = store.events_since(cursor)
+                    if events is None:
+                        expired = APIError.expired(cursor, store.floor)
+                    elif events:
+                        cursor = events[-1].revision
+                if expired is not None:
+                    write(encode("ERROR", expired.body()))
+                    break
+                for ev in events or ():
+                    out = self._transform(ev, info, route, match)
+                    if out is None:
+                        continue
+                    write(encode(out[0], out[1]))
+                    sent += 1
+                    if dropped():
+                        break
+                if bookmarks and time.monotonic() >= next_bookmark and not dropped():
+                    write(bookmark(cursor))
+                    next_bookmark = time.monotonic() + self.bookmark_interval
+            abrupt = drop is not None and drop.abrupt and (dropped() or (drop_at is not None
+                                                                        and time.monotonic() >= drop_at))
+            if bookmarks and not abrupt and not self._stopping and not dropped():
+                write(bookmark(cursor))
+        if abrupt:
+            h.close_connection = True
+            try:
+                h.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
+        try:
+            h.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            h.close_connection = True
+
+    def _transform(self, ev: Event, info: ResourceInfo, route: _Route, match: Any
+                   ) -> tuple[str, dict[str, Any]] | None:
+        """An event as one watcher sees it: filtered by resource, namespace and selectors; an object
+        that starts or stops matching becomes ADDED or DELETED."""
+        if ev.resource != info.key():
+            return None
+        obj = ev.object
+        if route.namespace and (obj.get("metadata") or {}).get("namespace") != route.namespace:
+            return None
+        now = match(obj)
+        if ev.type == "ADDED":
+            return ("ADDED", self._view(route, obj)) if now else None
+        if ev.type == "DELETED":
+            before = ev.previous is not None and match(ev.previous)
+            return ("DELETED", self._view(route, obj)) if (now or before) else None
+        before = ev.previous is not None and match(ev.previous)
+        if now and before:
+            return ("MODIFIED", self._view(route, obj))
+        if now:
+            return ("ADDED", self._view(route, obj))
+        if before:
+            return ("DELETED", self._view(route, obj))
+        return None
+
+    # ------------------------------------------------------------------ writing
+
+    @staticmethod
+    def _parse_body(h: _Handler, body: bytes, *, yaml_ok: bool = True) -> Any:
+        if not body:
+            raise APIError.bad_request("the request body is empty")
+        ctype = (h.headers.get("Content-Type") or "application/json").lower()
+        try:
+            if "yaml" in ctype and yaml_ok:
+                return yaml.safe_load(body)
+            return json.loads(body)
+        except (ValueError, yaml.YAMLError) as exc:
+            raise APIError.bad_request(f"the body of the request could not be decoded: {exc}") from None
+
+    @staticmethod
+    def _write_opts(query: dict[str, str]) -> tuple[bool, str | None]:
+        dry = query.get("dryRun", "")
+        if dry and dry != "All":
+            raise APIError.bad_request(f'dryRun: Unsupported value: "{dry}": supported values: "All"')
+        fv = query.get("fieldValidation") or None
+        if fv not in (None, "Ignore", "Warn", "Strict"):
+            raise APIError.bad_request(f'fieldValidation: Unsupported value: "{fv}": supported values: "Ignore", '
+                                       '"Warn", "Strict"')
+        return dry == "All", fv
+
+    @staticmethod
+    def _warning_headers(warnings: list[str]) -> dict[str, str]:
+        if not warnings:
+            return {}
+        return {"Warning": ", ".join('299 - ' + json.dumps(w) for w in warnings[:20])}
+
+    def _do_create(self, h: _Handler, route: _Route, query: dict[str, str], body: bytes, plan: Any) -> None:
+        dry, fv = self._write_opts(query)
+        doc = self._parse_body(h, body)
+        warnings: list[str] = []
+        obj = self.store.create(route.info, route.version, route.namespace or "", doc, dry_run=dry,
+                                field_validation=fv, warnings=warnings)
+        self._send(h, 201, obj, self._warning_headers(warnings))
+
+    def _do_update(self, h: _Handler, route: _Route, query: dict[str, str], body: bytes, plan: Any) -> None:
+        dry, fv = self._write_opts(query)
+        doc = self._parse_body(h, body)
+        warnings: list[str] = []
+        obj = self.store.update(route.info, route.version, route.namespace or "", route.name or "", doc,
+                                subresource=route.subresource, dry_run=dry, field_validation=fv, warnings=warnings)
+        self._send(h, 200, obj, self._warning_headers(warnings))
+
+    def _do_patch(self, h: _Handler, route: _Route, query: dict[str, str], body: bytes, plan: Any) -> None:
+        dry, fv = self._write_opts(query)
+        patch_type = parse_patch_type(h.headers.get("Content-Type"))
+        accepted = ["application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml"]
+        if not route.info.custom:
+            accepted.insert(2, "application/strategic-merge-patch+json")
+        if patch_type is None:
+            raise APIError.unsupported_media_type(h.headers.get("Content-Type") or "", accepted)
+        if patch_type == "apply":
+            if not query.get("fieldManager"):
+                raise APIError.bad_request("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: "
+                                           "is required for apply patch")
+            try:
+                patch = yaml.safe_load(body) if body else None
+            except yaml.YAMLError as exc:
+                raise APIError.bad_request(f"error decoding YAML: {exc}") from None
+        else:
+            if patch_type == "strategic" and route.info.custom:
+                raise APIError.unsupported_media_type(patch_type, accepted)
+            if not body:
+                raise APIError.bad_request("the request body is empty")
+            try:
+                patch = json.loads(body)
+            except ValueError as exc:
+                raise APIError.bad_request(f"error decoding patch: {exc}") from None
+        warnings: list[str] = []
+        obj, created = self.store.patch(route.info, route.version, route.namespace or "", route.name or "",
+                                        patch_type, patch, subresource=route.subresource, dry_run=dry,
+                                        field_validation=fv, warnings=warnings)
+        self._send(h, 201 if created else 200, obj, self._warning_headers(warnings))
+
+    def _delete_options(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+        opts: dict[str, Any] = {}
+        if body:
+            try:
+                parsed = json.loads(body)
+            except ValueError as exc:
+                raise APIError.bad_request(f"the body of the request could not be decoded: {exc}") from None
+            if isinstance(parsed, dict):
+                opts.update(parsed)
+        if query.get("propagationPolicy"):
+            opts["propagationPolicy"] = query["propagationPolicy"]
+        if query.get("orphanDependents"):
+            opts["orphanDependents"] = query["orphanDependents"].lower() == "true"
+        return opts
+
+    def _deleted_response(self, route: _Route, obj: dict[str, Any], gone: bool) -> dict[str, Any]:
+        if gone and not route.info.return_deleted_object:
+            details = {"name": obj["metadata"]["name"], "kind": route.info.plural,
+                       "uid": obj["metadata"].get("uid", "")}
+            if route.info.group:
+                details["group"] = route.info.group
+            return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}
+        return obj
+
+    def _do_delete(self, h: _Handler, route: _Route, query: dict[str, str], body: bytes, plan: Any) -> None:
+        dry, _ = self._write_opts(query)
+        opts = self._delete_options(body, query)
+        obj, gone = self.store.delete(route.info, route.version, route.namespace or "", route.name or "", opts,
+                                      dry_run=dry)
+        self._send(h, 200, self._deleted_response(route, obj, gone))
+
+    def _do_deletecollection(self, h: _Handler, route: _Route, query: dict[str, str], body: bytes,
+                             plan: Any) -> None:
+        dry, _ = self._write_opts(query)
+        opts = self._delete_options(body, query)
+        match, _ = self._matcher(route, query)
+        deleted = []
+        with self.store.lock:
+            items, _rev = self.store.list(route.info, route.namespace, match)
+            for item in items:
+                meta = item["metadata"]
+                try:
+                    obj, _gone = self.store.delete(route.info, route.version, meta.get("namespace", ""),
+                                                   meta["name"], opts, dry_run=dry)
+                except APIError as exc:
+                    if exc.code == 404:
+                        continue
+                    raise
+                deleted.append(obj)
+            revision = self.store.revision
+        self._send(h, 200, {"kind": route.info.list_kind, "apiVersion": route.info.api_version(route.version),
+                            "metadata": {"resourceVersion": str(revision)}, "items": deleted})
+
