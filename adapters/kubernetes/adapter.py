@@ -31,7 +31,7 @@ from workspace_fsm.adapter import AdapterError, Conflict
 from workspace_fsm.model import (ANNOTATION_REVISION, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, GPU_RESOURCE, Job,
                                  Node, NodeClaim, Snapshot, Workload, Workspace, WorkspaceStatus, format_time,
                                  parse_time, parse_workspace)
-from workspace_fsm.persist import read_lifecycle
+from workspace_fsm.decide import confirmations
 
 from . import manifests
 from .informer import Informer, object_key
@@ -172,8 +172,9 @@ class KubernetesAdapter:
             label_selector=sel, **kw)
         self.informers = (self.workspaces, self.nodeclaims, self.nodes, self.deployments, self.statefulsets, self.jobs)
         self.workspaces.add_handler(self._on_workspace)
-        for inf in self.informers[1:]:
-            inf.add_handler(self._on_owned)
+        for inf, kind in ((self.nodeclaims, "NodeClaim"), (self.nodes, None), (self.deployments, "Workload"),
+                          (self.statefulsets, "Workload"), (self.jobs, "Job")):
+            inf.add_handler(lambda t, o, n, k=kind: self._on_owned(k, t, o, n))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -213,7 +214,9 @@ class KubernetesAdapter:
         if self._handler is not None:
             self._handler(key)
 
-    def _on_owned(self, etype: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+    def _on_owned(self, kind: str | None, etype: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        if kind is not None and new is not None:
+            self._known.discard(f"{kind}/{object_key(new)}")  # the cache shows it now: no need to remember
         key = _owner_key(new or old)
         if key is not None and self._handler is not None:
             self._handler(key)
@@ -282,33 +285,39 @@ class KubernetesAdapter:
                 break
         job_obj = self.jobs.get(key)
         job = to_job(job_obj) if job_obj is not None else None
-        absent = self._absent(ws, name, ns, {c.name for c in claims}, workload, job)
+        visible = {"NodeClaim/" + c.name for c in claims}
+        if workload is not None:
+            visible.add("Workload/" + name)
+        if job is not None:
+            visible.add("Job/" + name)
+        absent = self._absent(ws, ns, visible)
         return ws, Snapshot(tuple(claims), nodes, workload, job, frozenset(absent))
 
-    def _absent(self, ws: Workspace, name: str, ns: str, seen: set[str], workload: Workload | None,
-                job: Job | None) -> set[str]:
+    def _absent(self, ws: Workspace, ns: str, visible: set[str]) -> set[str]:
+        """Positive knowledge for the names decide asks about (``decide.confirmations``) that the cache does
+        not show: created by this process and not yet seen (exists), a tombstone (gone), else one GET."""
         absent: set[str] = set()
-        rec = read_lifecycle(ws.status)
-        if rec is None:
-            return absent
-        for claim in rec.nodeclaims:
-            if claim in seen:
+        for name in sorted(confirmations(ws)):
+            if name in visible:
                 continue
-            if self.nodeclaims.gone(claim):
-                absent.add("NodeClaim/" + claim)
-            elif "NodeClaim/" + claim not in self._known and not self._exists(
-                    "NodeClaim/" + claim, lambda: self.custom.get_cluster_custom_object(*NODECLAIMS, claim,
-                                                                                    _request_timeout=self.timeout)):
-                absent.add("NodeClaim/" + claim)
-        key = f"{ns}/{name}"
-        if job is None and rec.state in ("JobReplacing", "JobRunning") and rec.revision is not None:
-            if self.jobs.gone(key) or ("Job/" + key not in self._known and not self._exists(
-                    "Job/" + key, lambda: self.custom.get_namespaced_custom_object(
-                        "batch", "v1", ns, "jobs", name, _request_timeout=self.timeout))):
-                absent.add("Job/" + name)
-        if workload is None and rec.revision is not None and rec.state in ("WorkloadDeploying", "Ready"):
-            if self.deployments.gone(key) or self.statefulsets.gone(key):
-                absent.add("Workload/" + name)
+            kind, _, short = name.partition("/")
+            key = short if kind == "NodeClaim" else f"{ns}/{short}"
+            if f"{kind}/{key}" in self._known:
+                continue
+            t = self.timeout
+            if kind == "NodeClaim":
+                gone = self.nodeclaims.gone(key) or not self._exists(
+                    name, lambda: self.custom.get_cluster_custom_object(*NODECLAIMS, short, _request_timeout=t))
+            elif kind == "Job":
+                gone = self.jobs.gone(key) or not self._exists(
+                    f"Job/{key}", lambda: self.custom.get_namespaced_custom_object("batch", "v1", ns, "jobs", short,
+                                                                                 _request_timeout=t))
+            else:
+                gone = (self.deployments.gone(key) or self.statefulsets.gone(key)) or not any(
+                    self._exists(f"Workload/{key}", lambda p=plural: self.custom.get_namespaced_custom_object(
+                        "apps", "v1", ns, p, short, _request_timeout=t)) for plural in ("deployments", "statefulsets"))
+            if gone:
+                absent.add(name)
         return absent
 
     def _exists(self, what: str, get: Callable[[], Any]) -> bool:
@@ -365,6 +374,7 @@ class KubernetesAdapter:
                        lambda: self.custom.create_cluster_custom_object(*NODECLAIMS, body, _request_timeout=t), ok=(409,))
             self._known.add("NodeClaim/" + a.name)
         elif isinstance(a, A.DeleteNodeClaim):
+            self._known.discard("NodeClaim/" + a.name)
             self._call("delete", "NodeClaim", f"deleting NodeClaim {a.name} of {ws.key}",
                        lambda: self.custom.delete_cluster_custom_object(*NODECLAIMS, a.name, _request_timeout=t),
                        ok=(404,))
@@ -375,6 +385,7 @@ class KubernetesAdapter:
                 self._call("create", a.kind, f"creating {a.kind} {ns}/{a.name}",
                            lambda: self.custom.create_namespaced_custom_object("apps", "v1", ns, plural, body,
                                                                                _request_timeout=t), ok=(409,))
+                self._known.add(f"Workload/{ns}/{a.name}")
             else:
                 patch = {"metadata": {"annotations": body["metadata"]["annotations"]}, "spec": body["spec"]}
                 self._call("patch", a.kind, f"updating {a.kind} {ns}/{a.name}",
