@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# The test API server's fixtures (api_server, kubeconfig, api_server_client).
+pytest_plugins = ["workspace_fsm.testing.pytest_plugin"]
+
 #: KAITO's real inputs (CRDs, examples, preset list): shared/kaito beside the project checkout.
 KAITO_DIR = Path(__file__).resolve().parents[2] / "shared" / "kaito"
 

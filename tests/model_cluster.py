@@ -9,9 +9,12 @@ It plays both sides of the adapter contract around ``decide``:
   test can serve a snapshot of the truth as of any past version: a stale cache. ``absent`` is computed
   for that version: the names deleted (or answered with a 404) at or before it and not there at it.
 - the *runner*: one cache whose version only moves forward (until a restart relists it), passes that
-  decide on the newest persisted Workspace, then apply the actions in order, stopping at the first
-  failure, and persist the status only when every action succeeded and nobody else wrote the
-  Workspace meanwhile.
+  decide on the newest persisted Workspace, then follow the apply protocol: the ``before`` actions
+  (finalizer, deletions) in order, stopping at the first failure; then the status write, which fails
+  (409) when somebody else wrote the Workspace meanwhile; then, only once the status is persisted, the
+  ``after`` actions (creations, finalizer removal, Events) in order, stopping at the first failure.
+  A pass can be cut short anywhere along that path: a failed or lost action, a status write conflict,
+  a runner crash before the write or right after it (status persisted, nothing of ``after`` applied).
 
 While it does so it checks, at every change, the safety properties the tests are about, and raises
 ``AssertionError`` at the first violation:
@@ -24,6 +27,9 @@ While it does so it checks, at every change, the safety properties the tests are
     and no NodeClaim name is ever created again after its deletion (a stale tombstone would hide it);
 (d) ``decide`` on the Workspace rebuilt from its persisted form equals ``decide`` on the in-memory one;
 (e) a deadline's Warning event is committed at most once per state entry (persisted record);
+(g) nothing exists that the persisted record does not hold: every NodeClaim in the truth labelled for a
+    Workspace is in that Workspace's persisted lifecycle record (``read_lifecycle(ws.status).nodeclaims``)
+    or being deleted (checked at every change of the truth and at every status write);
 plus: lastTransitionTime moves only when a condition's status moves, every status key survives the
 CRD's structural pruning, and ``converge`` checks liveness.
 
@@ -56,7 +62,7 @@ from workspace_fsm.model import (LABEL_ACCELERATOR, LABEL_WORKSPACE, LABEL_WORKS
                                  PresetSpec, ResourceSpec, Snapshot, TuningSpec, Workload, Workspace,
                                  WorkspaceStatus, parse_workspace)
 from workspace_fsm.decide import confirmations
-from workspace_fsm.persist import LIFECYCLE_CONDITION, Lifecycle, read_lifecycle
+from workspace_fsm.persist import Lifecycle, read_lifecycle
 
 EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
 INSTANCE_TYPE = "Standard_NC24ads_A100_v4"
@@ -387,6 +393,17 @@ class Cluster:
             if e.first_ready_version is None and not e.gone and target > 0 \
                     and self._ready_gpu_nodes(key, w) >= target:
                 e.first_ready_version = self.version
+            self._check_recorded(key, w)
+
+    def _check_recorded(self, key: str, w: World) -> None:
+        """(g) every NodeClaim labelled for ``key`` that is not being deleted is in its persisted record."""
+        rec = read_lifecycle(self.entries[key].ws.status)
+        held = rec.nodeclaims if rec is not None else ()
+        stray = sorted(c.name for c in w.claims_of(key) if not c.deleting and c.name not in held)
+        if stray:
+            self.fail(f"(g) {key}: NodeClaims {stray} exist in the truth and are not being deleted, but the "
+                      f"persisted lifecycle record ({rec.state if rec else 'none'}) holds only {list(held)}: "
+                      f"nothing may exist that the record does not hold")
 
     # ------------------------------------------------------------------ snapshots
 
@@ -450,13 +467,18 @@ class Cluster:
         return p
 
     def finish(self, key: str, outcome: str = "ok", at: int = 0) -> PassResult:
-        """Apply a pending pass: ``ok``, ``fail`` (action ``at`` fails, no effect), ``lost`` (action ``at``
-        takes effect but reports failure), ``dup`` (every action applied twice), ``conflict`` (the
-        status write gets a 409)."""
+        """Apply a pending pass along the protocol (``before``, the status write, ``after``): ``ok``,
+        ``fail`` (action ``at`` of ``actions`` fails, no effect, nothing after it is applied; ``at`` past
+        the last action makes the status write fail), ``lost`` (action ``at`` takes effect but reports
+        failure), ``dup`` (every action applied twice), ``conflict`` (the status write gets a 409: only
+        ``before`` applied), ``stop_after_write`` (the status is persisted, then the pass ends before any
+        ``after`` action: a crash or a failed first creation)."""
         p = self.pending.pop(key)
         d = p.decision
         acts = d.actions  # before + after; the status write falls between them
         n_before = len(d.before)
+        if outcome == "stop_after_write":
+            outcome, at = ("fail", n_before) if d.after else ("ok", 0)
         applied = 0
         ok = True
         persisted = False
@@ -486,19 +508,31 @@ class Cluster:
         self.begin(key, lag)
         return self.finish(key, outcome, at)
 
-    def restart(self, crash_prefix: int = 0) -> None:
-        """The runner dies (each in-flight pass got its first ``crash_prefix`` actions applied) and
-        comes back with a relisted cache."""
+    def restart(self, crash_prefix: int = 0, *, steps: int | None = None, from_write: bool = False) -> None:
+        """The runner dies and comes back with a relisted cache.
+
+        Each in-flight pass got its first ``crash_prefix`` actions applied (the status write, which falls
+        between ``before`` and ``after``, is made when the first ``after`` action is reached); or, given
+        ``steps``, its first ``steps`` steps of: ``before``, the status write, ``after``; with
+        ``from_write``, ``steps`` counts from the status write instead (0: every ``before`` action
+        applied, nothing written; 1: the status persisted, nothing of ``after`` applied; ...). A step
+        that fails ends the pass there."""
         for key in sorted(self.pending):
             p = self.pending.pop(key)
             d = p.decision
-            for i, a in enumerate(d.actions[:crash_prefix]):
-                if i == len(d.before) and not self.persist(p):
+            n = len(d.before)
+            if steps is None:
+                k = crash_prefix + 1 if crash_prefix > n and d.after else min(crash_prefix, n)
+            else:
+                k = n + steps if from_write else steps
+            plan: list[A.Action | None] = [*d.before, None, *d.after]  # None: the status write
+            for a in plan[:k]:
+                if not (self.persist(p) if a is None else self.apply(key, a, p)):
                     break
-                if not self.apply(key, a, p):
-                    break
+            self.log.append(f"crash {key} after {min(k, len(plan))} of {len(plan)} steps "
+                            f"({n} before, the status write, {len(d.after)} after)")
         self.cache_version = self.version
-        self.log.append(f"restart (crash prefix {crash_prefix})")
+        self.log.append(f"restart (crash prefix {crash_prefix}, steps {steps}{' from the write' if from_write else ''})")
 
     # ------------------------------------------------------------------ applying actions (API semantics)
 
@@ -635,6 +669,7 @@ class Cluster:
             self._check_status(p.key, p.before, d.status, p.now)
             self._set_meta(p.key)
             e.ws = e.ws.with_status(d.status)
+            self._check_recorded(p.key, self.world)
         for a in d.actions:
             if isinstance(a, A.RecordEvent) and a.type == "Warning" and a.reason in DEADLINE_REASONS:
                 k = p.entry_key + (a.reason,)
@@ -872,121 +907,15 @@ class Cluster:
         return rounds
 
 
-# ============================================================================ probes for known core bugs
-# Each returns True while the bug reproduces. The property tests use them to keep exploring around a
-# bug that is already reported (and pinned by a strict xfail in test_decide_unit.py) instead of
-# finding it again in every run; once the core is fixed they switch the full adversary back on.
+# ============================================================================ hostile lifecycle records
 
 
-def bug_job_replacing_livelock() -> bool:
-    """A tuning spec change never creates the new Job: JobReplacing <-> JobRunning within one pass."""
-    c = Cluster()
-    key = c.add(tuning_ws("probe"))
-    c.converge()
-    c.change_spec(key)
-    try:
-        c.converge()
-    except Violation:
-        return True
-    return False
-
-
-def bug_unpersisted_create_leaks_on_delete() -> bool:
-    """NodeClaims created by a pass whose status write failed are left behind by deletion."""
-    c = Cluster()
-    key = c.add(inference_ws("probe"))
-    c.begin(key)
-    c.touch(key)
-    c.finish(key)  # created the NodeClaim, status write conflicts
-    c.delete_workspace(key)
-    c.run_pass(key, lag=10**6)  # the cache has not seen the NodeClaim yet
-    return c.entries[key].gone and bool(c.claims(key))
-
-
-def bug_unpersisted_workload_never_updated() -> bool:
-    """A workload created by a pass whose status write failed keeps its old revision forever."""
-    c = Cluster()
-    key = c.add(inference_ws("probe"))
-    c.run_pass(key)
-    c.settle()
-    c.begin(key)
-    c.change_spec(key)
-    c.finish(key)  # created the workload for the old spec, status write conflicts
-    c.run_pass(key, lag=1)  # the cache has not seen the workload yet
-    try:
-        c.converge()
-    except Violation:
-        return True
-    return False
-
-
-def bug_nodeclaim_name_reused() -> bool:
-    """A NodeClaim adopted after a lost record does not advance the name sequence: its name comes back."""
-    c = Cluster()
-    key = c.add(inference_ws("probe"))
-    c.begin(key)
-    c.touch(key)
-    c.finish(key)  # created NodeClaim -0, status write conflicts
-    c.run_pass(key)  # finds -0 through its labels and adopts it
-    name = c.claims(key)[0].name
-    c.launch(name, ok=False, reason="InsufficientCapacity")
-    c.run_pass(key)  # deletes it
-    c.finish_claim_deletion(name)
-    try:
-        c.run_pass(key)  # replaces it
-    except Violation:
-        return True
-    return False
-
-
-def bug_lost_job_record_ignores_spec_change() -> bool:
-    """A Job created by a pass whose status write failed: a later spec change is ignored, Succeeded stays."""
-    c = Cluster()
-    key = c.add(tuning_ws("probe"))
-    c.run_pass(key)
-    c.settle()
-    c.begin(key)  # -> JobRunning: CreateJob
-    c.touch(key)
-    c.finish(key)  # the Job is created, the status write conflicts
-    c.settle()  # the Job completes
-    c.run_pass(key)  # -> Succeeded
-    c.change_spec(key)
-    d = c.run_pass(key).decision
-    return d.state == "Succeeded" and not any(isinstance(a, A.DeleteJob) for a in d.actions)
-
-
-def bug_workload_record_lost_livelock() -> bool:
-    """The runner dies right after creating the workload: Ready <-> WorkloadDeploying forever (within a
-    pass, or since the core stops a pass from re-entering a state, from one pass to the next)."""
-    c = Cluster()
-    key = c.add(inference_ws("probe"))
-    c.run_pass(key)
-    c.settle()
-    c.begin(key)  # -> WorkloadDeploying: CreateWorkload, events
-    c.restart(crash_prefix=1)  # the workload was created; the status was not written
-    c.rollout(key)
-    states = []
-    for _ in range(4):
-        d = c.run_pass(key).decision
-        states.append((d.state, len(d.transitions)))
-    return states[-2:] != [("Ready", 0), ("Ready", 0)]
-
-
-GARBAGE_RECORDS_THAT_CRASH = (
+# Lifecycle condition messages that once made ``decide`` raise (an infinite attempt count, an entry time
+# whose deadline overflows, nesting deep enough to exhaust the JSON parser's recursion). decide treats each
+# as no record at all; the property tests always draw them among their garbage records.
+HOSTILE_RECORDS = (
     '{"v":1,"state":"Ready","attempts":Infinity}',
     '{"v":1,"state":"NodesProvisioning","entered":"9999-12-31T23:59:59Z"}',
     "[" * 50000,
 )
-
-
-def record_crashes(message: str) -> bool:
-    """decide raises on a Workspace whose lifecycle record is ``message``."""
-    from workspace_fsm.model import Condition
-
-    ws = inference_ws("probe").with_status(WorkspaceStatus(conditions=(
-        Condition(LIFECYCLE_CONDITION, "True", "Ready", message, EPOCH),)))
-    try:
-        pure_decide(ws, Snapshot(), EPOCH)
-    except (ArithmeticError, ValueError, RecursionError, TypeError, KeyError):
-        return True
-    return False
+GARBAGE_RECORDS_THAT_CRASH = HOSTILE_RECORDS  # the name the regression stories in test_decide_unit.py use

@@ -1,13 +1,11 @@
 """Property tests of the pure step ``decide`` against the in-memory cluster model (tests/model_cluster.py).
 
 The stateful machine at the bottom plays an adversarial adapter: stale caches, late, failed, partly
-applied and duplicated actions, status write conflicts, runner restarts, time jumps past deadlines,
-spec edits and deletions, in any interleaving over up to three Workspaces. The model checks the safety
-properties at every change of the truth; the machine checks liveness from random points and at the end.
-
-Bugs already reported (and pinned by strict xfails in test_decide_unit.py) are probed at import time
-(``KNOWN``); while one reproduces, the machine steers around it so that it keeps finding new ones.
-Once the core is fixed, the probes turn the full adversary back on by themselves.
+applied and duplicated actions, status write conflicts, runner crashes before the status write and
+right after it (status persisted, no creation applied), time jumps past deadlines, spec edits and
+deletions, in any interleaving over up to three Workspaces. The model checks the safety properties at
+every change of the truth and at every status write (including that nothing exists that the persisted
+record does not hold); the machine checks liveness from random points and at the end.
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 
 import attrs
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
@@ -36,24 +34,6 @@ from workspace_fsm.persist import LIFECYCLE_CONDITION
 
 PROPS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-# Known core bugs, probed once (each probe is a few passes).
-KNOWN = {
-    "job_replacing_livelock": mc.bug_job_replacing_livelock(),
-    "unpersisted_create_leaks_on_delete": mc.bug_unpersisted_create_leaks_on_delete(),
-    "unpersisted_workload_never_updated": mc.bug_unpersisted_workload_never_updated(),
-    "workload_record_lost_livelock": mc.bug_workload_record_lost_livelock(),
-    "nodeclaim_name_reused": mc.bug_nodeclaim_name_reused(),
-    "lost_job_record_ignores_spec_change": mc.bug_lost_job_record_ignores_spec_change(),
-}
-# Losing the record of a pass that created something (a failed action after the create, a lost
-# response, a crash, a status write conflict) is what triggers all but the first. While they
-# reproduce, a pass that creates one of these is never cut short: it persists.
-PROTECTED = tuple(
-    [A.CreateNodeClaim] * (KNOWN["unpersisted_create_leaks_on_delete"] or KNOWN["nodeclaim_name_reused"])
-    + [A.CreateWorkload, A.UpdateWorkload] * (KNOWN["workload_record_lost_livelock"]
-                                              or KNOWN["unpersisted_workload_never_updated"])
-    + [A.CreateJob] * KNOWN["lost_job_record_ignores_spec_change"])
-CRASHING_RECORDS = frozenset(m for m in mc.GARBAGE_RECORDS_THAT_CRASH if mc.record_crashes(m))
 
 
 # ============================================================================ no sleeping, no network
@@ -165,8 +145,7 @@ def garbage_records(draw) -> str:
         "history": st.one_of(st.lists(st.lists(st.one_of(GARBAGE_TEXT, st.none(), st.integers()), max_size=5),
                                       max_size=3), GARBAGE_TEXT)})
     message = draw(st.one_of(plausible.map(json.dumps), _json_values().map(json.dumps), st.text(max_size=40),
-                             st.sampled_from(mc.GARBAGE_RECORDS_THAT_CRASH)))
-    assume(message not in CRASHING_RECORDS)  # reported; pinned by xfails in test_decide_unit.py
+                             st.sampled_from(mc.HOSTILE_RECORDS)))
     return message
 
 
@@ -180,7 +159,7 @@ def _status_with_record(message: str, other: tuple[Condition, ...] = (), target:
 
 OPS = ("pass", "pass", "pass", "stale_pass", "settle", "settle", "launch", "fail_launch", "ready", "gpu", "finish_delete",
        "rollout", "job_ok", "job_fail", "finish_job_delete", "node_lost", "spec", "conflict_pass",
-       "advance", "advance_long", "delete")
+       "stop_after_write_pass", "advance", "advance_long", "delete")
 
 
 def run_ops(c: Cluster, ops: list[tuple[str, int]]) -> None:
@@ -197,10 +176,10 @@ def run_ops(c: Cluster, ops: list[tuple[str, int]]) -> None:
             c.settle(key)
         elif op == "stale_pass":
             c.run_pass(key, lag=i % 5)
-        elif op == "conflict_pass":
-            p = c.begin(key)
-            lose = not any(isinstance(a, PROTECTED) for a in p.decision.actions)  # see PROTECTED
-            c.finish(key, outcome="conflict" if lose else "ok")
+        elif op == "conflict_pass":  # the status write gets a 409: only ``before`` is applied
+            c.run_pass(key, outcome="conflict")
+        elif op == "stop_after_write_pass":  # the status is persisted, then the pass dies before ``after``
+            c.run_pass(key, outcome="stop_after_write")
         elif op in ("launch", "fail_launch"):
             pending = [x for x in claims if x.phase == "Pending" and not x.deleting]
             if pending:
@@ -233,8 +212,7 @@ def run_ops(c: Cluster, ops: list[tuple[str, int]]) -> None:
             if j is not None and j.deleting:
                 c.finish_job_deletion(key)
         elif op == "spec":
-            if not (c.ws(key).is_tuning and KNOWN["job_replacing_livelock"]):
-                c.change_spec(key)
+            c.change_spec(key)
         elif op == "advance":
             c.advance(timedelta(seconds=30 * (i % 7)))
         elif op == "advance_long":
@@ -394,7 +372,8 @@ def test_reachable_states_are_live(kind, count, ops):
 
 IDX = st.integers(0, 11)
 LAG = st.sampled_from([0, 0, 1, 2, 3, 5, 8, 1000])
-OUTCOMES = st.sampled_from(["ok", "ok", "ok", "fail", "lost", "dup", "conflict"])
+OUTCOMES = st.sampled_from(["ok", "ok", "ok", "fail", "lost", "dup", "conflict", "stop_after_write"])
+CUT_SHORT = st.sampled_from(["fail", "lost", "conflict", "stop_after_write", "stop_after_write"])
 DELTAS = {"tick": timedelta(seconds=1), "20s": timedelta(seconds=20), "3m": timedelta(minutes=3),
           "6m": timedelta(minutes=6), "11m": timedelta(minutes=11), "31m": timedelta(minutes=31),
           "49h": timedelta(hours=49)}
@@ -411,11 +390,14 @@ class DecideMachine(RuleBasedStateMachine):
 
     Passes read a snapshot as of any version the runner's cache may be at (monotone, relisted at a
     restart), are applied at once or later (interleaved with anything else, in any order across
-    Workspaces), and end in success, a failed action (nothing persisted), a lost response after the
-    effect, duplicated actions, or a status write conflict. Meanwhile the cluster moves (NodeClaims
-    launch, fail with InsufficientCapacity, become Ready, Nodes get GPU capacity, go NotReady or away,
-    workloads roll out or degrade, Jobs succeed or fail, deletions complete), time jumps (past every
-    deadline), the runner restarts (crashing mid-pass), and users edit specs, touch or delete
+    Workspaces), and go along the apply protocol (``before``, the status write, ``after``) to success,
+    or stop at a failed action (in ``before``: nothing persisted; in ``after``: status persisted, the
+    rest not applied), a lost response after the effect, a status write conflict, or the status
+    persisted and nothing of ``after`` applied; or every action is applied twice. Meanwhile the cluster
+    moves (NodeClaims launch, fail with InsufficientCapacity, become Ready, Nodes get GPU capacity, go
+    NotReady or away, workloads roll out or degrade, Jobs succeed or fail, deletions complete), time
+    jumps (past every deadline), the runner restarts (crashing anywhere along the protocol of each
+    in-flight pass: before the status write or right after it), and users edit specs, touch or delete
     Workspaces. The model raises at the first safety violation; liveness is checked on a copy every
     few steps and on the real thing at the end.
     """
@@ -454,11 +436,6 @@ class DecideMachine(RuleBasedStateMachine):
     def _step(self):
         self.steps_since_check += 1
 
-    def _protected(self, key):
-        """A pending pass of ``key`` creates something whose lost record triggers a known bug (PROTECTED)."""
-        p = self.c.pending.get(key)
-        return p is not None and any(isinstance(a, PROTECTED) for a in p.decision.actions)
-
     # ---------------------------------------------------------------- passes
 
     @precondition(lambda self: self.c is not None and self._idle())
@@ -478,11 +455,30 @@ class DecideMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.c is not None and self.c.pending)
     @rule(i=IDX, outcome=OUTCOMES, at=st.integers(0, 6))
     def finish_pass(self, i, outcome, at):
-        """apply a pending pass (any of them: reordered): ok, an action fails, a response is lost
-        after the effect, every action applied twice, or the status write conflicts."""
+        """apply a pending pass (any of them: reordered): ok, an action fails (before or after the
+        status write), a response is lost after the effect, every action applied twice, the status
+        write conflicts, or the status is persisted and the pass ends before its creations."""
         self._step()
         key = self._pick(sorted(self.c.pending), i)
-        self.c.finish(key, "ok" if self._protected(key) else outcome, at)
+        self.c.finish(key, outcome, at)
+
+    @precondition(lambda self: self.c is not None and self._idle())
+    @rule(i=IDX, lag=LAG, outcome=CUT_SHORT, at=st.integers(0, 6))
+    def pass_cut_short(self, i, lag, outcome, at):
+        """decide and apply at once, but the pass does not get through: an action fails or its response
+        is lost (before or after the status write), the status write conflicts (only ``before``
+        applied), or the status is persisted and the pass ends before any of its creations."""
+        self._step()
+        self.c.run_pass(self._pick(self._idle(), i), lag=lag, outcome=outcome, at=at)
+
+    @precondition(lambda self: self.c is not None and self.c.pending)
+    @rule(steps=st.integers(0, 3), from_write=st.booleans())
+    def runner_crashes(self, steps, from_write):
+        """The runner dies with passes in flight and comes back relisted. Each pass got its first
+        ``steps`` steps of: ``before``, the status write, ``after``; or, ``from_write``, that many from
+        the status write (0: nothing written; 1: the status persisted and no creation applied)."""
+        self._step()
+        self.c.restart(steps=steps, from_write=from_write)
 
     # ---------------------------------------------------------------- the cluster, the clock, the runner
 
@@ -494,10 +490,8 @@ class DecideMachine(RuleBasedStateMachine):
         if op in DELTAS:
             c.advance(DELTAS[op])
         elif op == "restart":
-            for key in sorted(c.pending):
-                if self._protected(key):
-                    c.finish(key)
-            c.restart(crash_prefix=i % 4)
+            # each in-flight pass dies after its first i % 6 steps of: before, the status write, after
+            c.restart(steps=i % 6)
         elif op in ("launch", "fail_launch"):
             x = self._pick(self._claims(lambda x: x.phase == "Pending" and not x.deleting), i)
             if x:
@@ -553,10 +547,8 @@ class DecideMachine(RuleBasedStateMachine):
     def user_acts(self, op, i):
         self._step()
         key = self._pick(self.c.live_keys(), i)
-        if self._protected(key):
-            return
         if op == "spec":
-            if self.c.ws(key).deleting or (self.c.ws(key).is_tuning and KNOWN["job_replacing_livelock"]):
+            if self.c.ws(key).deleting:
                 return
             self.c.change_spec(key)  # new revision, generation + 1
         elif op == "touch":

@@ -33,14 +33,15 @@ class EmbeddedCluster:
         self.api = None
 
     def start(self, kubeconfig_out: str | Path) -> Path:
-        from kubernetes import config
-
+        from .adapters.kubernetes.client import api_client
         from .adapters.simulated.http_controllers import SimulatedControllers
 
         self.server.start()
         path = Path(self.server.write_kubeconfig(kubeconfig_out))
-        self.api = config.new_client_from_config(config_file=str(path))
-        self.controllers = SimulatedControllers(self.api, seed=self.seed, time_scale=self.time_scale)
+        self.api = api_client(str(path))
+        # The simulated cluster's own controllers use a client of their own, with their own user agent.
+        self.controllers = SimulatedControllers(api_client(str(path), user_agent="simulated-cluster-controllers"),
+                                                seed=self.seed, time_scale=self.time_scale)
         self.controllers.start()
         self.controllers.wait_synced(30.0)
         return path

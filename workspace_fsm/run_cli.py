@@ -66,15 +66,9 @@ def start_health_server(port: int, ready, alive) -> ThreadingHTTPServer | None:
 
 
 def load_api_client(kubeconfig: str | None, context: str | None):
-    from kubernetes import client, config
+    from .adapters.kubernetes.client import api_client
 
-    if kubeconfig:
-        return config.new_client_from_config(config_file=kubeconfig, context=context)
-    try:
-        config.load_incluster_config()
-        return client.ApiClient()
-    except config.ConfigException:
-        return config.new_client_from_config(context=context)
+    return api_client(kubeconfig, context)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ It implements :class:`workspace_fsm.adapter.ClusterAdapter` over the official cl
 from __future__ import annotations
 
 import itertools
+from collections import deque
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -48,7 +49,7 @@ PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     ("kaito.sh", "workspaces"): frozenset({"list", "watch", "patch"}),  # patch: the finalizer
     ("kaito.sh", "workspaces/status"): frozenset({"update"}),
     ("karpenter.sh", "nodeclaims"): frozenset({"list", "watch", "get", "create", "delete"}),
-    ("", "nodes"): frozenset({"list", "watch"}),
+    ("", "nodes"): frozenset({"list", "watch"}),  # list by selector: bring-your-own nodes
     ("apps", "deployments"): frozenset({"list", "watch", "create", "patch"}),
     ("apps", "statefulsets"): frozenset({"list", "watch", "create", "patch"}),
     ("batch", "jobs"): frozenset({"list", "watch", "get", "create", "delete"}),
@@ -144,6 +145,9 @@ class KubernetesAdapter:
         self._overlay: dict[str, tuple[Workspace, dict[str, Any], str]] = {}  # key -> (ws, raw, rv written)
         self._own_rv: dict[str, tuple[str, dict[str, Any]]] = {}  # key -> (rv before own patch, patched raw)
         self._parsed: dict[str, tuple[str, Workspace]] = {}  # key -> (rv, parsed) to validate once per version
+        # The last resourceVersions the watch delivered per Workspace: our write's response and its watch
+        # event race, and an overlay for a version the cache already has (or has passed) would hide newer ones.
+        self._delivered: dict[str, deque[str]] = {}
         self._known: set[str] = set()  # "Kind/name" this process created or saw: no GET needed to know it exists
         self._event_seq = itertools.count(int(datetime.now(timezone.utc).timestamp() * 1000))
         sel = LABEL_WORKSPACE
@@ -203,6 +207,8 @@ class KubernetesAdapter:
         if new is not None:
             rv = (new.get("metadata") or {}).get("resourceVersion")
             with self._lock:
+                seen = self._delivered.setdefault(key, deque(maxlen=16))
+                seen.append(rv)
                 ov = self._overlay.get(key)
                 if ov is not None and ov[2] == rv:
                     del self._overlay[key]  # the cache has caught up with our own write
@@ -211,6 +217,7 @@ class KubernetesAdapter:
                 self._overlay.pop(key, None)
                 self._parsed.pop(key, None)
                 self._own_rv.pop(key, None)
+                self._delivered.pop(key, None)
         if self._handler is not None:
             self._handler(key)
 
@@ -261,7 +268,9 @@ class KubernetesAdapter:
         claims.sort(key=lambda c: c.name)
         nodes: dict[str, Node] = {}
         if ws.resource is not None and ws.resource.byo_nodes:
-            for obj in self.nodes.items():
+            # Bring-your-own nodes carry the user's labels, not ours: list them by the Workspace's selector
+            # (a counted read; BYO Workspaces re-check on the machine's timer).
+            for obj in self._list_byo_nodes(ws):
                 try:
                     n = to_node(obj)
                 except (KeyError, TypeError, ValueError):
@@ -292,6 +301,20 @@ class KubernetesAdapter:
             visible.add("Job/" + name)
         absent = self._absent(ws, ns, visible)
         return ws, Snapshot(tuple(claims), nodes, workload, job, frozenset(absent))
+
+    def _list_byo_nodes(self, ws: Workspace) -> list[dict[str, Any]]:
+        sel = ws.resource.label_selector
+        parts = [f"{k}={v}" for k, v in sorted((sel.match_labels or {}).items())]
+        for e in sel.match_expressions or ():
+            if e.operator in ("In", "NotIn"):
+                parts.append(f"{e.key} {e.operator.lower()} ({','.join(e.values or ())})")
+            elif e.operator == "Exists":
+                parts.append(e.key)
+            elif e.operator == "DoesNotExist":
+                parts.append("!" + e.key)
+        result = self._call("list", "Node", f"listing nodes for {ws.key}", lambda: self.core.list_node(
+            label_selector=",".join(parts), _request_timeout=self.timeout))
+        return [self.api.sanitize_for_serialization(n) for n in (result.items if result is not None else [])]
 
     def _absent(self, ws: Workspace, ns: str, visible: set[str]) -> set[str]:
         """Positive knowledge for the names decide asks about (``decide.confirmations``) that the cache does
@@ -432,8 +455,7 @@ class KubernetesAdapter:
             with self._lock:
                 self._own_rv[key] = (ws.metadata.resource_version, result)
                 parsed = self._parse_raw_for_overlay(key, result)
-                if parsed is not None:
-                    self._overlay[key] = (parsed, result, new_rv)
+                self._set_overlay(key, parsed, result, new_rv)
 
     def _parse_raw_for_overlay(self, key: str, raw: dict[str, Any]) -> Workspace | None:
         try:
@@ -471,11 +493,16 @@ class KubernetesAdapter:
             return ws.with_status(status)
         new_rv = (result.get("metadata") or {}).get("resourceVersion", "")
         parsed = self._parse_raw_for_overlay(key, result)
-        if parsed is not None:
-            with self._lock:
-                self._overlay[key] = (parsed, result, new_rv)
-            return parsed
-        return ws.with_status(status)
+        with self._lock:
+            self._set_overlay(key, parsed, result, new_rv)
+        return parsed if parsed is not None else ws.with_status(status)
+
+    def _set_overlay(self, key: str, parsed: Workspace | None, raw: dict[str, Any], rv: str) -> None:
+        """Keep our written version until the watch delivers it (caller holds the lock)."""
+        if parsed is None or rv in self._delivered.get(key, ()):
+            self._overlay.pop(key, None)  # the cache already has it (or something newer)
+            return
+        self._overlay[key] = (parsed, raw, rv)
 
 
 def _watchable(fn: Callable[..., Any], return_type: str) -> Callable[..., Any]:

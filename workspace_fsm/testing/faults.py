@@ -5,7 +5,9 @@
 writing verbs), by resource (``"workspaces"``, ``"workspaces/status"``, ``"workspaces.kaito.sh"``,
 ``"*/status"``), namespace and name, and fires either a fixed number of times (``times=1``: one-off)
 or at random with a probability (``rate=0.2``, ``seed=...``: reproducible). A rule that fired is
-counted in ``rule.hits``; ``rule.remove()`` or ``faults.clear()`` takes rules away.
+counted in ``rule.hits``; ``rule.remove()`` or ``faults.clear()`` takes rules away. ``user_agent``
+limits a rule to clients whose User-Agent contains it (the Python client sends
+``OpenAPI-Generator/...``, kubectl ``kubectl/...``): faults for the controller, not for kubectl.
 
 >>> server.faults.conflict(resources=["workspaces/status"])          # the next status write gets 409
 >>> server.faults.error(500, verbs=["list"], rate=0.1, seed=7)        # 10% of lists fail
@@ -40,6 +42,7 @@ class RequestInfo:
     group: str
     namespace: str | None
     name: str | None
+    user_agent: str = ""
 
     @property
     def resource_path(self) -> str:
@@ -72,6 +75,7 @@ class Fault:
     after_events: int | None = None
     after_seconds: float | None = None
     abrupt: bool = False
+    user_agent: str | None = None  # case-insensitive substring of the User-Agent header
     predicate: Callable[[RequestInfo], bool] | None = None
     hits: int = 0
     _owner: Any = field(default=None, repr=False)
@@ -88,6 +92,8 @@ class Fault:
         if self.namespace is not None and req.namespace != self.namespace:
             return False
         if self.name is not None and req.name != self.name:
+            return False
+        if self.user_agent is not None and self.user_agent.lower() not in req.user_agent.lower():
             return False
         if self.predicate is not None and not self.predicate(req):
             return False
@@ -170,54 +176,54 @@ class Faults:
 
     def conflict(self, *, verbs: Iterable[str] | str | None = None, resources: Iterable[str] | str | None = None,
                  namespace: str | None = None, name: str | None = None, times: int | None = _UNSET,
-                 rate: float | None = None, seed: int | None = 0) -> Fault:
+                 rate: float | None = None, seed: int | None = 0, user_agent: str | None = None) -> Fault:
         """Writes answered ``409 Conflict`` (the object has been modified...), as if another writer
         had won. Default verbs: update and patch."""
         return self._make("conflict", verbs, resources, times, rate, seed, default_verbs=("update", "patch"),
-                          namespace=namespace, name=name)
+                          namespace=namespace, name=name, user_agent=user_agent)
 
     def error(self, code: int = 500, *, verbs: Iterable[str] | str | None = None,
               resources: Iterable[str] | str | None = None, namespace: str | None = None, name: str | None = None,
               times: int | None = _UNSET, rate: float | None = None, seed: int | None = 0,
-              message: str = "injected fault") -> Fault:
+              message: str = "injected fault", user_agent: str | None = None) -> Fault:
         """Requests answered with a server error (500 InternalError by default; 503, 504 too)."""
         return self._make("error", verbs, resources, times, rate, seed, code=code, message=message,
-                          namespace=namespace, name=name)
+                          namespace=namespace, name=name, user_agent=user_agent)
 
     def throttle(self, retry_after: int = 1, *, verbs: Iterable[str] | str | None = None,
                  resources: Iterable[str] | str | None = None, namespace: str | None = None,
                  name: str | None = None, times: int | None = _UNSET, rate: float | None = None,
-                 seed: int | None = 0) -> Fault:
+                 seed: int | None = 0, user_agent: str | None = None) -> Fault:
         """Requests answered ``429 TooManyRequests`` with a ``Retry-After`` header. (urllib3, under the
         Python client, itself retries GET/PUT/DELETE answered 429 with Retry-After up to 3 times.)"""
         return self._make("throttle", verbs, resources, times, rate, seed, retry_after=int(retry_after),
-                          namespace=namespace, name=name)
+                          namespace=namespace, name=name, user_agent=user_agent)
 
     def drop_watches(self, *, after_events: int | None = 0, after_seconds: float | None = None,
                      abrupt: bool = False, resources: Iterable[str] | str | None = None,
                      namespace: str | None = None, times: int | None = _UNSET, rate: float | None = None,
-                     seed: int | None = 0) -> Fault:
+                     seed: int | None = 0, user_agent: str | None = None) -> Fault:
         """Watches that end early: after ``after_events`` events (initial ADDED events count) or
         ``after_seconds``, whichever comes first. ``abrupt`` closes the connection without ending
         the chunked stream (a broken connection rather than a server-side close)."""
         if after_seconds is not None and after_events == 0:
             after_events = None
         return self._make("drop_watch", ("watch",), resources, times, rate, seed, after_events=after_events,
-                          after_seconds=after_seconds, abrupt=abrupt, namespace=namespace)
+                          after_seconds=after_seconds, abrupt=abrupt, namespace=namespace, user_agent=user_agent)
 
     def latency(self, seconds: float, *, verbs: Iterable[str] | str | None = None,
                 resources: Iterable[str] | str | None = None, namespace: str | None = None,
-                times: int | None = None, rate: float | None = None, seed: int | None = 0) -> Fault:
+                times: int | None = None, rate: float | None = None, seed: int | None = 0, user_agent: str | None = None) -> Fault:
         """Extra time before matching requests are handled (unlimited unless ``times`` is given)."""
         return self._make("latency", verbs, resources, times, rate, seed, seconds=float(seconds),
-                          namespace=namespace)
+                          namespace=namespace, user_agent=user_agent)
 
     def compaction(self, *, verbs: Iterable[str] | str | None = ("watch",),
                    resources: Iterable[str] | str | None = None, times: int | None = _UNSET,
-                   rate: float | None = None, seed: int | None = 0) -> Fault:
+                   rate: float | None = None, seed: int | None = 0, user_agent: str | None = None) -> Fault:
         """Compact the watch history when a matching request arrives (default: the next watch), so
         that a watch from an earlier resourceVersion is answered 410 Gone."""
-        return self._make("compaction", verbs, resources, times, rate, seed)
+        return self._make("compaction", verbs, resources, times, rate, seed, user_agent=user_agent)
 
     def compact(self) -> Any:
         """Compact the watch history now."""

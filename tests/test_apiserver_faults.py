@@ -1,0 +1,201 @@
+"""Fault hooks (server.faults) and request counters (server.requests) of the test API server."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+
+from pathlib import Path
+
+import pytest
+import urllib3
+from kubernetes import client, watch
+
+import workspace_fsm
+from workspace_fsm.testing import TestAPIServer
+from workspace_fsm.testing.pytest_plugin import (  # noqa: F401 - fixtures
+    api_server,
+    api_server_client,
+    api_server_crds,
+    api_server_options,
+)
+
+G, V, NS, WS = "kaito.sh", "v1beta1", "default", "workspaces"
+ApiException = client.exceptions.ApiException
+KAITO_CRD = Path(workspace_fsm.__file__).parent / "data" / "kaito.sh_workspaces.yaml"
+
+
+def workspace(name: str) -> dict:
+    return {"apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": name},
+            "resource": {"instanceType": "Standard_NC24ads_A100_v4", "labelSelector": {"matchLabels": {"a": "b"}}},
+            "inference": {"preset": {"name": "phi-4"}}}
+
+
+@pytest.fixture
+def custom(api_server_client):
+    return client.CustomObjectsApi(api_server_client)
+
+
+@pytest.fixture
+def core(api_server_client):
+    return client.CoreV1Api(api_server_client)
+
+
+def test_one_off_conflict_on_status_writes(api_server, custom):
+    custom.create_namespaced_custom_object(G, V, NS, WS, workspace("w"))
+    rule = api_server.faults.conflict(resources=["workspaces/status"])
+    custom.patch_namespaced_custom_object(G, V, NS, WS, "w", {"metadata": {"labels": {"a": "1"}}})  # not matched
+    with pytest.raises(ApiException) as err:
+        custom.patch_namespaced_custom_object_status(G, V, NS, WS, "w", {"status": {"state": "x"}})
+    assert err.value.status == 409
+    body = json.loads(err.value.body)
+    assert body["reason"] == "Conflict" and "the object has been modified" in body["message"]
+    assert custom.patch_namespaced_custom_object_status(G, V, NS, WS, "w", {"status": {"state": "x"}})
+    assert rule.hits == 1 and rule not in api_server.faults.rules
+
+
+def test_rate_based_faults_are_reproducible_with_a_seed():
+    def pattern() -> list[bool]:
+        with TestAPIServer(crds=[KAITO_CRD]) as server:
+            with server.api_client() as api:
+                c = client.CustomObjectsApi(api)
+                c.create_namespaced_custom_object(G, V, NS, WS, workspace("w"))
+                rule = server.faults.conflict(rate=0.4, seed=7)
+                out = []
+                for i in range(30):
+                    try:
+                        c.patch_namespaced_custom_object(G, V, NS, WS, "w", {"metadata": {"labels": {"i": str(i)}}})
+                        out.append(True)
+                    except ApiException as exc:
+                        assert exc.status == 409
+                        out.append(False)
+                assert rule.hits == out.count(False)
+                return out
+
+    first, second = pattern(), pattern()
+    assert first == second and 3 < first.count(False) < 27
+
+
+def test_internal_errors_filtered_by_verb_and_resource(api_server, custom, core):
+    api_server.faults.error(500, verbs=["list"], resources=["workspaces"], times=2)
+    core.list_node()  # other resources are not affected
+    custom.create_namespaced_custom_object(G, V, NS, WS, workspace("w"))  # other verbs neither
+    for _ in range(2):
+        with pytest.raises(ApiException) as err:
+            custom.list_namespaced_custom_object(G, V, NS, WS)
+        assert err.value.status == 500
+        assert json.loads(err.value.body)["reason"] == "InternalError"
+    assert custom.list_namespaced_custom_object(G, V, NS, WS)["items"]
+    api_server.faults.error(503, verbs=["get"], times=1)
+    with pytest.raises(ApiException) as err:
+        core.read_namespace("default")
+    assert err.value.status == 503
+
+
+def test_throttling_with_retry_after(api_server, custom):
+    api_server.faults.throttle(retry_after=2, verbs=["create"])
+    with pytest.raises(ApiException) as err:
+        custom.create_namespaced_custom_object(G, V, NS, WS, workspace("w"))
+    assert err.value.status == 429 and err.value.headers["Retry-After"] == "2"
+    body = json.loads(err.value.body)
+    assert body["reason"] == "TooManyRequests" and body["details"]["retryAfterSeconds"] == 2
+    custom.create_namespaced_custom_object(G, V, NS, WS, workspace("w"))
+    # urllib3 (under the client) retries an idempotent GET answered 429 + Retry-After by itself.
+    api_server.faults.throttle(retry_after=0, verbs=["get"])
+    before = api_server.requests[("get", "workspaces")]
+    assert custom.get_namespaced_custom_object(G, V, NS, WS, "w")
+    assert api_server.requests[("get", "workspaces")] - before == 2
+
+
+def test_dropped_watch_ends_early(api_server, custom):
+    for name in ("a", "b", "c"):
+        custom.create_namespaced_custom_object(G, V, NS, WS, workspace(name))
+    rule = api_server.faults.drop_watches(after_events=1)
+    start = time.monotonic()
+    events = list(watch.Watch().stream(custom.list_namespaced_custom_object, G, V, NS, WS, timeout_seconds=10))
+    assert [e["raw_object"]["metadata"]["name"] for e in events] == ["a"]
+    assert time.monotonic() - start < 2 and rule.hits == 1
+    # Only the next watch was dropped.
+    events = list(watch.Watch().stream(custom.list_namespaced_custom_object, G, V, NS, WS, timeout_seconds=1))
+    assert len(events) == 3
+
+
+def test_dropped_watch_after_seconds_and_abrupt(api_server, custom):
+    api_server.faults.drop_watches(after_seconds=0.3)
+    start = time.monotonic()
+    assert list(watch.Watch().stream(custom.list_namespaced_custom_object, G, V, NS, WS, timeout_seconds=10)) == []
+    assert time.monotonic() - start < 2
+    custom.create_namespaced_custom_object(G, V, NS, WS, workspace("a"))
+    api_server.faults.drop_watches(after_events=1, abrupt=True)
+    conn = http.client.HTTPConnection("127.0.0.1", api_server.port, timeout=5)
+    conn.request("GET", f"/apis/{G}/{V}/namespaces/{NS}/{WS}?watch=true&timeoutSeconds=10")
+    resp = conn.getresponse()
+    with pytest.raises(http.client.IncompleteRead):
+        resp.read()
+    conn.close()
+    api_server.faults.drop_watches(after_events=0, abrupt=True)
+    with pytest.raises((urllib3.exceptions.ProtocolError, urllib3.exceptions.HTTPError)):
+        list(watch.Watch().stream(custom.list_namespaced_custom_object, G, V, NS, WS, timeout_seconds=10))
+
+
+def test_forced_compaction(api_server, custom):
+    rv = custom.list_namespaced_custom_object(G, V, NS, WS)["metadata"]["resourceVersion"]
+    custom.create_namespaced_custom_object(G, V, NS, WS, workspace("a"))
+    api_server.faults.compaction()  # the next watch finds the history compacted
+    with pytest.raises(ApiException) as err:
+        list(watch.Watch().stream(custom.list_namespaced_custom_object, G, V, NS, WS, resource_version=rv,
+                                  timeout_seconds=2))
+    assert err.value.status == 410
+    rv2 = custom.list_namespaced_custom_object(G, V, NS, WS)["metadata"]["resourceVersion"]
+    custom.create_namespaced_custom_object(G, V, NS, WS, workspace("b"))
+    api_server.faults.compact()
+    with pytest.raises(ApiException):
+        list(watch.Watch().stream(custom.list_namespaced_custom_object, G, V, NS, WS, resource_version=rv2,
+                                  timeout_seconds=2))
+
+
+def test_added_latency(api_server, custom, core):
+    custom.create_namespaced_custom_object(G, V, NS, WS, workspace("w"))
+    rule = api_server.faults.latency(0.25, verbs=["get"], resources=["workspaces"])
+    start = time.monotonic()
+    custom.get_namespaced_custom_object(G, V, NS, WS, "w")
+    assert time.monotonic() - start >= 0.25
+    start = time.monotonic()
+    core.read_namespace("default")
+    assert time.monotonic() - start < 0.2
+    rule.remove()
+    start = time.monotonic()
+    custom.get_namespaced_custom_object(G, V, NS, WS, "w")
+    assert time.monotonic() - start < 0.2
+
+
+def test_faults_filter_by_name_and_clear(api_server, custom):
+    custom.create_namespaced_custom_object(G, V, NS, WS, workspace("a"))
+    custom.create_namespaced_custom_object(G, V, NS, WS, workspace("b"))
+    api_server.faults.error(500, verbs=["get"], name="a", times=None)
+    assert custom.get_namespaced_custom_object(G, V, NS, WS, "b")
+    for _ in range(3):
+        with pytest.raises(ApiException):
+            custom.get_namespaced_custom_object(G, V, NS, WS, "a")
+    api_server.faults.clear()
+    assert custom.get_namespaced_custom_object(G, V, NS, WS, "a")
+
+
+def test_request_counters(api_server, custom, core):
+    api_server.requests.reset()
+    custom.create_namespaced_custom_object(G, V, NS, WS, workspace("w"))
+    custom.get_namespaced_custom_object(G, V, NS, WS, "w")
+    custom.list_namespaced_custom_object(G, V, NS, WS)
+    custom.patch_namespaced_custom_object_status(G, V, NS, WS, "w", {"status": {"state": "Ready"}})
+    custom.patch_namespaced_custom_object(G, V, NS, WS, "w", {"metadata": {"labels": {"a": "b"}}})
+    core.list_node()
+    list(watch.Watch().stream(core.list_node, timeout_seconds=1))
+    custom.delete_namespaced_custom_object(G, V, NS, WS, "w")
+    req = api_server.requests
+    assert req[("create", "workspaces")] == 1 and req[("get", "workspaces")] == 1
+    assert req[("list", "workspaces")] == 1 and req[("patch", "workspaces/status")] == 1
+    assert req[("patch", "workspaces")] == 1 and req[("delete", "workspaces")] == 1
+    assert req[("list", "nodes")] == 1 and req[("watch", "nodes")] == 1
+    assert req.by_verb()["patch"] == 2 and req.api_total() == 8
+    assert req.by_resource()["workspaces"] == 5
