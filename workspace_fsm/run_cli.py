@@ -85,22 +85,29 @@ def run(args: argparse.Namespace) -> int:
     return run_against(api, args)
 
 
-def run_against(api, args: argparse.Namespace, stop: threading.Event | None = None) -> int:
-    """Start informers, workers and probes; run until SIGTERM/SIGINT (or ``stop``)."""
+def build_runner(api, *, namespace: str | None = None, workers: int = 5, byo_nodes: bool = False):
+    """The adapter, queue, reconciler and threaded runner for a cluster (nothing started yet)."""
     from .adapters.kubernetes.adapter import KubernetesAdapter
     from .catalogue import Catalogue
     from .lifecycle import Config
     from .queue import WorkQueue
     from .runner import FsmReconciler, ThreadedRunner
 
-    stop = stop or threading.Event()
-    adapter = KubernetesAdapter(api, namespace=args.namespace, catalogue=Catalogue.default(),
-                                auto_provisioning=not args.byo_nodes)
+    adapter = KubernetesAdapter(api, namespace=namespace, catalogue=Catalogue.default(),
+                                auto_provisioning=not byo_nodes)
     queue: WorkQueue[str] = WorkQueue(time.monotonic)
     adapter.set_event_handler(queue.add)
-    reconciler = FsmReconciler(adapter, time.time, config=Config(auto_provisioning=not args.byo_nodes),
+    reconciler = FsmReconciler(adapter, time.time, config=Config(auto_provisioning=not byo_nodes),
                                epoch=datetime(1970, 1, 1, tzinfo=timezone.utc))
-    runner = ThreadedRunner(reconciler, queue, workers=args.workers)
+    runner = ThreadedRunner(reconciler, queue, workers=workers)
+    return adapter, queue, reconciler, runner
+
+
+def run_against(api, args: argparse.Namespace, stop: threading.Event | None = None) -> int:
+    """Start informers, workers and probes; run until SIGTERM/SIGINT (or ``stop``)."""
+    stop = stop or threading.Event()
+    adapter, queue, reconciler, runner = build_runner(api, namespace=args.namespace, workers=args.workers,
+                                                      byo_nodes=args.byo_nodes)
     health = start_health_server(args.health_port, ready=lambda: all(i.synced for i in adapter.informers),
                                  alive=lambda: not stop.is_set())
     for sig in (signal.SIGTERM, signal.SIGINT):
