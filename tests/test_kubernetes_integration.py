@@ -249,3 +249,48 @@ def test_a_burst_of_conflicts_and_server_errors_delays_but_does_not_break(cluste
     finally:
         faults.clear()
         runner.kill()
+
+
+KIND_RESOURCE = {"NodeClaim": ("karpenter.sh", "nodeclaims"), "Workspace": ("kaito.sh", "workspaces"),
+                 "Workspace/status": ("kaito.sh", "workspaces/status"), "Deployment": ("apps", "deployments"),
+                 "StatefulSet": ("apps", "statefulsets"), "Job": ("batch", "jobs"), "Event": ("", "events"),
+                 "Node": ("", "nodes")}
+
+
+def test_every_request_the_runner_makes_is_granted_by_deploy_rbac(cluster):
+    """RBAC derived from use: a lifecycle with a multi-node Workspace, a tuning spec change and a deletion,
+    and every (group, resource, verb) the adapter sent is in PERMISSIONS (which deploy/rbac.yaml equals)."""
+    from workspace_fsm.adapters.kubernetes.adapter import PERMISSIONS
+    from workspace_fsm.run_cli import build_runner
+
+    ns = "rbac"
+    create_namespace(cluster, ns)
+    adapter, queue, reconciler, runner = build_runner(cluster.api, namespace=ns)
+    adapter.start()
+    adapter.wait_synced(30)
+    runner.start()
+    try:
+        multi = {"apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": "multi"},
+                 "resource": {"count": 2, "instanceType": "Standard_NC24ads_A100_v4",
+                              "labelSelector": {"matchLabels": {"apps": "multi"}}},
+                 "inference": {"preset": {"name": "phi-4-mini-instruct"}}}
+        kubectl(cluster, "apply", "-n", ns, "-f", "-", stdin=yaml.safe_dump_all([multi, tuning_doc("t")]))
+        wait_for("both at their goal", lambda: (lambda w: len(w) == 2 and all(map(goal, w.values())))(
+            workspaces(cluster, ns)))
+        kubectl(cluster, "patch", "workspace", "t", "-n", ns, "--type=merge", "-p", '{"tuning":{"config":"v2"}}')
+        wait_for("the re-run", lambda: goal(workspaces(cluster, ns)["t"]))
+        kubectl(cluster, "delete", "workspace", "multi", "-n", ns)
+        wait_for("deletion", lambda: "multi" not in workspaces(cluster, ns))
+    finally:
+        runner.stop()
+        adapter.stop()
+    used: dict[tuple[str, str], set[str]] = {}
+    for key in adapter.requests:
+        verb, kind = key.split(" ", 1)
+        used.setdefault(KIND_RESOURCE[kind], set()).add(verb)
+    for informer_resource in (("kaito.sh", "workspaces"), ("karpenter.sh", "nodeclaims"), ("", "nodes"),
+                              ("apps", "deployments"), ("apps", "statefulsets"), ("batch", "jobs")):
+        used.setdefault(informer_resource, set()).update({"list", "watch"})
+    for resource, verbs in used.items():
+        assert verbs <= PERMISSIONS.get(resource, frozenset()), f"{resource}: {verbs - PERMISSIONS.get(resource, set())}"
+    assert {"create", "delete"} <= used[("karpenter.sh", "nodeclaims")] and "delete" in used[("batch", "jobs")]
