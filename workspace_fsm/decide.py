@@ -165,9 +165,10 @@ def _ensure_nodeclaims(f: Facts, rec: Lifecycle, out: list) -> Lifecycle:
             failures += 1
     claims = _merge_claims(rec, f)
     missing = f.target - f.existing
-    # Never reuse a name: a cache that saw an old NodeClaim of that name go would take the new one for gone.
-    seq = max(rec.next_seq, _next_free_seq(ws, claims))
+    seq = rec.next_seq
     if missing > 0 and failures < f.config.max_nodeclaim_failures:
+        # Never reuse a name: a cache that saw an old NodeClaim of that name go would take the new one for gone.
+        seq = max(seq, _next_free_seq(ws, claims))
         labels = ((LABEL_WORKSPACE, ws.metadata.name), (LABEL_WORKSPACE_NAMESPACE, ws.metadata.namespace))
         new = []
         taken = set(claims)
@@ -546,7 +547,12 @@ def decide(ws: Workspace, snapshot: Snapshot, now: datetime, config: Config = DE
     status = _build_status(ws, f, state, rec, stamp, _conditions_for(state, f, rec),
                            target or ws.status.target_node_count, worker_nodes)
     changed = status != ws.status
-    before = tuple(a for a in out if isinstance(a, _BEFORE))
-    after = tuple(a for a in out if isinstance(a, _AFTER_CREATES)) + tuple(a for a in out if isinstance(a, A.RemoveFinalizer)) \
-        + tuple(a for a in out if isinstance(a, A.RecordEvent))
-    return Decision(status, before, _wake(state, f, rec, config), state, tuple(taken), changed, after)
+    before: list = []
+    creates: list = []
+    last: list = []
+    events: list = []
+    for a in out:
+        (before if isinstance(a, _BEFORE) else creates if isinstance(a, _AFTER_CREATES)
+         else events if isinstance(a, A.RecordEvent) else last).append(a)
+    return Decision(status, tuple(before), _wake(state, f, rec, config), state, tuple(taken), changed,
+                    tuple(creates + last + events))
