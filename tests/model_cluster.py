@@ -532,7 +532,9 @@ class Cluster:
             self.log.append(f"crash {key} after {min(k, len(plan))} of {len(plan)} steps "
                             f"({n} before, the status write, {len(d.after)} after)")
         self.cache_version = self.version
-        self.log.append(f"restart (crash prefix {crash_prefix}, steps {steps}{' from the write' if from_write else ''})")
+        where = f"steps {steps}{' from the status write' if from_write else ''}" if steps is not None \
+            else f"crash prefix {crash_prefix}"
+        self.log.append(f"restart ({where})")
 
     # ------------------------------------------------------------------ applying actions (API semantics)
 

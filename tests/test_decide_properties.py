@@ -35,7 +35,6 @@ from workspace_fsm.persist import LIFECYCLE_CONDITION
 PROPS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-
 # ============================================================================ no sleeping, no network
 
 
@@ -65,6 +64,33 @@ def test_the_purity_guard_catches_clock_sleep_network_and_files():
         # the core's datetime still recognises real datetimes
         assert isinstance(EPOCH, decide_module.datetime)
     assert time.time() > 0 and datetime.now(timezone.utc) > EPOCH  # restored
+
+
+# ============================================================================ the model's own checks
+
+
+def test_the_model_flags_a_nodeclaim_the_persisted_record_does_not_hold():
+    """(g): a creation applied without the status write that records it is a violation."""
+    c = Cluster()
+    key = c.add(inference_ws("unrecorded"))
+    p = c.begin(key)
+    (create,) = [a for a in p.decision.after if isinstance(a, A.CreateNodeClaim)]
+    c.pending.pop(key)
+    with pytest.raises(mc.Violation, match=r"\(g\)"):
+        c.apply(key, create, p)  # as if creations ran before the status write
+
+
+@pytest.mark.parametrize("crash", ["before the status write", "right after the status write"])
+def test_a_crash_around_the_status_write_creates_only_what_is_recorded(crash):
+    c = Cluster()
+    key = c.add(inference_ws("crash"))
+    p = c.begin(key)
+    assert p.decision.before and any(isinstance(a, A.CreateNodeClaim) for a in p.decision.after)
+    c.restart(steps=0 if crash.startswith("before") else 1, from_write=True)
+    assert c.claims(key) == []  # no creation applied either way
+    assert (c.record(key) is not None) == (crash.startswith("right"))  # the write happened, or not
+    c.converge()
+    assert c.state(key) == "Ready"
 
 
 # ============================================================================ strategies

@@ -14,6 +14,7 @@ import socket
 import time
 from datetime import timedelta
 
+import attrs
 import pytest
 
 import model_cluster as mc
@@ -578,3 +579,20 @@ def test_a_garbage_lifecycle_record_is_treated_as_absent(message):
         Condition(LIFECYCLE_CONDITION, "True", "Ready", message, EPOCH),)))
     d = pure_decide(ws, Snapshot(), EPOCH)
     assert d.state in ("Pending", "NodesProvisioning")
+
+
+def test_a_record_saying_deleting_on_a_workspace_nobody_deletes_starts_over_and_keeps_its_finalizer():
+    """Found by hypothesis: a record in state Deleting (edited by hand) made an undeleted Workspace drop its
+    finalizer. The machine now starts over from Pending and never removes the finalizer unless deleting."""
+    c = Cluster()
+    key = c.add(inference_ws("odd"))
+    c.run_pass(key)
+    ws = c.ws(key)
+    rec = read_lifecycle(ws.status)
+    odd = attrs.evolve(rec, state="Deleting")
+    conds = tuple(odd.to_condition(EPOCH) if x.type == LIFECYCLE_CONDITION else x for x in ws.status.conditions)
+    d = pure_decide(ws.with_status(attrs.evolve(ws.status, conditions=conds)), c.snapshot(key), c.now)
+    assert not kinds(d, A.RemoveFinalizer)
+    assert d.transitions[0].source == "Deleting" and d.transitions[0].dest == "Pending"
+    assert d.state == "NodesProvisioning"
+    assert not kinds(d, A.CreateNodeClaim)  # the recorded NodeClaim is still counted

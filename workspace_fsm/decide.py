@@ -249,7 +249,7 @@ def _ensure_deleted(f: Facts, rec: Lifecycle, out: list) -> Lifecycle:
             out.append(A.DeleteNodeClaim(name, "WorkspaceDeleting"))
             deleted.add("NodeClaim/" + name)
     remaining = [n for n in claims if ("NodeClaim/" + n) not in f.snap.absent]
-    if not remaining and f.config.finalizer in f.ws.metadata.finalizers:
+    if not remaining and f.ws.deleting and f.config.finalizer in f.ws.metadata.finalizers:
         out.append(A.RemoveFinalizer(f.config.finalizer))
     if claims is rec.nodeclaims and len(deleted) == len(rec.deleted):
         return rec
@@ -508,6 +508,13 @@ def decide(ws: Workspace, snapshot: Snapshot, now: datetime, config: Config = DE
     out: list = []
     taken: list[HistoryEntry] = []
     state = rec.state if rec.state in STATES else "Pending"
+    if state == "Deleting" and not ws.deleting:
+        # A record that says Deleting on a Workspace nobody is deleting (edited by hand, restored from a
+        # backup): start over from Pending; everything recorded is still counted, nothing is lost.
+        rec = _enter(rec, state, "Pending", stamp, "not_being_deleted", config.history_limit)
+        taken.append(rec.history[-1])
+        state = "Pending"
+        f.rec = rec
 
     deadline = config.deadline(state)
     if deadline is not None and rec.entered_at is not None and rec.attempts < STATES[state].max_firings \
