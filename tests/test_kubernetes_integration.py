@@ -294,3 +294,42 @@ def test_every_request_the_runner_makes_is_granted_by_deploy_rbac(cluster):
     for resource, verbs in used.items():
         assert verbs <= PERMISSIONS.get(resource, frozenset()), f"{resource}: {verbs - PERMISSIONS.get(resource, set())}"
     assert {"create", "delete"} <= used[("karpenter.sh", "nodeclaims")] and "delete" in used[("batch", "jobs")]
+
+
+def test_an_invalid_workspace_gets_a_specific_condition_nothing_is_created_and_a_fix_lets_it_proceed(cluster):
+    """Bad input that the CRD's schema admits but KAITO's rules reject reaches the runner: it reports the
+    specific reason on the Workspace, creates nothing, keeps serving the others, and proceeds once fixed."""
+    ns = "badinput"
+    create_namespace(cluster, ns)
+    base = {"apiVersion": "kaito.sh/v1beta1", "kind": "Workspace",
+            "resource": {"instanceType": "Standard_NC24ads_A100_v4", "labelSelector": {"matchLabels": {"a": "b"}}}}
+    bad = {
+        "unknown-preset": {**base, "metadata": {"name": "unknown-preset"}, "inference": {"preset": {"name": "gpt-99"}}},
+        "no-instance-type": {**base, "metadata": {"name": "no-instance-type"},
+                             "resource": {"labelSelector": {"matchLabels": {"a": "b"}}},
+                             "inference": {"preset": {"name": "phi-4"}}},
+        "huge-count": {**base, "metadata": {"name": "huge-count"},
+                       "resource": {**base["resource"], "count": 100000}, "inference": {"preset": {"name": "phi-4"}}},
+    }
+    reasons = {"unknown-preset": "UnknownPreset", "no-instance-type": "InstanceTypeRequired", "huge-count": "CountTooLarge"}
+    good = {**base, "metadata": {"name": "fine"}, "inference": {"preset": {"name": "phi-4"}}}
+    runner = Runner(cluster.api, namespace=ns)
+    try:
+        kubectl(cluster, "apply", "-n", ns, "-f", "-", stdin=yaml.safe_dump_all([*bad.values(), good]))
+        wait_for("the valid Workspace Ready", lambda: goal(workspaces(cluster, ns).get("fine", {"metadata": {}})))
+
+        def reported(name: str) -> bool:
+            conds = (workspaces(cluster, ns)[name].get("status") or {}).get("conditions") or []
+            return any(c["type"] == "WorkspaceSucceeded" and c["status"] == "False" and c["reason"] == reasons[name]
+                       for c in conds)
+
+        for name in bad:
+            wait_for(f"{name} reported as {reasons[name]}", lambda n=name: reported(n), timeout=20)
+            assert nodeclaims_of(cluster, ns, name) == [], name
+            assert "workspace.kaito.io/finalizer" not in (workspaces(cluster, ns)[name]["metadata"].get("finalizers") or [])
+        kubectl(cluster, "patch", "workspace", "unknown-preset", "-n", ns, "--type=merge",
+                "-p", '{"inference":{"preset":{"name":"phi-4-mini-instruct"}}}')
+        wait_for("the fixed Workspace Ready", lambda: goal(workspaces(cluster, ns)["unknown-preset"]))
+        assert len(nodeclaims_of(cluster, ns, "unknown-preset")) == 1
+    finally:
+        runner.kill()
