@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests: every @given test states its own max_examples (200 or more). In CI (CI=true) the examples
+# are derandomized, so a submission's run is reproducible; developers get fresh examples on every run.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("dev", deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
 # The test API server's fixtures (api_server, kubeconfig, api_server_client).
 pytest_plugins = ["workspace_fsm.testing.pytest_plugin"]
