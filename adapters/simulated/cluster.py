@@ -311,11 +311,13 @@ class SimCluster:
         if t < self.now - 1e-9:
             raise ValueError(f"the virtual clock cannot go back: now is {self.now}, asked for {t}")
         lag = self.params.cache_lag_s
-        while True:
-            nt = self._heap[0][0] if self._heap else math.inf
-            nd = self._log[0][0] + lag if self._log else math.inf
-            if min(nt, nd) > t:
-                break
+
+        def due() -> tuple[float, float]:
+            return (self._heap[0][0] if self._heap else math.inf,
+                    self._log[0][0] + lag if self._log else math.inf)
+
+        nt, nd = due()
+        while min(nt, nd) <= t:  # drains what is due: bounded by the events scheduled up to t
             if nd <= nt:  # a change that happened earlier reaches the cache first
                 self.now = max(self.now, nd)
                 self._deliver(self._log.popleft())
@@ -323,6 +325,7 @@ class SimCluster:
                 when, _, op, args = heapq.heappop(self._heap)
                 self.now = max(self.now, when)
                 getattr(self, "_ev_" + op)(*args)
+            nt, nd = due()
         self.now = max(self.now, t)
 
     def sync(self) -> None:
