@@ -11,9 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
-import pytest
 from kubernetes import client as k8s
 
 from workspace_fsm.embedded import EmbeddedCluster
