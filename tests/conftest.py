@@ -46,3 +46,27 @@ def kaito_dir() -> Path:
             pytrace=False,
         )
     return KAITO_DIR
+
+
+# Typed clients for the test API server (tests/test_apiserver_*.py).
+
+
+@pytest.fixture
+def custom(api_server_client):
+    from kubernetes import client
+
+    return client.CustomObjectsApi(api_server_client)
+
+
+@pytest.fixture
+def core(api_server_client):
+    from kubernetes import client
+
+    return client.CoreV1Api(api_server_client)
+
+
+@pytest.fixture
+def apps(api_server_client):
+    from kubernetes import client
+
+    return client.AppsV1Api(api_server_client)

@@ -13,13 +13,6 @@ import pytest
 from kubernetes import client, config
 
 from workspace_fsm.testing import TestAPIServer
-from workspace_fsm.testing.pytest_plugin import (  # noqa: F401 - fixtures
-    api_server,
-    api_server_client,
-    api_server_crds,
-    api_server_options,
-    kubeconfig,
-)
 
 G, V, NS, WS = "kaito.sh", "v1beta1", "default", "workspaces"
 ApiException = client.exceptions.ApiException
@@ -41,21 +34,6 @@ def workspace(name: str = "ws-1", labels: dict | None = None, count: int | None 
 
 def status_of(exc: ApiException) -> dict:
     return json.loads(exc.body)
-
-
-@pytest.fixture
-def custom(api_server_client):
-    return client.CustomObjectsApi(api_server_client)
-
-
-@pytest.fixture
-def core(api_server_client):
-    return client.CoreV1Api(api_server_client)
-
-
-@pytest.fixture
-def apps(api_server_client):
-    return client.AppsV1Api(api_server_client)
 
 
 # ---------------------------------------------------------------------------- CRUD and Status

@@ -14,12 +14,6 @@ from kubernetes import client, watch
 
 import workspace_fsm
 from workspace_fsm.testing import TestAPIServer
-from workspace_fsm.testing.pytest_plugin import (  # noqa: F401 - fixtures
-    api_server,
-    api_server_client,
-    api_server_crds,
-    api_server_options,
-)
 
 G, V, NS, WS = "kaito.sh", "v1beta1", "default", "workspaces"
 ApiException = client.exceptions.ApiException
@@ -30,16 +24,6 @@ def workspace(name: str) -> dict:
     return {"apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": name},
             "resource": {"instanceType": "Standard_NC24ads_A100_v4", "labelSelector": {"matchLabels": {"a": "b"}}},
             "inference": {"preset": {"name": "phi-4"}}}
-
-
-@pytest.fixture
-def custom(api_server_client):
-    return client.CustomObjectsApi(api_server_client)
-
-
-@pytest.fixture
-def core(api_server_client):
-    return client.CoreV1Api(api_server_client)
 
 
 def test_one_off_conflict_on_status_writes(api_server, custom):

@@ -13,13 +13,6 @@ import pytest
 import yaml
 from kubernetes import client
 
-from workspace_fsm.testing.pytest_plugin import (  # noqa: F401 - fixtures
-    api_server,
-    api_server_client,
-    api_server_crds,
-    api_server_options,
-    kubeconfig,
-)
 
 KUBECTL = shutil.which("kubectl")
 pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed on this machine")

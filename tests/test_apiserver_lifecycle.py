@@ -9,12 +9,6 @@ import time
 import pytest
 from kubernetes import client, watch
 
-from workspace_fsm.testing.pytest_plugin import (  # noqa: F401 - fixtures
-    api_server,
-    api_server_client,
-    api_server_crds,
-    api_server_options,
-)
 
 G, V, NS, WS = "kaito.sh", "v1beta1", "default", "workspaces"
 ApiException = client.exceptions.ApiException
@@ -64,16 +58,6 @@ def gone(fn, *args) -> bool:
             return True
         raise
     return False
-
-
-@pytest.fixture
-def custom(api_server_client):
-    return client.CustomObjectsApi(api_server_client)
-
-
-@pytest.fixture
-def core(api_server_client):
-    return client.CoreV1Api(api_server_client)
 
 
 def events_since(custom_or_fn, rv: str, count: int, *args) -> list[tuple[str, str]]:

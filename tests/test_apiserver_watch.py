@@ -10,12 +10,6 @@ import time
 import pytest
 from kubernetes import client, watch
 
-from workspace_fsm.testing.pytest_plugin import (  # noqa: F401 - fixtures
-    api_server,
-    api_server_client,
-    api_server_crds,
-    api_server_options,
-)
 
 G, V, NS, WS = "kaito.sh", "v1beta1", "default", "workspaces"
 ApiException = client.exceptions.ApiException
@@ -26,11 +20,6 @@ def workspace(name: str, labels: dict | None = None) -> dict:
             "metadata": {"name": name, "labels": labels or {"app": "phi"}},
             "resource": {"instanceType": "Standard_NC24ads_A100_v4", "labelSelector": {"matchLabels": {"a": "b"}}},
             "inference": {"preset": {"name": "phi-4"}}}
-
-
-@pytest.fixture
-def custom(api_server_client):
-    return client.CustomObjectsApi(api_server_client)
 
 
 def take(func, *args, count: int, timeout: int = 5, **kwargs) -> list[tuple[str, str]]:

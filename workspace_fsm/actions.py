@@ -94,10 +94,6 @@ class RecordEvent:
 Action = Union[AddFinalizer, RemoveFinalizer, CreateNodeClaim, DeleteNodeClaim, CreateWorkload,
                UpdateWorkload, CreateJob, DeleteJob, RecordEvent]
 
-#: Actions that change the cluster (everything but Events), in the order a pass applies them.
-MUTATING = (AddFinalizer, CreateNodeClaim, DeleteNodeClaim, CreateWorkload, UpdateWorkload,
-            DeleteJob, CreateJob, RemoveFinalizer)
-
 
 @attrs.frozen
 class WakeUp:

@@ -21,11 +21,11 @@ import attrs
 
 from . import actions as A
 from .lifecycle import DEFAULT_CONFIG, STATES, Config, Facts, edge_guard_name, step
-from .model import (ANNOTATION_REVISION, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, Condition,
+from .model import (LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, Condition,
                     Workspace, WorkspaceStatus, Snapshot, format_time, whole_seconds)
 from .persist import LIFECYCLE_CONDITION, HistoryEntry, Lifecycle, read_lifecycle
 
-__all__ = ["Decision", "decide", "confirmations", "nodeclaim_name", "target_node_count", "ANNOTATION_REVISION"]
+__all__ = ["Decision", "decide", "confirmations", "nodeclaim_name", "target_node_count"]
 
 # KAITO's condition types.
 NODECLAIM_READY = "NodeClaimReady"

@@ -11,7 +11,6 @@ as ``metav1.Time`` has, so that a decision rebuilt from the persisted object is 
 
 from __future__ import annotations
 
-import enum
 import functools
 import hashlib
 import json
@@ -406,12 +405,6 @@ def spec_hash(doc: Any) -> str:
 
 
 # --------------------------------------------------------------------------- status
-
-
-class ConditionStatus(str, enum.Enum):
-    TRUE = "True"
-    FALSE = "False"
-    UNKNOWN = "Unknown"
 
 
 @attrs.frozen

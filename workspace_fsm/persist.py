@@ -32,7 +32,6 @@ from .model import Condition, WorkspaceStatus, format_time, parse_time
 
 LIFECYCLE_CONDITION = "workspace-fsm/Lifecycle"
 RECORD_VERSION = 1
-HISTORY_LIMIT = 16
 MESSAGE_LIMIT = 32768  # the CRD's maxLength for a condition message
 
 

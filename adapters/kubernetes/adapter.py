@@ -390,7 +390,7 @@ class KubernetesAdapter:
 
     def _apply(self, ws: Workspace, a: A.Action) -> None:
         t = self.timeout
-        ns, name = ws.metadata.namespace, ws.metadata.name
+        ns = ws.metadata.namespace
         if isinstance(a, A.CreateNodeClaim):
             body = manifests.nodeclaim(ws, a, self.node_class)
             self._call("create", "NodeClaim", f"creating NodeClaim {a.name} for {ws.key}",

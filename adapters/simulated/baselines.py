@@ -20,8 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import attrs
-
 from workspace_fsm import actions as A
 from workspace_fsm.adapter import AdapterError, Conflict
 from workspace_fsm.model import (FINALIZER, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, Condition, Snapshot,

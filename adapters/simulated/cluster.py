@@ -51,7 +51,6 @@ from workspace_fsm.model import (LABEL_ACCELERATOR, LABEL_INSTANCE_TYPE, LABEL_W
                                  LABEL_WORKSPACE_NAMESPACE, Job, LabelSelector, Node, NodeClaim, Snapshot,
                                  Workload, Workspace, WorkspaceStatus, format_time, whole_seconds)
 from workspace_fsm.decide import confirmations
-from workspace_fsm.persist import read_lifecycle
 
 from .documents import inference_document, to_workspace, tuning_document
 from .params import Scenario, ScenarioError, SimParams

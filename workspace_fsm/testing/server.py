@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from .errors import APIError, dumps, status_body
+from .errors import APIError, dumps
 from .faults import Faults, RequestCounts, RequestInfo
 from .resources import ResourceInfo
 from .selectors import SelectorError, parse_field_selector, parse_label_selector
