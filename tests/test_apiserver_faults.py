@@ -183,3 +183,69 @@ def test_request_counters(api_server, custom, core):
     assert req[("list", "nodes")] == 1 and req[("watch", "nodes")] == 1
     assert req.by_verb()["patch"] == 2 and req.api_total() == 8
     assert req.by_resource()["workspaces"] == 5
+
+
+def test_intercept_before_abort_drops_the_request_unapplied(api_server, custom):
+    seen = []
+    api_server.faults.intercept(lambda req: seen.append((req.verb, req.name)) or "abort", verbs=["create"], times=1)
+    with pytest.raises(urllib3.exceptions.HTTPError):
+        custom.create_namespaced_custom_object(G, V, NS, WS, workspace("w"), _request_timeout=5)
+    assert seen == [("create", None)]
+    assert api_server.get_object("kaito.sh/v1beta1", WS, "w", NS) is None  # never stored
+    custom.create_namespaced_custom_object(G, V, NS, WS, workspace("w"))  # the rule fired once
+
+
+def test_intercept_after_runs_once_the_write_is_stored_and_can_withhold_the_answer(api_server, custom):
+    custom.create_namespaced_custom_object(G, V, NS, WS, workspace("w"))
+    stored_when_called = []
+
+    def after(req):
+        obj = api_server.get_object("kaito.sh/v1beta1", WS, "w", NS)
+        stored_when_called.append((obj.get("status") or {}).get("state"))
+        return "abort"
+
+    rule = api_server.faults.intercept(after, when="after", verbs=["update"], resources=["*/status"], times=1)
+    body = custom.get_namespaced_custom_object(G, V, NS, WS, "w")
+    body["status"] = {"state": "Written"}
+    # The client never hears back. (urllib3 retries an idempotent PUT whose connection broke; the retry
+    # carries the old resourceVersion and is refused with 409, since the first attempt was applied.)
+    with pytest.raises((urllib3.exceptions.HTTPError, ApiException)) as err:
+        custom.replace_namespaced_custom_object_status(G, V, NS, WS, "w", body, _request_timeout=5)
+    assert not isinstance(err.value, ApiException) or err.value.status == 409
+    assert stored_when_called == ["Written"] and rule.hits == 1
+    # ...but the write happened.
+    assert custom.get_namespaced_custom_object(G, V, NS, WS, "w")["status"]["state"] == "Written"
+    # A callback that does not abort lets the answer through.
+    api_server.faults.intercept(lambda req: None, when="after", verbs=["get"], times=1)
+    assert custom.get_namespaced_custom_object(G, V, NS, WS, "w")["metadata"]["name"] == "w"
+    with pytest.raises(ValueError):
+        api_server.faults.intercept(lambda req: None, when="during")
+
+
+def test_on_fire_sees_each_request_a_rule_fired_for(api_server, custom):
+    told = []
+    rule = api_server.faults.throttle(retry_after=3, verbs=["create"], times=2)
+    rule.on_fire = lambda req: told.append((req.verb, req.resource_path, req.user_agent.split("/")[0]))
+    for _ in range(3):
+        try:
+            custom.create_namespaced_custom_object(G, V, NS, WS, workspace("w"))
+        except ApiException as exc:
+            assert exc.status == 429
+    assert told == [("create", "workspaces", "OpenAPI-Generator")] * 2
+
+
+def test_watch_lag_delivers_events_late_but_in_order(api_server, custom):
+    rv = custom.list_namespaced_custom_object(G, V, NS, WS)["metadata"]["resourceVersion"]
+    api_server.faults.watch_lag(0.8)
+    got: list[tuple[str, float]] = []
+    start = time.monotonic()
+    for name in ("a", "b"):
+        custom.create_namespaced_custom_object(G, V, NS, WS, workspace(name))
+    for e in watch.Watch().stream(custom.list_namespaced_custom_object, G, V, NS, WS, resource_version=rv,
+                                  timeout_seconds=3):
+        got.append((e["raw_object"]["metadata"]["name"], time.monotonic() - start))
+        if len(got) == 2:
+            break
+    assert [n for n, _ in got] == ["a", "b"]
+    assert all(t >= 0.75 for _, t in got), got  # nothing arrives before it is 0.8 s old
+    assert all(t < 2.5 for _, t in got), got

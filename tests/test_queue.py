@@ -59,7 +59,7 @@ def assert_no_per_key_state(q: WorkQueue[str]) -> None:
     assert len(q) == 0
     assert q.processing_count == 0
     assert not q._ready and not q._dirty and not q._processing
-    assert not q._waiting and not q._heap and not q._failures
+    assert not q._waiting and not q._heap and not q._failures and not q._held
 
 
 # --------------------------------------------------------------------- dedup / FIFO
@@ -192,6 +192,40 @@ def test_add_after_while_processing_runs_after_done(q: WorkQueue[str], clock: Fa
     assert q.get() == "a"
     q.done("a")
     assert_no_per_key_state(q)
+
+
+def test_hold_is_not_shortened_by_adds_and_keeps_their_events(q: WorkQueue[str], clock: FakeClock) -> None:
+    # A 429 with Retry-After 2 s: the key must not run before then, even though watch events add it.
+    q.add("a")
+    assert q.get() == "a"
+    q.add("a")  # an event while processing: dirty
+    q.hold("a", 2.0)
+    q.done("a")
+    assert q.get() is None  # not handed out again at done()
+    clock.advance(1.0)
+    q.add("a")
+    q.add_after("a", 0.5)
+    assert q.get() is None and q.waiting_count == 1
+    clock.advance(0.5)
+    assert q.get() is None  # the add_after's wake-up ran into the hold
+    clock.advance(0.5)
+    assert q.get() == "a"  # exactly at the hold's end, once
+    q.done("a")
+    assert q.get() is None and len(q) == 0
+    q.add("a")  # the hold is over: adds run at once again
+    assert q.get() == "a"
+    q.done("a")
+    q.forget("a")
+    assert_no_per_key_state(q)
+
+
+def test_hold_of_a_queued_key_takes_it_out_of_the_ready_queue(q: WorkQueue[str], clock: FakeClock) -> None:
+    q.add("a")
+    q.add("b")
+    q.hold("a", 1.0)
+    assert q.get() == "b" and q.get() is None
+    clock.advance(1.0)
+    assert q.get() == "a"
 
 
 def test_promote_due_and_fifo_by_wake_up(q: WorkQueue[str], clock: FakeClock) -> None:

@@ -151,6 +151,7 @@ class WorkQueue(Generic[K]):
         self._heap: list[tuple[float, int, K]] = []  # (wake-up, seq, key); may hold stale entries
         self._seq = itertools.count()  # unique tie-breaker: keys need not be orderable
         self._failures: dict[K, int] = {}  # per-key backoff exponent
+        self._held: dict[K, float] = {}  # key -> clock time before which it must not run (see hold)
         self._shutdown = False
 
     # ------------------------------------------------------------------ adding
@@ -188,6 +189,26 @@ class WorkQueue(Generic[K]):
         with self._cond:
             if not self._shutdown:
                 self._add_after_locked(key, self._when_locked(key))
+
+    def hold(self, key: K, delay_s: float) -> None:
+        """Run ``key`` again ``delay_s`` seconds from now and *not sooner*, whatever :meth:`add` calls
+        come meanwhile: the server asked to wait (a 429's Retry-After). Events that arrive during the hold
+        are not lost; they are served by the run at its end. Ignored after :meth:`shutdown`."""
+        _check_delay(delay_s)
+        with self._cond:
+            if self._shutdown:
+                return
+            until = self._clock() + delay_s
+            self._held[key] = max(until, self._held.get(key, until))
+            if key in self._dirty and key not in self._processing:
+                self._dirty.discard(key)
+                try:
+                    self._ready.remove(key)
+                except ValueError:  # pragma: no cover - ready holds exactly the dirty keys not processing
+                    pass
+            else:
+                self._dirty.discard(key)  # processing: done() must not hand it out again before the hold ends
+            self._defer_locked(key, self._held[key])
 
     def forget(self, key: K) -> None:
         """Reset ``key``'s backoff. Call this after a successful reconcile.
@@ -333,6 +354,13 @@ class WorkQueue(Generic[K]):
 
     def _enqueue_locked(self, key: K) -> None:
         """Make ``key`` dirty. It becomes ready unless a worker holds it. Cancels its delay."""
+        if self._held:
+            until = self._held.get(key)
+            if until is not None:
+                if until > self._clock():
+                    self._defer_locked(key, until)  # the server asked us to wait: run at the hold's end
+                    return
+                del self._held[key]
         if self._waiting.pop(key, None) is not None:
             self._maybe_compact_locked()  # its heap entry just went stale
         if key in self._dirty:
@@ -361,6 +389,20 @@ class WorkQueue(Generic[K]):
         if head is None or when < head:
             # The earliest wake-up moved earlier. Sleeping getters must recompute
             # their wait, or they would sleep past it.
+            self._cond.notify_all()
+
+    def _defer_locked(self, key: K, until: float) -> None:
+        """Make ``key`` wait until exactly ``until`` (replacing an earlier or later wake-up)."""
+        current = self._waiting.get(key)
+        if current is not None and current[0] == until:
+            return
+        head = self._peek_locked()
+        seq = next(self._seq)
+        self._waiting[key] = (until, seq)
+        heapq.heappush(self._heap, (until, seq, key))
+        if current is not None:
+            self._maybe_compact_locked()
+        if head is None or until < head:
             self._cond.notify_all()
 
     def _when_locked(self, key: K) -> float:

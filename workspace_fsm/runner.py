@@ -132,8 +132,8 @@ def settle(queue: WorkQueue, key: Hashable, outcome: Outcome, *, observe_again_s
         queue.add_after(key, observe_again_s)
     elif outcome.error is not None:
         retry_after = getattr(outcome.error, "retry_after", None)
-        if retry_after:
-            queue.add_after(key, retry_after)
+        if retry_after:  # the server said when: not sooner, even if events for the key arrive meanwhile
+            queue.hold(key, retry_after)
         else:
             queue.add_rate_limited(key)
     else:

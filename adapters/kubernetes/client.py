@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from kubernetes import client, config
+from urllib3.util.retry import Retry
 
 # Six informers hold a watch connection each, workers make calls: the client's default pool of 10 drops
 # connections under load (and says so in a warning). Size it for both.
 POOL_SIZE = 64
 USER_AGENT = "workspace-fsm/0.1.0"
+
+
+def retries() -> Retry:
+    """Connection-level retries only. urllib3's default also retries a 429/503 answer carrying Retry-After
+    by sleeping for it, which would hold a worker for up to three times Retry-After. The answer goes to
+    the adapter instead, and the work queue delays the Workspace by Retry-After, holding no worker."""
+    return Retry(total=3, connect=3, read=1, status=0, redirect=0, other=0, backoff_factor=0.1,
+                 respect_retry_after_header=False, raise_on_status=False)
 
 
 def api_client(kubeconfig: str | None = None, context: str | None = None, *,
@@ -21,6 +30,7 @@ def api_client(kubeconfig: str | None = None, context: str | None = None, *,
         except config.ConfigException:
             config.load_kube_config(context=context, client_configuration=cfg)
     cfg.connection_pool_maxsize = POOL_SIZE
+    cfg.retries = retries()
     api = client.ApiClient(cfg)
     api.user_agent = user_agent  # audit logs (and test fault rules) can tell the runner's requests apart
     return api

@@ -145,9 +145,10 @@ class Informer:
                     need_list = True
                     continue
                 self.errors += 1
+                wait = max(backoff, _retry_after(exc))  # a 429's Retry-After is honoured
                 log.warning("informer %s: API error %s (%s); retrying in %.1fs", self.name, exc.status,
-                            exc.reason, backoff)
-                self._stop.wait(backoff)
+                            exc.reason, wait)
+                self._stop.wait(wait)
                 backoff = min(30.0, backoff * 2)
             except Exception as exc:  # network errors: resume from the last resourceVersion
                 if self._stop.is_set():
@@ -209,3 +210,11 @@ class Informer:
                 h(etype, old, new)
             except Exception:  # a handler bug must not stop the cache
                 log.exception("informer %s: event handler failed", self.name)
+
+
+def _retry_after(exc: ApiException) -> float:
+    """The seconds a 429 (or 503) asked to wait, 0 when it did not say."""
+    try:
+        return max(0.0, float((exc.headers or {}).get("Retry-After", 0)))
+    except (TypeError, ValueError):
+        return 0.0

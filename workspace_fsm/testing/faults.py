@@ -15,6 +15,12 @@ limits a rule to clients whose User-Agent contains it (the Python client sends
 >>> server.faults.drop_watches(after_events=2)                        # next watch ends after 2 events
 >>> server.faults.latency(0.05, verbs=["patch"], times=None)          # every patch takes 50 ms more
 >>> server.faults.compaction()                                        # the next watch finds history gone
+>>> server.faults.watch_lag(20.0, user_agent="my-controller/")       # its watches deliver events 20 s late
+>>> server.faults.intercept(kill_client, when="after", verbs=["update"], resources=["*/status"])
+...     # run a callback once the write is stored but before the client hears back (``"abort"``: no answer)
+
+``on_fire`` on any rule is called with the :class:`RequestInfo` each time the rule fires (to log or
+time what a client was told, e.g. a 429's Retry-After).
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ class RequestInfo:
 
 @dataclass(eq=False)
 class Fault:
-    """One fault rule. ``kind`` is conflict, error, throttle, drop_watch, latency or compaction."""
+    """One fault rule. ``kind`` is conflict, error, throttle, drop_watch, latency, compaction, lag or intercept."""
 
     kind: str
     verbs: frozenset[str] | None = None
@@ -77,6 +83,9 @@ class Fault:
     abrupt: bool = False
     user_agent: str | None = None  # case-insensitive substring of the User-Agent header
     predicate: Callable[[RequestInfo], bool] | None = None
+    on_fire: Callable[[RequestInfo], Any] | None = None  # called (outside the rules' lock) when the rule fires
+    callback: Callable[[RequestInfo], Any] | None = None  # intercept: what to run
+    when: str = "before"  # intercept: "before" the request is handled, or "after" it (before the answer)
     hits: int = 0
     _owner: Any = field(default=None, repr=False)
     _rng: random.Random = field(default_factory=random.Random, repr=False)
@@ -126,6 +135,15 @@ class FaultPlan:
     compact: bool = False
     error: Fault | None = None
     drop_watch: Fault | None = None
+    lag: float = 0.0  # watches: deliver each event this many seconds after it happened
+    before: list[Fault] = field(default_factory=list)  # intercepts to run before handling
+    after: list[Fault] = field(default_factory=list)  # intercepts to run after handling, before answering
+    fired: list[Fault] = field(default_factory=list)  # every rule that fired (for on_fire)
+
+    def notify(self, req: RequestInfo) -> None:
+        for rule in self.fired:
+            if rule.on_fire is not None:
+                rule.on_fire(req)
 
 
 def _verbs(verbs: Iterable[str] | str | None) -> frozenset[str] | None:
@@ -225,6 +243,28 @@ class Faults:
         that a watch from an earlier resourceVersion is answered 410 Gone."""
         return self._make("compaction", verbs, resources, times, rate, seed, user_agent=user_agent)
 
+    def watch_lag(self, seconds: float, *, resources: Iterable[str] | str | None = None,
+                  namespace: str | None = None, times: int | None = None, rate: float | None = None,
+                  seed: int | None = 0, user_agent: str | None = None) -> Fault:
+        """A cache that lags the truth: matching watches deliver every event ``seconds`` after it was
+        stored (the initial list of a watch without a resourceVersion is current). Unlimited by default."""
+        return self._make("lag", ("watch",), resources, times, rate, seed, seconds=float(seconds),
+                          namespace=namespace, user_agent=user_agent)
+
+    def intercept(self, callback: Callable[[RequestInfo], Any], *, when: str = "before",
+                  verbs: Iterable[str] | str | None = None, resources: Iterable[str] | str | None = None,
+                  namespace: str | None = None, name: str | None = None, times: int | None = None,
+                  rate: float | None = None, seed: int | None = 0, user_agent: str | None = None,
+                  predicate: Callable[[RequestInfo], bool] | None = None) -> Fault:
+        """Run ``callback(request)`` in the request's thread ``"before"`` it is handled or ``"after"`` it
+        was (a write is stored) but before the answer is sent. A callback returning ``"abort"`` makes the
+        server close the connection without answering; before handling, the request is then not applied.
+        Crash tests use it to kill a client between two calls or in the middle of a write."""
+        if when not in ("before", "after"):
+            raise ValueError(f"intercept: when must be 'before' or 'after', not {when!r}")
+        return self._make("intercept", verbs, resources, times, rate, seed, callback=callback, when=when,
+                          namespace=namespace, name=name, user_agent=user_agent, predicate=predicate)
+
     def compact(self) -> Any:
         """Compact the watch history now."""
         if self.compact_hook is None:
@@ -254,20 +294,29 @@ class Faults:
             for rule in self._rules:
                 if rule.exhausted or not rule.matches(req):
                     continue
+                fired = False
                 if rule.kind == "latency":
-                    if rule._try_fire():
+                    if fired := rule._try_fire():
                         plan.delay += rule.seconds
                 elif rule.kind == "compaction":
-                    if rule._try_fire():
+                    if fired := rule._try_fire():
                         plan.compact = True
+                elif rule.kind == "lag":
+                    if fired := rule._try_fire():
+                        plan.lag = max(plan.lag, rule.seconds)
+                elif rule.kind == "intercept":
+                    if fired := rule._try_fire():
+                        (plan.before if rule.when == "before" else plan.after).append(rule)
                 elif rule.kind == "drop_watch":
-                    if plan.drop_watch is None and rule._try_fire():
+                    if plan.drop_watch is None and (fired := rule._try_fire()):
                         plan.drop_watch = rule
                 elif plan.error is None:
                     if rule.kind == "conflict" and req.verb not in WRITE_VERBS:
                         continue
-                    if rule._try_fire():
+                    if fired := rule._try_fire():
                         plan.error = rule
+                if fired:
+                    plan.fired.append(rule)
             self._rules = [r for r in self._rules if not r.exhausted]
         return plan
 

@@ -72,6 +72,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "workspace-fsm-test-apiserver"
     sys_version = ""
     server: _HTTPServer
+    intercept_after: Any = None  # (rules, request) to run once this request is handled
 
     def setup(self) -> None:
         super().setup()
@@ -300,6 +301,7 @@ class TestAPIServer:
     # ------------------------------------------------------------------ request handling
 
     def _handle(self, h: _Handler, method: str) -> None:
+        h.intercept_after = None
         url = urlsplit(h.path)
         query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         try:
@@ -343,6 +345,13 @@ class TestAPIServer:
     def _send(self, h: _Handler, code: int, obj: Any, headers: Mapping[str, str] | None = None,
               content_type: str = "application/json") -> None:
         data = obj if isinstance(obj, bytes) else dumps(obj)
+        pending = getattr(h, "intercept_after", None)
+        if pending is not None:  # intercepts "after": the request is handled, its answer not yet sent
+            h.intercept_after = None
+            rules, req = pending
+            if any([rule.callback(req) == "abort" for rule in rules]):
+                h.close_connection = True
+                return
         h.send_response(code)
         h.send_header("Content-Type", content_type)
         h.send_header("Content-Length", str(len(data)))
@@ -399,6 +408,12 @@ class TestAPIServer:
                           user_agent=h.headers.get("User-Agent") or "")
         self.requests.add(verb, req.resource_path)
         plan = self.faults.plan(req)
+        plan.notify(req)
+        for rule in plan.before:
+            if rule.callback(req) == "abort":
+                raise _ClientGone()  # the request is dropped unanswered and unapplied
+        if plan.after:
+            h.intercept_after = (plan.after, req)
         if plan.delay > 0:
             time.sleep(plan.delay)
         if plan.compact:
@@ -652,6 +667,16 @@ class TestAPIServer:
                     events = store.events_since(cursor)
                     if events is None:
                         expired = APIError.expired(cursor, store.floor)
+                    elif events and plan.lag > 0:  # a lagging cache: only what happened lag seconds ago
+                        due = time.monotonic() - plan.lag
+                        late = next((i for i, ev in enumerate(events) if ev.at > due), len(events))
+                        if late < len(events):
+                            pause = min(events[late].at - due, max(0.0, wake - time.monotonic()), 1.0)
+                            events = events[:late]
+                            if not events:
+                                store.cond.wait(timeout=max(pause, 0.001))
+                        if events:
+                            cursor = events[-1].revision
                     elif events:
                         cursor = events[-1].revision
                 if expired is not None:

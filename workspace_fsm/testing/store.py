@@ -21,7 +21,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..schema import apply_defaults, prune, validate
@@ -61,6 +61,7 @@ class Event:
     type: str  # ADDED | MODIFIED | DELETED
     object: dict[str, Any]
     previous: dict[str, Any] | None
+    at: float = field(default_factory=time.monotonic, compare=False)  # when it happened (watch lag faults)
 
 
 def _meta(obj: dict[str, Any]) -> dict[str, Any]:
