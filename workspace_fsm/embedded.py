@@ -23,12 +23,13 @@ def crd_paths() -> list[Path]:
 
 
 class EmbeddedCluster:
-    def __init__(self, *, time_scale: float = 60.0, seed: int = 1, port: int = 0) -> None:
+    def __init__(self, *, time_scale: float = 60.0, seed: int = 1, port: int = 0, params=None) -> None:
         from .testing import TestAPIServer
 
         self.server = TestAPIServer(crds=crd_paths(), port=port)
         self.time_scale = time_scale
         self.seed = seed
+        self.params = params  # adapters.simulated.params.SimParams: latencies and failure rates
         self.controllers = None
         self.api = None
 
@@ -41,7 +42,7 @@ class EmbeddedCluster:
         self.api = api_client(str(path))
         # The simulated cluster's own controllers use a client of their own, with their own user agent.
         self.controllers = SimulatedControllers(api_client(str(path), user_agent="simulated-cluster-controllers"),
-                                                seed=self.seed, time_scale=self.time_scale)
+                                                params=self.params, seed=self.seed, time_scale=self.time_scale)
         self.controllers.start()
         self.controllers.wait_synced(30.0)
         return path

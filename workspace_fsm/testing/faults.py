@@ -49,6 +49,8 @@ class RequestInfo:
     namespace: str | None
     name: str | None
     user_agent: str = ""
+    body: bytes = b""  # the request's body as sent
+    status_code: int | None = None  # intercepts "after": the answer about to be sent
 
     @property
     def resource_path(self) -> str:

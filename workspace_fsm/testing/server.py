@@ -6,6 +6,7 @@ requests, negotiates Tables for kubectl, streams watches and applies fault rules
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -349,6 +350,7 @@ class TestAPIServer:
         if pending is not None:  # intercepts "after": the request is handled, its answer not yet sent
             h.intercept_after = None
             rules, req = pending
+            req = dataclasses.replace(req, status_code=code)
             if any([rule.callback(req) == "abort" for rule in rules]):
                 h.close_connection = True
                 return
@@ -405,13 +407,13 @@ class TestAPIServer:
         verb = self._verb(method, route, query)
         req = RequestInfo(verb=verb, resource=route.info.plural, subresource=route.subresource,
                           group=route.info.group, namespace=route.namespace, name=route.name,
-                          user_agent=h.headers.get("User-Agent") or "")
+                          user_agent=h.headers.get("User-Agent") or "", body=body)
         self.requests.add(verb, req.resource_path)
         plan = self.faults.plan(req)
-        plan.notify(req)
         for rule in plan.before:
             if rule.callback(req) == "abort":
                 raise _ClientGone()  # the request is dropped unanswered and unapplied
+        plan.notify(req)
         if plan.after:
             h.intercept_after = (plan.after, req)
         if plan.delay > 0:
