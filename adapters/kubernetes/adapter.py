@@ -199,6 +199,12 @@ class KubernetesAdapter:
     def keys(self) -> list[str]:
         return [object_key(o) for o in self.workspaces.items()]
 
+    def cache_sizes(self) -> dict[str, int]:
+        """Entries in the adapter's own maps, for metrics: each is bounded by the live objects it is about."""
+        with self._lock:
+            return {"overlay": len(self._overlay), "parsed": len(self._parsed), "delivered": len(self._delivered),
+                    "known": len(self._known), "own_rv": len(self._own_rv)}
+
     # ------------------------------------------------------------------ events
 
     def _on_workspace(self, etype: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
@@ -446,10 +452,14 @@ class KubernetesAdapter:
         # The resourceVersion makes the merge patch conditional: finalizers are a list, replaced whole.
         patch = {"metadata": {"finalizers": wanted, "resourceVersion": rv}}
         verb = "add" if isinstance(a, A.AddFinalizer) else "remove"
-        result = self._call("patch", "Workspace", f"{verb} finalizer on {key}",
-                            lambda: self.custom.patch_namespaced_custom_object(
-                                KAITO_GROUP, KAITO_VERSION, ws.metadata.namespace, KAITO_PLURAL, ws.metadata.name,
-                                patch, _request_timeout=self.timeout), ok=(404,) if verb == "remove" else ())
+        try:
+            result = self._call("patch", "Workspace", f"{verb} finalizer on {key}",
+                                lambda: self.custom.patch_namespaced_custom_object(
+                                    KAITO_GROUP, KAITO_VERSION, ws.metadata.namespace, KAITO_PLURAL, ws.metadata.name,
+                                    patch, _request_timeout=self.timeout), ok=(404,) if verb == "remove" else ())
+        except Conflict:
+            self._drop_overlay(key)
+            raise
         if isinstance(result, dict):
             new_rv = (result.get("metadata") or {}).get("resourceVersion")
             with self._lock:
@@ -485,10 +495,14 @@ class KubernetesAdapter:
         if own is not None and own[0] == rv:
             rv = (own[1].get("metadata") or {}).get("resourceVersion", rv)
         body = {**raw, "metadata": {**(raw.get("metadata") or {}), "resourceVersion": rv}, "status": status.to_dict()}
-        result = self._call("update", "Workspace/status", f"writing status of {key}",
-                            lambda: self.custom.replace_namespaced_custom_object_status(
-                                KAITO_GROUP, KAITO_VERSION, ws.metadata.namespace, KAITO_PLURAL, ws.metadata.name, body,
-                                _request_timeout=self.timeout), ok=(404,))
+        try:
+            result = self._call("update", "Workspace/status", f"writing status of {key}",
+                                lambda: self.custom.replace_namespaced_custom_object_status(
+                                    KAITO_GROUP, KAITO_VERSION, ws.metadata.namespace, KAITO_PLURAL, ws.metadata.name,
+                                    body, _request_timeout=self.timeout), ok=(404,))
+        except Conflict:
+            self._drop_overlay(key)
+            raise
         if not isinstance(result, dict):
             return ws.with_status(status)
         new_rv = (result.get("metadata") or {}).get("resourceVersion", "")
@@ -496,6 +510,14 @@ class KubernetesAdapter:
         with self._lock:
             self._set_overlay(key, parsed, result, new_rv)
         return parsed if parsed is not None else ws.with_status(status)
+
+    def _drop_overlay(self, key: str) -> None:
+        """A write was refused as stale: the object moved on past our last write. The overlay can only be
+        older than the truth now (e.g. a relist after 410 skipped our version, so the watch will never
+        deliver it); from here the cache is the better source, and the next write's resourceVersion says."""
+        with self._lock:
+            self._overlay.pop(key, None)
+            self._own_rv.pop(key, None)
 
     def _set_overlay(self, key: str, parsed: Workspace | None, raw: dict[str, Any], rv: str) -> None:
         """Keep our written version until the watch delivers it (caller holds the lock)."""

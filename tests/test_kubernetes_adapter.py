@@ -1,0 +1,60 @@
+"""The Kubernetes adapter's write-through overlay against the test API server."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from workspace_fsm.adapter import Conflict
+from workspace_fsm.adapters.kubernetes.adapter import KubernetesAdapter
+from workspace_fsm.catalogue import Catalogue
+from workspace_fsm.model import WorkspaceStatus
+
+G, V, NS, WS = "kaito.sh", "v1beta1", "default", "workspaces"
+
+
+def doc(name: str) -> dict:
+    return {"apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": name},
+            "resource": {"instanceType": "Standard_NC24ads_A100_v4", "labelSelector": {"matchLabels": {"a": name}}},
+            "inference": {"preset": {"name": "phi-4-mini-instruct"}}}
+
+
+def wait(check, what: str, timeout: float = 5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_an_overlay_the_watch_will_never_deliver_is_dropped_at_the_first_refused_write(api_server, api_server_client,
+                                                                                      custom):
+    adapter = KubernetesAdapter(api_server_client, catalogue=Catalogue.default())
+    adapter.start()
+    try:
+        assert adapter.wait_synced(10)
+        custom.create_namespaced_custom_object(G, V, NS, WS, doc("w"))
+        ws, _ = wait(lambda: adapter.observe("default/w")[0] and adapter.observe("default/w"), "the Workspace")
+        written = adapter.persist(ws, WorkspaceStatus(state="Pending"))
+        # Our write's version is replaced in the overlay by one the watch will never deliver (as when a relist
+        # after 410 skips it), and then a user changes the spec: the cache has the newer object, the overlay
+        # still hides it.
+        raw = wait(lambda: (adapter.workspaces.get("default/w") or {}).get("metadata", {}).get("resourceVersion")
+                   == written.metadata.resource_version and adapter.workspaces.get("default/w"), "our write")
+        with adapter._lock:
+            adapter._overlay["default/w"] = (written, raw, "999999999")
+        custom.patch_namespaced_custom_object(G, V, NS, WS, "w", {"inference": {"config": "changed"}})
+        wait(lambda: (adapter.workspaces.get("default/w") or {}).get("metadata", {}).get("generation") == 2,
+             "the cache to see generation 2")
+        stale, _ = adapter.observe("default/w")
+        assert stale.metadata.generation == 1 and stale.metadata.resource_version == written.metadata.resource_version
+        with pytest.raises(Conflict):  # its resourceVersion is old: refused, never an overwrite
+            adapter.persist(stale, WorkspaceStatus(state="Pending"))
+        fresh, _ = adapter.observe("default/w")
+        assert fresh.metadata.generation == 2  # the next pass sees the user's change
+        adapter.persist(fresh, WorkspaceStatus(state="Pending"))
+    finally:
+        adapter.stop()
