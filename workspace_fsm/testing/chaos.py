@@ -224,6 +224,7 @@ class Invariants:
         self.claim_node: dict[str, str] = {}
         self.node_gpu: dict[str, bool] = {}
         self.jobs_of: dict[str, set[str]] = {}
+        self.job_failed: dict[str, str] = {}  # Workspace key -> why its current Job failed for good
         self.creations: Counter = Counter()  # (kind, owner, name, revision) -> ADDED count
         self.last_ws: dict[str, dict[str, Any]] = {}
         self.violations: list[str] = []
@@ -368,6 +369,11 @@ class Invariants:
             jobs.add(name)
             if len(jobs) > 1:
                 self.violate(f"{key}: {len(jobs)} Jobs exist at once: {sorted(jobs)}")
+            failed = _conditions(obj).get("Failed", {})
+            if failed.get("status") == "True":
+                self.job_failed[key] = str(failed.get("reason") or "")
+            else:
+                self.job_failed.pop(key, None)
         if ev.type != "ADDED":
             return
         revision = (meta.get("annotations") or {}).get(ANNOTATION_REVISION, "")
@@ -742,9 +748,11 @@ class ChaosRun:
                     outcomes["deleted" if w.gone_at is not None else "deletion pending"] += 1
                     continue
                 outcomes[w.outcome.split(":")[0] if w.outcome else "not at goal"] += 1
-                if w.outcome.startswith("Failed:") and w.outcome in ("Failed:", "Failed:None", "Failed:Unknown"):
-                    report.violation_count += 1
-                    report.violations.append(f"{key}: Failed without a specific reason")
+                if w.outcome.startswith("Failed:"):
+                    why = self._unexplained_failure(key, w.outcome.split(":", 1)[1])
+                    if why:
+                        report.violation_count += 1
+                        report.violations.append(f"{key}: {why}")
                 goal = w.goal_at.get(w.generation)
                 if goal is not None:
                     goals.append(goal)
@@ -763,6 +771,21 @@ class ChaosRun:
                 first = min(w.created_at for w in inv.ws.values())
                 report.makespan_s = round(max(goals) - first, 3)
         report.wall_s = round(time.monotonic() - started, 2)
+
+
+    def _unexplained_failure(self, key: str, reason: str) -> str | None:
+        """A Failed outcome must name a specific reason that its inputs explain (caller holds the lock)."""
+        if reason == "TuningJobFailed":
+            if key not in self.inv.job_failed:
+                return "Failed with TuningJobFailed, but its Job has not failed"
+            obj = self.inv.last_ws.get(key) or {}
+            msg = _conditions(obj).get("WorkspaceSucceeded", {}).get("message", "")
+            if self.inv.job_failed[key] and self.inv.job_failed[key] not in msg:
+                return f"Failed, but the message {msg!r} does not give the Job's reason {self.inv.job_failed[key]}"
+            return None
+        if reason == "TuningJobDeadlineExceeded":
+            return None  # the record's history names the deadline that fired
+        return f"Failed with an unspecific or unexpected reason {reason!r}"
 
 
 def _config_dict(cfg: ChaosConfig) -> dict[str, Any]:
