@@ -52,9 +52,13 @@ def rows(args: argparse.Namespace) -> list[tuple[str, str, ChaosConfig]]:
             f = replace(f, lag_s=5.0)
             label = "cache lag 5 s (every watch event)"
         out.append(("faults", label, replace(base, faults=f)))
+        if f.latency:  # a slow call holds its worker: more workers absorb the same spikes
+            out.append(("faults", label.replace(")", "), 20 workers"), replace(base, faults=f, workers=20)))
     out.append(("all", "every fault kind at once, plus SIGKILLs, spec changes and deletions",
                 replace(crash, seed=args.seed + 2, faults=ALL_FAULTS)))
-    return [r for r in out if r[0] in args.rows]
+    chosen = [r for r in out if r[0] in args.rows and (not args.match or args.match in r[1]
+                                                       or (r[0] == "faults" and not r[2].faults.any()))]
+    return chosen
 
 
 def main() -> int:
@@ -63,9 +67,15 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--workspaces", type=int, default=300, help="Workspaces in the crash and all-faults rows")
     p.add_argument("--quick", action="store_true", help="small runs (the size CI uses, about 2 minutes)")
+    p.add_argument("--match", default="", help="only rows whose label contains this (fault rows keep their baseline)")
     p.add_argument("--markdown", action="store_true", help="print the Markdown table instead of JSON")
+    p.add_argument("--from-json", metavar="FILE", help="only render the Markdown table of a saved JSON report")
     args = p.parse_args()
     args.rows = set(args.rows.split(","))
+    if args.from_json:
+        with open(args.from_json) as f:
+            print(markdown(json.load(f), args))
+        return 0
     results = []
     baseline = None
     started = time.monotonic()
@@ -96,8 +106,8 @@ def main() -> int:
 def markdown(results: list[dict], args: argparse.Namespace) -> str:
     head = ("| what was tried | Workspaces | SIGKILLs (between calls / in flight / in status write / random) "
             "| faults injected | outcomes | over target / duplicated / lost / orphaned | time to goal p50 / p90 (s) "
-            "| vs baseline p50 / p90 | held |")
-    lines = [head, "|" + " --- |" * 9]
+            "| vs baseline p50 / p90 | held | reproduce |")
+    lines = [head, "|" + " --- |" * 10]
     for r in results:
         k = r["kills"]
         kills = "/".join(str(k.get(m, 0)) for m in ("between-calls", "in-flight", "in-status-write",
@@ -111,8 +121,19 @@ def markdown(results: list[dict], args: argparse.Namespace) -> str:
             f"| {r['row']} | {r['workspaces']} ({r['spec_changes']} changed, {r['deletions']} deleted) | {kills} "
             f"| {faults} | {outcomes} | {r['nodeclaims_over_target_max']} / {r['duplicates']} / {r['lost']} / "
             f"{r['orphans']} | {ttg.get('p50', '-')} / {ttg.get('p90', '-')} "
-            f"| {vs} | {'yes' if r['ok'] else 'NO'} |")
+            f"| {vs} | {'yes' if r['ok'] else 'NO'} | `{reproduce(r, args)}` |")
     return "\n".join(lines)
+
+
+def reproduce(r: dict, args: argparse.Namespace) -> str:
+    cmd = f"benchmarks/reliability.py --rows {r['group']} --seed {args.seed}"
+    if args.quick:
+        cmd += " --quick"
+    elif r["group"] != "faults" and args.workspaces != 300:
+        cmd += f" --workspaces {args.workspaces}"
+    if r["group"] == "faults":
+        cmd += f" --match '{r['row'].split(' (')[0].split(':')[0]}'"
+    return cmd
 
 
 if __name__ == "__main__":
