@@ -534,3 +534,16 @@ def test_builtin_crud_through_typed_clients(api_server, api_server_client, core)
     assert st.metadata.generation == 1
     status = core.delete_namespaced_secret("s", NS)  # a Success Status (pods and CRs return the object)
     assert status["status"] == "Success" and status["details"]["name"] == "s"
+
+
+def test_an_apiversion_or_kind_that_is_not_a_string_is_a_bad_request(custom):
+    from kubernetes.client.exceptions import ApiException
+
+    for bad in ({"apiVersion": 1, "kind": "Workspace"}, {"apiVersion": "kaito.sh/v1beta1", "kind": ["Workspace"]}):
+        body = {**bad, "metadata": {"name": "w"}, "resource": {"instanceType": "x"}}
+        try:
+            custom.create_namespaced_custom_object("kaito.sh", "v1beta1", "default", "workspaces", body)
+        except ApiException as exc:
+            assert exc.status == 400, exc.body
+        else:
+            raise AssertionError("accepted a non-string apiVersion or kind")

@@ -526,6 +526,23 @@ class Workspace:
         return attrs.evolve(self, status=status)
 
 
+def _text(value: Any, default: str) -> str:
+    return value if isinstance(value, str) else default
+
+
+def _readable_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """``meta`` without the fields whose type ObjectMeta cannot read (already reported as problems)."""
+    kinds = {"labels": Mapping, "annotations": Mapping, "finalizers": (list, tuple), "generation": int,
+             "namespace": str, "uid": str, "resourceVersion": str}
+    out = {k: v for k, v in meta.items() if k not in kinds or v is None or isinstance(v, kinds[k])}
+    for k in ("creationTimestamp", "deletionTimestamp"):
+        try:
+            parse_time(out.get(k))
+        except (TypeError, ValueError):
+            out.pop(k)
+    return out
+
+
 def parse_workspace(doc: Any, *, catalogue: Any = None, auto_provisioning: bool = True) -> Workspace:
     """Parse an API dict into a Workspace without raising for a bad spec.
 
@@ -545,7 +562,11 @@ def parse_workspace(doc: Any, *, catalogue: Any = None, auto_provisioning: bool 
     try:
         metadata = ObjectMeta.from_dict(meta_doc)
     except (TypeError, ValueError) as exc:
-        raise InvalidWorkspace([Problem("metadata", "FieldValueInvalid", f"unreadable metadata: {exc}")]) from None
+        if not problems:
+            raise InvalidWorkspace([Problem("metadata", "FieldValueInvalid", f"unreadable metadata: {exc}")]) from None
+        # The problems name the bad metadata field (labels that are a string, say); the rest is enough
+        # to address the Workspace and report them on it.
+        metadata = ObjectMeta.from_dict(_readable_metadata(meta_doc))
     status = WorkspaceStatus()
     if isinstance(doc.get("status"), Mapping):
         try:
@@ -556,7 +577,7 @@ def parse_workspace(doc: Any, *, catalogue: Any = None, auto_provisioning: bool 
             status = WorkspaceStatus()
     if problems:
         return Workspace(metadata=metadata, status=status, problems=tuple(problems),
-                         api_version=str(doc.get("apiVersion", API_VERSION)), kind=str(doc.get("kind", KIND)))
+                         api_version=_text(doc.get("apiVersion"), API_VERSION), kind=_text(doc.get("kind"), KIND))
     return Workspace(
         metadata=metadata,
         resource=ResourceSpec.from_dict(doc.get("resource") or {}),

@@ -130,6 +130,10 @@ def describe_value(value: Any, limit: int = 60) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, int) and abs(value).bit_length() > 4 * limit:
+        # Too long to show anyway; and Python refuses to turn an int of more than 4300 digits into
+        # text, so estimate the digits from the bits instead of converting.
+        return f"a number of about {int(abs(value).bit_length() * 0.30103) + 1} digits"
     if isinstance(value, (int, float)):
         text = repr(value)
         return text if len(text) <= limit else f"a {len(text)}-digit number"

@@ -294,6 +294,11 @@ def check_document(
             "", "DocumentTooLarge",
             f"the document is larger than {MAX_DOCUMENT_SIZE // 1024} KiB, the most the API server can store",
         )
+    not_json, unreadable = _json_value_problems(doc)
+    if unreadable:
+        # Integers too long to even print: every later check would trip over them. Report these alone.
+        out.extend(not_json)
+        return out.items
 
     version = _check_envelope(doc, out)
     _check_metadata(doc.get("metadata"), out)
@@ -310,7 +315,73 @@ def check_document(
     out.extend(k8s_schema.validate(spec, crd))
 
     _check_kaito_rules(spec, cat, auto_provisioning, out)
+    for p in not_json:
+        if not out.has(p.path):  # e.g. a label key already reported as LabelKeyInvalid
+            out.add(p.path, p.reason, p.message)
     return out.items
+
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+#: Python refuses to turn an integer of more than 4300 digits into text; past ~4000 digits (13000
+#: bits) a number is reported on its own and nothing else is checked (every other message would show it).
+_UNPRINTABLE_INT_BITS = 13_000
+_MAX_JSON_PROBLEMS = 20
+
+
+def _json_value_problems(doc: Mapping[str, Any]) -> tuple[list[Problem], bool]:
+    """Values the API server could never hold, anywhere in the document (status aside): integers
+    outside the 64-bit range, NaN or infinite numbers, map keys that are not strings, and values
+    that are not JSON at all (a YAML ``!!binary`` or ``!!set``). Returns the problems (at most
+    20) and whether an integer is too long to print."""
+    found: list[Problem] = []
+    unreadable = False
+    stack: list[tuple[Any, tuple[Any, ...]]] = [({k: v for k, v in doc.items() if k != "status"}, ())]
+    visited = 0
+    while stack and len(found) < _MAX_JSON_PROBLEMS and visited <= _MAX_NODES:
+        value, where = stack.pop()
+        visited += 1
+        if isinstance(value, bool) or value is None or isinstance(value, str):
+            continue
+        if isinstance(value, int):
+            if not (_INT64_MIN <= value <= _INT64_MAX):
+                unreadable = unreadable or value.bit_length() > _UNPRINTABLE_INT_BITS
+                found.append(Problem(
+                    _path(*where), "IntegerOutOfRange",
+                    f"{describe_value(value)} is outside the 64-bit integer range the API server stores "
+                    f"({_INT64_MIN} to {_INT64_MAX})",
+                ))
+        elif isinstance(value, float):
+            if value != value or value in (float("inf"), float("-inf")):
+                found.append(Problem(
+                    _path(*where), "NumberNotFinite",
+                    f"{describe_value(value)} is not a number JSON can carry (no NaN or infinity); "
+                    "kubectl cannot send it",
+                ))
+        elif isinstance(value, Mapping):
+            for k, v in value.items():
+                part = k
+                if not isinstance(k, str):
+                    small = isinstance(k, int) and not isinstance(k, bool) and k.bit_length() <= _UNPRINTABLE_INT_BITS
+                    unreadable = unreadable or (isinstance(k, int) and not small)
+                    part = k if small else describe_value(k)  # shown as metadata.labels[1], as the label check does
+                    found.append(Problem(_path(*where, part), "KeyNotString", _key_message(k)))
+                stack.append((v, (*where, part)))
+        elif isinstance(value, list):
+            stack.extend((v, (*where, i)) for i, v in enumerate(value))
+        else:
+            found.append(Problem(
+                _path(*where), "ValueNotJSON",
+                f"a {type(value).__name__} value is not JSON, so the API server cannot take it "
+                "(a YAML tag such as !!binary or !!set?); write it as a string, number, list or map",
+            ))
+    return found, unreadable
+
+
+def _key_message(key: Any) -> str:
+    return (
+        f"the key {describe_value(key)} is not a string (in YAML, a bare number, true/false or null); "
+        "Workspace fields and map keys are strings in the API: quote it"
+    )
 
 
 def _check_envelope(doc: Mapping[str, Any], out: _Problems) -> str:
@@ -891,6 +962,19 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _construct_yaml_int(loader: _Loader, node: Any) -> Any:
+    try:
+        return yaml.constructor.SafeConstructor.construct_yaml_int(loader, node)
+    except ValueError:  # Python reads at most 4300 digits
+        raise yaml.constructor.ConstructorError(
+            None, None,
+            f"the integer {describe_value(str(node.value))} has too many digits to be a number any "
+            "Kubernetes field takes (quote it if it is meant as text)",
+            node.start_mark,
+        ) from None
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_yaml_int)
 _Loader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()

@@ -203,6 +203,10 @@ class Store:
         api_version = obj.get("apiVersion")
         kind = obj.get("kind")
         expected = info.api_version(version)
+        for field_name, value in (("apiVersion", api_version), ("kind", kind)):
+            if value is not None and not isinstance(value, str):  # what the API server's decoder says
+                raise APIError.bad_request(f"Object '{field_name}' is invalid: json: cannot unmarshal "
+                                           f"{type(value).__name__} into Go struct field of type string")
         if info.custom:
             if not kind:
                 raise APIError.bad_request(f"Object 'Kind' is missing in '{json.dumps(obj)[:200]}'")
