@@ -24,7 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--namespace", help="only Workspaces in this namespace (default: all namespaces)")
     p.add_argument("--workers", type=int, default=5, help="concurrent reconcilers (default 5)")
     p.add_argument("--byo-nodes", action="store_true", help="node auto-provisioning is disabled: Workspaces bring their own nodes")
-    p.add_argument("--health-port", type=int, default=8081, help="port for /healthz and /readyz (0: off; default 8081)")
+    p.add_argument("--health-port", type=int, default=8081,
+                   help="port for /healthz, /readyz and Prometheus /metrics (0: off; default 8081)")
     p.add_argument("--time-scale", type=float, default=60.0,
                    help="with --embedded: how many times faster than real the simulated cluster runs (default 60)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -41,13 +42,26 @@ def setup_logging(level: str) -> None:
 class _Health(BaseHTTPRequestHandler):
     ready: callable = staticmethod(lambda: False)
     alive: callable = staticmethod(lambda: True)
+    metrics: callable | None = None  # () -> (content type, body) in the Prometheus text format
 
     def do_GET(self) -> None:  # noqa: N802
-        ok = self.alive() if self.path.startswith("/healthz") else self.ready() if self.path.startswith("/readyz") else None
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics" and self.metrics is not None:
+            try:
+                ctype, body = self.metrics()
+                self._reply(200, ctype, body)
+            except Exception:  # a collector bug must not take the probes down with it
+                log.exception("rendering /metrics failed")
+                self._reply(500, "text/plain", b"metrics unavailable; see the runner's log\n")
+            return
+        ok = self.alive() if path.startswith("/healthz") else self.ready() if path.startswith("/readyz") else None
         code = 404 if ok is None else 200 if ok else 503
         body = b"ok\n" if ok else b"not ready\n" if ok is False else b"not found\n"
+        self._reply(code, "text/plain", body)
+
+    def _reply(self, code: int, ctype: str, body: bytes) -> None:
         self.send_response(code)
-        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -56,10 +70,16 @@ class _Health(BaseHTTPRequestHandler):
         pass
 
 
-def start_health_server(port: int, ready, alive) -> ThreadingHTTPServer | None:
+def start_health_server(port: int, ready, alive, registry=None) -> ThreadingHTTPServer | None:
+    """Serve /healthz, /readyz and (given a prometheus_client registry) /metrics on ``port`` (0: off)."""
     if not port:
         return None
-    handler = type("Health", (_Health,), {"ready": staticmethod(ready), "alive": staticmethod(alive)})
+    attrs = {"ready": staticmethod(ready), "alive": staticmethod(alive)}
+    if registry is not None:
+        from .metrics import CONTENT_TYPE_LATEST, render
+
+        attrs["metrics"] = staticmethod(lambda: (CONTENT_TYPE_LATEST, render(registry)))
+    handler = type("Health", (_Health,), attrs)
     server = ThreadingHTTPServer(("0.0.0.0", port), handler)
     threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
     return server
@@ -108,8 +128,15 @@ def run_against(api, args: argparse.Namespace, stop: threading.Event | None = No
     stop = stop or threading.Event()
     adapter, queue, reconciler, runner = build_runner(api, namespace=args.namespace, workers=args.workers,
                                                       byo_nodes=args.byo_nodes)
+    registry = None
+    if args.health_port:
+        from .metrics import build_registry
+
+        registry = build_registry(adapter, queue, reconciler, workers=args.workers)
     health = start_health_server(args.health_port, ready=lambda: all(i.synced for i in adapter.informers),
-                                 alive=lambda: not stop.is_set())
+                                 alive=lambda: not stop.is_set(), registry=registry)
+    if health is not None:
+        log.info("serving /healthz, /readyz and /metrics on port %d", health.server_address[1])
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
             signal.signal(sig, lambda *_: stop.set())
@@ -133,5 +160,6 @@ def run_against(api, args: argparse.Namespace, stop: threading.Event | None = No
     adapter.stop()
     if health is not None:
         health.shutdown()
+        health.server_close()
     log.info("stopped after %d passes", reconciler.passes)
     return 0

@@ -65,7 +65,10 @@ class SimulatedControllers:
         self._seq = itertools.count()
         self._cv = threading.Condition()
         self._stop = threading.Event()
-        self._seen: set[tuple[str, str, Any]] = set()
+        # (resource, object uid) -> the steps already scheduled for that object, so that informer relists do
+        # not schedule them twice. Forgotten when the object is deleted: bounded by the live objects.
+        self._seen: dict[tuple[str, str], set[Any]] = {}
+        self._seen_lock = threading.Lock()
         san = api_client.sanitize_for_serialization
         kw = dict(watch_timeout_s=60, request_timeout_s=request_timeout_s)
         self.informers = [
@@ -75,8 +78,8 @@ class SimulatedControllers:
             Informer("sim-jobs", _watchable(lambda **k: self.custom.list_cluster_custom_object("batch", "v1", "jobs", **k)), **kw),
         ]
         self.informers[0].add_handler(self._on_nodeclaim)
-        self.informers[1].add_handler(lambda t, o, n: self._on_workload("deployments", t, n))
-        self.informers[2].add_handler(lambda t, o, n: self._on_workload("statefulsets", t, n))
+        self.informers[1].add_handler(lambda t, o, n: self._on_workload("deployments", t, o, n))
+        self.informers[2].add_handler(lambda t, o, n: self._on_workload("statefulsets", t, o, n))
         self.informers[3].add_handler(self._on_job)
         self._thread = threading.Thread(target=self._loop, name="sim-controllers", daemon=True)
         self._san = san
@@ -123,27 +126,57 @@ class SimulatedControllers:
             except Exception:
                 log.exception("simulated controller step failed")
 
-    def _once(self, kind: str, obj: dict[str, Any], what: Any) -> bool:
-        """True the first time (kind, object uid, what) is seen: informer relists must not reschedule."""
-        uid = (obj.get("metadata") or {}).get("uid") or object_key(obj)
-        mark = (kind, uid, what)
-        if mark in self._seen:
-            return False
-        self._seen.add(mark)
-        return True
+    @staticmethod
+    def _uid(obj: dict[str, Any]) -> str:
+        return (obj.get("metadata") or {}).get("uid") or object_key(obj)
+
+    def _once(self, resource: str, obj: dict[str, Any], what: Any) -> bool:
+        """True the first time (resource, object uid, what) is seen: informer relists must not reschedule."""
+        with self._seen_lock:
+            done = self._seen.setdefault((resource, self._uid(obj)), set())
+            if what in done:
+                return False
+            done.add(what)
+            return True
+
+    def _forget(self, resource: str, obj: dict[str, Any] | None) -> None:
+        """The object is gone: nothing more will be scheduled for it (a re-created one has a new uid)."""
+        if obj is not None:
+            with self._seen_lock:
+                self._seen.pop((resource, self._uid(obj)), None)
+
+    def _rollout_once(self, plural: str, obj: dict[str, Any], generation: int) -> bool:
+        """True for a generation newer than any rolled out for this workload: only the latest is remembered,
+        so a workload updated many times keeps one entry."""
+        with self._seen_lock:
+            done = self._seen.setdefault((plural, self._uid(obj)), set())
+            if done and generation <= max(done):
+                return False
+            done.clear()
+            done.add(generation)
+            return True
+
+    def tracked(self) -> dict[str, int]:
+        """Objects per resource whose scheduled steps are remembered (for leak checks: at most the live ones)."""
+        with self._seen_lock:
+            out: dict[str, int] = {}
+            for resource, _ in self._seen:
+                out[resource] = out.get(resource, 0) + 1
+            return out
 
     # ------------------------------------------------------------------ NodeClaims and Nodes
 
     def _on_nodeclaim(self, etype: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         if new is None:
+            self._forget("nodeclaims", old)
             return
         meta = new.get("metadata") or {}
         name = meta["name"]
         if meta.get("deletionTimestamp"):
-            if self._once("nc-delete", new, 0):
+            if self._once("nodeclaims", new, "delete"):
                 self._after(self.params.latencies.nodeclaim_delete.sample(self.rng), lambda: self._finish_delete(name))
             return
-        if not self._once("nc", new, 0):
+        if not self._once("nodeclaims", new, "provision"):
             return
         lat = self.params.latencies
         self._patch_claim(name, {"metadata": {"finalizers": list(set(meta.get("finalizers") or []) | {KARPENTER_FINALIZER})}},
@@ -233,18 +266,27 @@ class SimulatedControllers:
 
     # ------------------------------------------------------------------ workloads and Jobs
 
-    def _on_workload(self, plural: str, etype: str, new: dict[str, Any] | None) -> None:
-        if new is None or (new.get("metadata") or {}).get("deletionTimestamp"):
+    def _on_workload(self, plural: str, etype: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        if new is None:
+            self._forget(plural, old)
+            return
+        if (new.get("metadata") or {}).get("deletionTimestamp"):
             return
         meta = new["metadata"]
         gen = meta.get("generation", 1)
-        if not self._once(plural, new, gen):
+        if not self._rollout_once(plural, new, gen):
             return
         ns, name = meta["namespace"], meta["name"]
         replicas = (new.get("spec") or {}).get("replicas", 1)
         lat = self.params.latencies
 
         def ready() -> None:
+            # Roll-outs of successive generations can finish out of order: only the current one reports,
+            # or an older one would set observedGeneration back for good.
+            cur = self.custom.get_namespaced_custom_object("apps", "v1", ns, plural, name,
+                                                           _request_timeout=self.timeout)
+            if (cur.get("metadata") or {}).get("generation", 1) != gen:
+                return
             status = {"observedGeneration": gen, "replicas": replicas, "readyReplicas": replicas,
                       "updatedReplicas": replicas, "availableReplicas": replicas}
             self.custom.patch_namespaced_custom_object_status("apps", "v1", ns, plural, name, {"status": status},
@@ -253,7 +295,10 @@ class SimulatedControllers:
         self._after(lat.workload_rollout.sample(self.rng), ready)
 
     def _on_job(self, etype: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
-        if new is None or (new.get("metadata") or {}).get("deletionTimestamp") or not self._once("job", new, 0):
+        if new is None:
+            self._forget("jobs", old)
+            return
+        if (new.get("metadata") or {}).get("deletionTimestamp") or not self._once("jobs", new, "run"):
             return
         meta = new["metadata"]
         ns, name, uid = meta["namespace"], meta["name"], meta.get("uid")
