@@ -23,7 +23,6 @@ import attrs
 
 from workspace_fsm import actions as A
 from workspace_fsm.decide import decide
-from workspace_fsm.persist import _parse_record
 from workspace_fsm.model import (Job, Node, NodeClaim, ObjectMeta, PresetSpec, DataSource, DataDestination,
                                  InferenceSpec, LabelSelector, ResourceSpec, Snapshot, TuningSpec, Workload,
                                  Workspace)
@@ -123,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for _ in range(args.rounds):
             # Cold: no persisted record has been parsed before (a fresh runner, or every status changed).
-            _parse_record.cache_clear()
+            for ws, _, _ in population:
+                ws.status._memo.clear()
             for ws, snap, now in population:
                 t = clock()
                 d = decide(ws, snap, now)

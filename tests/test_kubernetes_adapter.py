@@ -58,3 +58,25 @@ def test_an_overlay_the_watch_will_never_deliver_is_dropped_at_the_first_refused
         adapter.persist(fresh, WorkspaceStatus(state="Pending"))
     finally:
         adapter.stop()
+
+
+def test_a_workspace_deleted_under_a_pass_stops_the_pass_before_anything_is_created(api_server, api_server_client,
+                                                                                    custom):
+    from workspace_fsm import actions as A
+    from workspace_fsm.model import FINALIZER
+
+    adapter = KubernetesAdapter(api_server_client, catalogue=Catalogue.default())
+    adapter.start()
+    try:
+        assert adapter.wait_synced(10)
+        custom.create_namespaced_custom_object(G, V, NS, WS, doc("gone"))
+        ws, _ = wait(lambda: adapter.observe("default/gone")[0] and adapter.observe("default/gone"), "the Workspace")
+        custom.delete_namespaced_custom_object(G, V, NS, WS, "gone")  # no finalizer yet: gone at once
+        with pytest.raises(Conflict, match="gone"):
+            adapter.apply(ws, [A.AddFinalizer(FINALIZER)])
+        with pytest.raises(Conflict, match="gone"):
+            adapter.persist(ws, WorkspaceStatus(state="Pending"))
+        wait(lambda: adapter.observe("default/gone")[0] is None, "the cache to drop it")
+        assert adapter.cache_sizes() == {"overlay": 0, "parsed": 0, "delivered": 0, "known": 0, "own_rv": 0}
+    finally:
+        adapter.stop()

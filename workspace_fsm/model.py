@@ -442,6 +442,9 @@ class WorkspaceStatus:
     target_node_count: int | None = None
     worker_nodes: tuple[str, ...] | None = None
     performance: Mapping[str, Any] | None = None  # written by KAITO's benchmark, kept verbatim
+    # Values derived from this (immutable) status, computed once: the parsed lifecycle record
+    # (persist.read_lifecycle). It lives exactly as long as the status, so nothing outlives its Workspace.
+    _memo: dict[str, Any] = attrs.field(factory=dict, init=False, eq=False, repr=False)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> WorkspaceStatus:

@@ -21,7 +21,6 @@ disagree, and ``kubectl get workspace -o yaml`` shows it to whoever is on call.
 
 from __future__ import annotations
 
-import functools
 import json
 from datetime import datetime
 from typing import Any
@@ -132,15 +131,20 @@ def read_lifecycle(status: WorkspaceStatus) -> Lifecycle | None:
     machine starts over from Pending, which is safe because everything it creates has a deterministic
     name and is found again through its labels.
     """
+    memo = status._memo
+    try:
+        return memo["lifecycle"]
+    except KeyError:
+        pass
     cond = status.condition(LIFECYCLE_CONDITION)
-    if cond is None:
-        return None
-    return _parse_record(cond.message, cond.last_transition_time)
+    # A status is immutable and a Workspace is looked at many times per version: parse its record once,
+    # and keep it on the status itself, so the parsed records are bounded by the statuses still held.
+    rec = None if cond is None else _parse_record(cond.message, cond.last_transition_time)
+    memo["lifecycle"] = rec
+    return rec
 
 
-@functools.lru_cache(maxsize=65536)
 def _parse_record(message: str, since: datetime) -> Lifecycle | None:
-    # Records are immutable values and a Workspace is looked at many times per state: parse each once.
     if len(message) > MESSAGE_LIMIT:
         return None
     try:

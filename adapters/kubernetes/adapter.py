@@ -246,7 +246,9 @@ class KubernetesAdapter:
         except Exception as exc:  # garbage from the API: nothing we can address or act on
             log.error("workspace %s: object cannot be read, skipping it: %s", key, exc)
             return None
-        self._parsed[key] = (rv, ws)
+        with self._lock:
+            if key in self._delivered:  # not deleted meanwhile: a deleted key must leave nothing behind
+                self._parsed[key] = (rv, ws)
         return ws
 
     def _raw(self, key: str) -> dict[str, Any] | None:
@@ -456,15 +458,20 @@ class KubernetesAdapter:
             result = self._call("patch", "Workspace", f"{verb} finalizer on {key}",
                                 lambda: self.custom.patch_namespaced_custom_object(
                                     KAITO_GROUP, KAITO_VERSION, ws.metadata.namespace, KAITO_PLURAL, ws.metadata.name,
-                                    patch, _request_timeout=self.timeout), ok=(404,) if verb == "remove" else ())
+                                    patch, _request_timeout=self.timeout), ok=(404,))
         except Conflict:
             self._drop_overlay(key)
             raise
+        if result is None and verb == "add":
+            # Deleted before it ever got our finalizer: nothing may be created for it. Observing again finds
+            # it gone and the queue forgets it.
+            raise Conflict(f"add finalizer on {key}: the Workspace is gone")
         if isinstance(result, dict):
             new_rv = (result.get("metadata") or {}).get("resourceVersion")
+            parsed = self._parse_raw_for_overlay(key, result)
             with self._lock:
-                self._own_rv[key] = (ws.metadata.resource_version, result)
-                parsed = self._parse_raw_for_overlay(key, result)
+                if key in self._delivered:  # the watch's DELETED may have come before this answer
+                    self._own_rv[key] = (ws.metadata.resource_version, result)
                 self._set_overlay(key, parsed, result, new_rv)
 
     def _parse_raw_for_overlay(self, key: str, raw: dict[str, Any]) -> Workspace | None:
@@ -504,7 +511,9 @@ class KubernetesAdapter:
             self._drop_overlay(key)
             raise
         if not isinstance(result, dict):
-            return ws.with_status(status)
+            # 404: the Workspace is gone (its finalizer was removed by someone else). Nothing after this write
+            # may run for it, creations least of all: observe again, which finds it gone.
+            raise Conflict(f"writing status of {key}: the Workspace is gone")
         new_rv = (result.get("metadata") or {}).get("resourceVersion", "")
         parsed = self._parse_raw_for_overlay(key, result)
         with self._lock:
@@ -521,6 +530,13 @@ class KubernetesAdapter:
 
     def _set_overlay(self, key: str, parsed: Workspace | None, raw: dict[str, Any], rv: str) -> None:
         """Keep our written version until the watch delivers it (caller holds the lock)."""
+        if key not in self._delivered:
+            # The watch already said DELETED (removing the last finalizer deletes the object, and that event
+            # can beat our write's answer): an overlay now would resurrect a Workspace that is gone.
+            self._overlay.pop(key, None)
+            self._own_rv.pop(key, None)
+            self._parsed.pop(key, None)
+            return
         if parsed is None or rv in self._delivered.get(key, ()):
             self._overlay.pop(key, None)  # the cache already has it (or something newer)
             return
