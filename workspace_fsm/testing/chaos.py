@@ -209,7 +209,6 @@ class _Ws:
     changed_at: float | None = None
     delete_requested: float | None = None
     gone_at: float | None = None
-    uid: str = ""
 
 
 class Invariants:
@@ -281,7 +280,6 @@ class Invariants:
             w.gone_at = now
             self.last_ws.pop(key, None)
             return
-        w.uid = meta.get("uid", "")
         prev = ev.previous
         if prev is not None:
             before, after = _record(prev), _record(obj)
@@ -588,7 +586,7 @@ class ChaosRun:
         self.rng.shuffle(self._kill_points)
         self._kill_points.sort(key=lambda kp: kp[0])
 
-    def _plan_actions(self, names: list[str], kinds: dict[str, str]) -> list[tuple[float, str, str]]:
+    def _plan_actions(self, names: list[str]) -> list[tuple[float, str, str]]:
         window = self.cfg.action_window_s
         pool = list(names)
         self.rng.shuffle(pool)
@@ -626,10 +624,10 @@ class ChaosRun:
                                 user_agent=RUNNER_AGENT)
         self._install_faults(server)
         try:
-            names, kinds = self._create(user)
+            names = self._create(user)
             report.workspaces = len(names)
             self._plan_kills(est_requests=10 * len(names))
-            actions = self._plan_actions(names, kinds)
+            actions = self._plan_actions(names)
             self.sup.start()
             self._act(user, actions, report)
             report.settled = self._settle(report)
@@ -641,9 +639,8 @@ class ChaosRun:
         self._finish(report, started)
         return report
 
-    def _create(self, user: Any) -> tuple[list[str], dict[str, str]]:
+    def _create(self, user: Any) -> list[str]:
         names: list[str] = []
-        kinds: dict[str, str] = {}
         docs = []
         for i in range(self.cfg.inference):
             n = f"inf-{i}"
@@ -657,9 +654,8 @@ class ChaosRun:
             self.inv.expect(f"{NS}/{n}", kind, target)
             user.create_namespaced_custom_object("kaito.sh", "v1beta1", NS, "workspaces", doc)
             names.append(n)
-            kinds[n] = kind
         self.progress(f"created {len(names)} Workspaces ({self.cfg.inference} inference, {self.cfg.tuning} tuning)")
-        return names, kinds
+        return names
 
     def _act(self, user: Any, actions: list[tuple[float, str, str]], report: ChaosReport) -> None:
         t0 = time.monotonic()
