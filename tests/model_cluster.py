@@ -307,6 +307,9 @@ class Cluster:
         self.committed_deadlines: dict[tuple, int] = {}
         self.passes = 0
         self.log: list[str] = []
+        # Creates a dead runner sent that the API server has not applied yet: (key, action, pass, sent at).
+        # Each may land until ``config.api_request_timeout`` after it was sent, never later.
+        self.queued: list[tuple[str, A.CreateNodeClaim, Pass, datetime]] = []
 
     # ------------------------------------------------------------------ basics
 
@@ -357,6 +360,19 @@ class Cluster:
 
     def advance(self, delta: timedelta) -> None:
         self.now += delta
+        expired = [q for q in self.queued if self.now > q[3] + self.config.api_request_timeout]
+        for key, a, _, sent in expired:
+            self.log.append(f"queued create of NodeClaim {a.name} for {key} (sent {sent}) timed out in the API server")
+        self.queued = [q for q in self.queued if q not in expired]
+
+    def land_queued(self, i: int = 0) -> str | None:
+        """The API server applies one create a dead runner sent (its request timeout has not passed)."""
+        if not self.queued:
+            return None
+        key, a, p, sent = self.queued.pop(i % len(self.queued))
+        self.log.append(f"queued create of NodeClaim {a.name} for {key} (sent {sent}) lands at {self.now}")
+        self.apply(key, a, p)
+        return a.name
 
     def fail(self, message: str) -> None:
         raise Violation(message + "\n  log tail:\n    " + "\n    ".join(self.log[-25:]))
@@ -508,7 +524,8 @@ class Cluster:
         self.begin(key, lag)
         return self.finish(key, outcome, at)
 
-    def restart(self, crash_prefix: int = 0, *, steps: int | None = None, from_write: bool = False) -> None:
+    def restart(self, crash_prefix: int = 0, *, steps: int | None = None, from_write: bool = False,
+                queue_creates: bool = False) -> None:
         """The runner dies and comes back with a relisted cache.
 
         Each in-flight pass got its first ``crash_prefix`` actions applied (the status write, which falls
@@ -516,7 +533,9 @@ class Cluster:
         ``steps``, its first ``steps`` steps of: ``before``, the status write, ``after``; with
         ``from_write``, ``steps`` counts from the status write instead (0: every ``before`` action
         applied, nothing written; 1: the status persisted, nothing of ``after`` applied; ...). A step
-        that fails ends the pass there."""
+        that fails ends the pass there. With ``queue_creates``, the NodeClaim creates of a pass that got
+        past its status write and was then cut off were sent and sit in the API server (``queued``),
+        unless the pass had outlived ``config.create_send_window`` (a runner would not send them)."""
         for key in sorted(self.pending):
             p = self.pending.pop(key)
             d = p.decision
@@ -526,9 +545,16 @@ class Cluster:
             else:
                 k = n + steps if from_write else steps
             plan: list[A.Action | None] = [*d.before, None, *d.after]  # None: the status write
+            written = False
             for a in plan[:k]:
                 if not (self.persist(p) if a is None else self.apply(key, a, p)):
                     break
+                written = written or a is None
+            if queue_creates and written and self.now - p.now <= self.config.create_send_window:
+                for a in plan[k:]:
+                    if isinstance(a, A.CreateNodeClaim):
+                        self.queued.append((key, a, p, self.now))
+                        self.log.append(f"create of NodeClaim {a.name} for {key} queued in the API server")
             self.log.append(f"crash {key} after {min(k, len(plan))} of {len(plan)} steps "
                             f"({n} before, the status write, {len(d.after)} after)")
         self.cache_version = self.version
@@ -845,6 +871,7 @@ class Cluster:
                 e.first_ready_version = 0
         c.committed_deadlines = dict(self.committed_deadlines)
         c.deleted_claims = set(self.deleted_claims)
+        c.queued = list(self.queued)
         c.log = list(self.log[-25:])
         return c
 
@@ -897,13 +924,27 @@ class Cluster:
         self.restart()
         for r in range(1, rounds + 1):
             self.settle()
+            version = self.version
+            wakes = []
+            moved = False
             for key in self.live_keys():
-                self.run_pass(key, lag=0)
+                d = self.run_pass(key, lag=0).decision
+                moved = moved or bool(d.transitions or d.mutating_actions or d.status_changed)
+                if d.wake.after is not None:
+                    wakes.append(d.wake.after)
+            while self.queued:  # a dead runner's creates land only now, after the new runner has decided
+                self.land_queued()
+                moved = True
             self.settle()
             if all(self.unfinished(k) is None for k in self.keys()):
                 self._check_quiet()
                 return r
-            self.advance(timedelta(seconds=1))
+            step = timedelta(seconds=1)
+            if not moved and self.version == version and wakes:
+                # A quiet round: no event will come, only time moves things now, as far as the earliest
+                # wake-up asked (a runner would sleep until then).
+                step = max(step, min(wakes))
+            self.advance(step)
         stuck = {k: self.unfinished(k) for k in self.keys() if self.unfinished(k) is not None}
         self.fail(f"(f) not converged after {rounds} passes each: {stuck}")
         return rounds

@@ -498,13 +498,22 @@ class DecideMachine(RuleBasedStateMachine):
         self.c.run_pass(self._pick(self._idle(), i), lag=lag, outcome=outcome, at=at)
 
     @precondition(lambda self: self.c is not None and self.c.pending)
-    @rule(steps=st.integers(0, 3), from_write=st.booleans())
-    def runner_crashes(self, steps, from_write):
+    @rule(steps=st.integers(0, 3), from_write=st.booleans(), queue_creates=st.booleans())
+    def runner_crashes(self, steps, from_write, queue_creates):
         """The runner dies with passes in flight and comes back relisted. Each pass got its first
         ``steps`` steps of: ``before``, the status write, ``after``; or, ``from_write``, that many from
-        the status write (0: nothing written; 1: the status persisted and no creation applied)."""
+        the status write (0: nothing written; 1: the status persisted and no creation applied). With
+        ``queue_creates``, the NodeClaim creates it had not seen through were sent and are still queued
+        in the API server: they may land later (``queued_create_lands``), after the new runner looked."""
         self._step()
-        self.c.restart(steps=steps, from_write=from_write)
+        self.c.restart(steps=steps, from_write=from_write, queue_creates=queue_creates)
+
+    @precondition(lambda self: self.c is not None and self.c.queued)
+    @rule(i=IDX)
+    def queued_create_lands(self, i):
+        """A dead runner's create, held up in the API server, is applied now (within its request timeout)."""
+        self._step()
+        self.c.land_queued(i)
 
     # ---------------------------------------------------------------- the cluster, the clock, the runner
 

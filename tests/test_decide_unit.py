@@ -596,3 +596,104 @@ def test_a_record_saying_deleting_on_a_workspace_nobody_deletes_starts_over_and_
     assert d.transitions[0].source == "Deleting" and d.transitions[0].dest == "Pending"
     assert d.state == "NodesProvisioning"
     assert not kinds(d, A.CreateNodeClaim)  # the recorded NodeClaim is still counted
+
+
+# ============================================================================ a dead runner's create, still queued
+
+
+GRACE = DEFAULT_CONFIG.create_grace
+
+
+def _crash_with_create_queued(c: Cluster, key: str) -> str:
+    """A pass records a NodeClaim and persists; the runner dies with its create sent and held up in the API
+    server (a latency spike, a slow admission webhook). Returns the queued NodeClaim's name."""
+    p = c.begin(key)
+    (create,) = kinds(p.decision, A.CreateNodeClaim)
+    c.restart(steps=1, from_write=True, queue_creates=True)
+    assert [q[1].name for q in c.queued] == [create.name] and c.claims(key) == []
+    return create.name
+
+
+def test_a_confirmed_absent_nodeclaim_is_not_replaced_while_its_create_may_still_land():
+    """The story of the one invariant the all-faults chaos run broke (3 NodeClaims for a target of 2): the
+    new runner found the name absent (404) and replaced it at once; the dead runner's create then landed."""
+    c = Cluster()
+    key = c.add(inference_ws("queued", 1))
+    name = _crash_with_create_queued(c, key)
+    d = c.run_pass(key).decision
+    assert not kinds(d, A.CreateNodeClaim)  # absent, but it may still land: it counts as existing
+    assert d.wake.after is not None and timedelta(0) < d.wake.after <= GRACE and "in flight" in d.wake.reason
+    c.advance(timedelta(seconds=30))
+    assert not kinds(c.run_pass(key).decision, A.CreateNodeClaim)
+    assert c.land_queued() == name  # within the API server's request timeout: one NodeClaim, not two
+    assert [x.name for x in c.claims(key)] == [name]
+    c.converge()
+    assert c.state(key) == "Ready" and c.entries[key].max_claims == 1
+
+
+def test_a_create_that_never_lands_is_replaced_once_the_grace_is_over():
+    c = Cluster()
+    key = c.add(inference_ws("timed-out", 1))
+    name = _crash_with_create_queued(c, key)
+    c.advance(GRACE - timedelta(seconds=2))  # past the request timeout: the server dropped the create
+    assert c.queued == []
+    assert not kinds(c.run_pass(key).decision, A.CreateNodeClaim)  # but the grace is not over yet
+    c.advance(timedelta(seconds=2))
+    d = c.run_pass(key).decision
+    (replacement,) = kinds(d, A.CreateNodeClaim)
+    assert replacement.name != name and read_lifecycle(c.ws(key).status).nodeclaims == (replacement.name,)
+    c.converge()
+    assert c.state(key) == "Ready"
+
+
+def test_a_create_the_server_refused_outright_is_replaced_at_once():
+    """429, admission or validation errors store nothing: the adapter says so and no grace is needed."""
+    c = Cluster()
+    key = c.add(inference_ws("refused", 1))
+    name = _crash_with_create_queued(c, key)
+    c.queued.clear()  # the create was answered 429: nothing is queued anywhere
+    snap = c.snapshot(key)
+    assert "NodeClaim/" + name in snap.absent
+    waits = pure_decide(c.ws(key), snap, c.now)
+    assert not kinds(waits, A.CreateNodeClaim)
+    d = pure_decide(c.ws(key), attrs.evolve(snap, refused=frozenset({"NodeClaim/" + name})), c.now)
+    (replacement,) = kinds(d, A.CreateNodeClaim)
+    assert replacement.name != name
+
+
+def test_a_workspace_deleted_with_a_create_queued_keeps_its_finalizer_until_nothing_can_land():
+    """Otherwise the create lands after the Workspace is gone: an orphaned GPU node nobody deletes."""
+    c = Cluster()
+    key = c.add(inference_ws("orphan", 1))
+    name = _crash_with_create_queued(c, key)
+    c.delete_workspace(key)
+    d = c.run_pass(key).decision
+    assert d.state == "Deleting" and not kinds(d, A.RemoveFinalizer) and not kinds(d, A.DeleteNodeClaim)
+    assert d.wake.after is not None and d.wake.after <= GRACE
+    c.land_queued()
+    d = c.run_pass(key).decision
+    assert [a.name for a in kinds(d, A.DeleteNodeClaim)] == [name]  # it showed up: deleted like any other
+    c.converge()
+    assert c.entries[key].gone and c.claims(key) == []
+
+
+def test_a_workspace_deleted_with_a_create_lost_is_released_after_the_grace():
+    c = Cluster()
+    key = c.add(inference_ws("released", 1))
+    _crash_with_create_queued(c, key)
+    c.queued.clear()  # it never lands
+    c.delete_workspace(key)
+    assert not kinds(c.run_pass(key).decision, A.RemoveFinalizer)
+    c.advance(GRACE)
+    assert kinds(c.run_pass(key).decision, A.RemoveFinalizer)
+
+
+def test_the_in_flight_marker_costs_no_status_write_of_its_own():
+    """claimed_at is dropped only by a status write that happens anyway, once every recorded NodeClaim was
+    seen: a settled Workspace carries none, and no pass writes just for it."""
+    c = Cluster()
+    key = c.add(inference_ws("marker", 2))
+    c.converge()
+    assert read_lifecycle(c.ws(key).status).claimed_at is None
+    d = c.run_pass(key).decision
+    assert not d.status_changed

@@ -77,6 +77,52 @@ def test_a_workspace_deleted_under_a_pass_stops_the_pass_before_anything_is_crea
         with pytest.raises(Conflict, match="gone"):
             adapter.persist(ws, WorkspaceStatus(state="Pending"))
         wait(lambda: adapter.observe("default/gone")[0] is None, "the cache to drop it")
-        assert adapter.cache_sizes() == {"overlay": 0, "parsed": 0, "delivered": 0, "known": 0, "own_rv": 0}
+        assert adapter.cache_sizes() == {"overlay": 0, "parsed": 0, "delivered": 0, "known": 0, "own_rv": 0,
+                                         "refused": 0}
+    finally:
+        adapter.stop()
+
+
+@pytest.mark.parametrize("answer", [429, 500])
+def test_a_refused_create_is_replaced_at_once_an_ambiguous_one_waits_out_the_grace(api_server, api_server_client,
+                                                                                   custom, answer):
+    """429 stores nothing, so the adapter tells the machine (Snapshot.refused) and the NodeClaim is replaced
+    in the next pass; a 500 may have been stored, or be stored later, so the machine waits."""
+    from datetime import datetime, timezone
+
+    from workspace_fsm import actions as A
+    from workspace_fsm.adapter import AdapterError
+    from workspace_fsm.decide import decide
+
+    adapter = KubernetesAdapter(api_server_client, catalogue=Catalogue.default())
+    adapter.start()
+    try:
+        assert adapter.wait_synced(10)
+        custom.create_namespaced_custom_object(G, V, NS, WS, doc("r"))
+        ws, snap = wait(lambda: adapter.observe("default/r")[0] and adapter.observe("default/r"), "the Workspace")
+        now = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
+        d = decide(ws, snap, now)
+        (create,) = [a for a in d.after if isinstance(a, A.CreateNodeClaim)]
+        adapter.apply(ws, d.before)
+        adapter.persist(ws, d.status)
+        if answer == 429:
+            api_server.faults.throttle(retry_after=1, verbs=["create"], resources=["nodeclaims"], times=1)
+        else:
+            api_server.faults.error(500, verbs=["create"], resources=["nodeclaims"], times=1)
+        with pytest.raises(AdapterError) as failed:
+            adapter.apply(ws, [create])
+        assert failed.value.refused == (answer == 429)
+        ws, snap = wait(lambda: adapter.observe("default/r")[1].absent and adapter.observe("default/r"),
+                        "the recorded NodeClaim to be confirmed absent")
+        assert "NodeClaim/" + create.name in snap.absent
+        assert snap.refused == (frozenset({"NodeClaim/" + create.name}) if answer == 429 else frozenset())
+        again = [a for a in decide(ws, snap, now).after if isinstance(a, A.CreateNodeClaim)]
+        if answer == 429:
+            assert len(again) == 1 and again[0].name != create.name
+        else:
+            assert again == []
+        custom.patch_namespaced_custom_object(G, V, NS, WS, "r", {"metadata": {"finalizers": []}})
+        custom.delete_namespaced_custom_object(G, V, NS, WS, "r")
+        wait(lambda: adapter.cache_sizes()["refused"] == 0, "the hint to go with the Workspace")
     finally:
         adapter.stop()

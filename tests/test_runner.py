@@ -82,3 +82,54 @@ def test_errors_back_off_and_retry_after_is_honoured():
 
     settle(q, "k", Outcome(error=E()))
     assert q.next_ready_at() == 7.0
+
+
+class SlowWriteAdapter:
+    """Observes one fresh Workspace; its status write takes ``write_s`` seconds of the clock."""
+
+    def __init__(self, clock: VirtualClock, write_s: float) -> None:
+        from model_cluster import inference_ws
+
+        self.clock, self.write_s = clock, write_s
+        self.ws = inference_ws("slow", 1)
+        self.applied: list = []
+
+    def observe(self, key):
+        from workspace_fsm.model import Snapshot
+
+        return self.ws, Snapshot()
+
+    def apply(self, ws, actions):
+        self.applied.extend(actions)
+
+    def persist(self, ws, status):
+        self.clock.t += self.write_s
+        return ws
+
+
+def _run_pass(reconciler, key):
+    gen = reconciler.reconcile(key)
+    try:
+        while True:
+            next(gen)
+    except StopIteration as stop:
+        return stop.value
+
+
+def test_a_pass_that_reaches_its_creations_too_late_does_not_send_them():
+    """A create is sent within Config.create_send_window of the pass's decision, or not at all: the machine's
+    grace for a NodeClaim it finds absent (Config.create_grace) counts on it."""
+    from workspace_fsm import actions as A
+    from workspace_fsm.lifecycle import DEFAULT_CONFIG
+    from workspace_fsm.runner import FsmReconciler, StaleCreate
+
+    window = DEFAULT_CONFIG.create_send_window.total_seconds()
+    for write_s, sent in ((1.0, True), (window + 1, False)):
+        clock = VirtualClock()
+        adapter = SlowWriteAdapter(clock, write_s)
+        outcome = _run_pass(FsmReconciler(adapter, clock), "default/slow")
+        creates = [a for a in adapter.applied if isinstance(a, A.CreateNodeClaim)]
+        assert bool(creates) == sent
+        if not sent:
+            assert outcome.observe_again and isinstance(outcome.error, StaleCreate)
+            assert "default/slow" in str(outcome.error)

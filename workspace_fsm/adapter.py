@@ -23,13 +23,20 @@ from .model import Snapshot, Workspace, WorkspaceStatus
 
 
 class AdapterError(Exception):
-    """An API call failed. ``retry_after`` (seconds) is set when the server asked for it (429)."""
+    """An API call failed. ``retry_after`` (seconds) is set when the server asked for it (429).
+
+    ``refused`` is True only when the request certainly changed nothing and cannot later: it never
+    reached the server, or the server turned it away before storing it (429, authorization, admission,
+    validation). Timeouts, 5xx and dropped connections are ambiguous: the write may yet be applied.
+    """
 
     retry_after: float | None = None
+    refused: bool = False
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None, refused: bool = False) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.refused = refused
 
 
 class Conflict(AdapterError):

@@ -100,8 +100,8 @@ def workload_kind(target: int) -> str:
 
 def _merge_claims(rec: Lifecycle, f: Facts) -> tuple[str, ...]:
     """The NodeClaims the machine knows of: recorded ones not known gone, plus any observed with its labels."""
-    absent = f.snap.absent
-    keep = [n for n in rec.nodeclaims if ("NodeClaim/" + n) not in absent]
+    gone = f.gone
+    keep = [n for n in rec.nodeclaims if n not in gone]
     known = set(keep)
     extra = sorted(c.name for c in f.claims if c.name not in known)
     return tuple(keep + extra) if extra or len(keep) != len(rec.nodeclaims) else rec.nodeclaims
@@ -121,6 +121,15 @@ def _prune_deleted(deleted: set[str], claims: tuple[str, ...]) -> tuple[str, ...
     """Deletion marks for NodeClaims are kept only while the claim is still known."""
     known = set(claims)
     return tuple(sorted(d for d in deleted if not d.startswith("NodeClaim/") or d[len("NodeClaim/"):] in known))
+
+
+def _no_create_in_flight(f: Facts, rec: Lifecycle) -> bool:
+    """No create of a recorded NodeClaim can still be applied: the grace has passed, or every recorded one
+    has been seen (each name is created once, by the pass that recorded it, so a seen one has landed)."""
+    if rec.claimed_at is None or f.now >= rec.claimed_at + f.config.create_grace:  # rec: this pass's own claims too
+        return True
+    seen = {c.name for c in f.claims}
+    return all(n in seen for n in rec.nodeclaims)
 
 
 def _enter(rec: Lifecycle, source: str, dest: str, stamp: datetime, why: str, limit: int) -> Lifecycle:
@@ -180,6 +189,8 @@ def _ensure_nodeclaims(f: Facts, rec: Lifecycle, out: list) -> Lifecycle:
             new.append(name)
             out.append(A.CreateNodeClaim(name, ws.resource.instance_type or "", labels))
         claims = claims + tuple(new)
+        if new:
+            rec = attrs.evolve(rec, claimed_at=whole_seconds(f.now))
     if claims is rec.nodeclaims and seq == rec.next_seq and failures == rec.claim_failures \
             and len(deleted) == len(rec.deleted):
         return rec
@@ -243,12 +254,16 @@ def _ensure_deleted(f: Facts, rec: Lifecycle, out: list) -> Lifecycle:
     deleted = set(rec.deleted)
     claims = _merge_claims(rec, f)
     observed = {c.name: c for c in f.claims}
+    in_flight = set(f.in_flight)
     for name in claims:
         c = observed.get(name)
+        if name in in_flight:
+            continue  # its create may still land: deleted once it shows up, or forgotten once the grace is over
         if (c is None or not c.deleting) and ("NodeClaim/" + name) not in deleted:
             out.append(A.DeleteNodeClaim(name, "WorkspaceDeleting"))
             deleted.add("NodeClaim/" + name)
-    remaining = [n for n in claims if ("NodeClaim/" + n) not in f.snap.absent]
+    # Not yet known gone: still there, or confirmed absent while a create of it may still land (an orphan).
+    remaining = [n for n in claims if n not in f.gone]
     if not remaining and f.ws.deleting and f.config.finalizer in f.ws.metadata.finalizers:
         out.append(A.RemoveFinalizer(f.config.finalizer))
     if claims is rec.nodeclaims and len(deleted) == len(rec.deleted):
@@ -274,7 +289,7 @@ def _ensure(state: str, f: Facts, rec: Lifecycle, out: list) -> Lifecycle:
     if state in ("Succeeded", "Failed") and f.snap.job is not None and f.snap.job.revision == f.revision \
             and rec.revision != f.revision:
         rec = attrs.evolve(rec, revision=f.revision)
-    if rec.nodeclaims and f.snap.absent:
+    if rec.nodeclaims and f.gone:
         claims = _merge_claims(rec, f)
         if claims is not rec.nodeclaims:
             rec = attrs.evolve(rec, nodeclaims=claims)
@@ -297,7 +312,9 @@ def _fire_deadline(state: str, f: Facts, rec: Lifecycle, stamp: datetime, out: l
             if not c.deleting and ("NodeClaim/" + c.name) not in deleted \
                     and not (c.is_ready and c.node_name in serving):
                 replaced.append(c.name)
-        replaced.extend(n for n in f.unseen if ("NodeClaim/" + n) not in deleted)
+        # Not yet in the cache: replaced too; but not one whose create may still be in flight (a delete now
+        # would 404 and the create could land after it): the grace settles those.
+        replaced.extend(n for n in f.unseen if ("NodeClaim/" + n) not in deleted and n not in f.in_flight)
         for name in replaced:
             out.append(A.DeleteNodeClaim(name, reason))
             deleted.add("NodeClaim/" + name)
@@ -466,6 +483,12 @@ def _wake(state: str, f: Facts, rec: Lifecycle, config: Config) -> A.WakeUp:
     if state == "PluginsReady" or (state == "NodesProvisioning" and byo):
         if best is None or config.gpu_recheck < best.after:
             best = A.WakeUp(config.gpu_recheck, "re-check node GPU capacity (Nodes are not watched)")
+    if f.in_flight and f.grace_ends is not None:
+        # Confirmed absent but its create may still be applied: look again once that can no longer happen.
+        left = max(f.grace_ends - f.now, timedelta(0))
+        if best is None or left < best.after:
+            best = A.WakeUp(left, f"NodeClaim {f.in_flight[0]} not found; its create may still be in flight, "
+                                  f"replaced if still absent after {f.config.create_grace}")
     return best or A.WakeUp.on_event(f"{state}: waiting for the next watch event")
 
 
@@ -551,9 +574,13 @@ def decide(ws: Workspace, snapshot: Snapshot, now: datetime, config: Config = DE
         still = set(f.ready_nodes)
         kept = tuple(n for n in worker_nodes if n in still)
         worker_nodes = kept if len(kept) != len(worker_nodes) else worker_nodes  # a lost node is not a worker
-    status = _build_status(ws, f, state, rec, stamp, _conditions_for(state, f, rec),
-                           target or ws.status.target_node_count, worker_nodes)
+    wanted = _conditions_for(state, f, rec)
+    status = _build_status(ws, f, state, rec, stamp, wanted, target or ws.status.target_node_count, worker_nodes)
     changed = status != ws.status
+    if changed and rec.claimed_at is not None and _no_create_in_flight(f, rec):
+        # Written anyway: drop the in-flight marker too (never worth a status write of its own).
+        rec = attrs.evolve(rec, claimed_at=None)
+        status = _build_status(ws, f, state, rec, stamp, wanted, target or ws.status.target_node_count, worker_nodes)
     before: list = []
     creates: list = []
     last: list = []

@@ -29,6 +29,18 @@ class Config:
     max_nodeclaim_failures: int = 6  # failed launches + deadline replacements before giving up
     gpu_recheck: timedelta = timedelta(seconds=5)  # Nodes are not watched: GPU capacity is re-checked on a timer
     history_limit: int = 16
+    # A create may still be applied by the API server until its --request-timeout (1m by default) after it
+    # was sent, even if the runner that sent it is dead. Runners send a pass's creates within
+    # create_send_window of the pass's ``now`` (or not at all), so a NodeClaim the machine recorded and
+    # then finds absent is replaced only once create_grace has passed since it was recorded, or when the
+    # server refused its create outright (Snapshot.refused): never one too many.
+    api_request_timeout: timedelta = timedelta(seconds=60)
+    create_send_window: timedelta = timedelta(seconds=15)
+
+    @property
+    def create_grace(self) -> timedelta:
+        """Recorded-to-landed bound of a create: send window + request timeout + the record's 1 s resolution."""
+        return self.create_send_window + self.api_request_timeout + timedelta(seconds=1)
     finalizer: str = "workspace.kaito.io/finalizer"
 
     def deadline(self, state: str) -> timedelta | None:
@@ -45,8 +57,8 @@ DEFAULT_CONFIG = Config()
 class Facts:
     """What the guards read, derived once per pass from (workspace, snapshot, record, now)."""
 
-    __slots__ = ("ws", "snap", "now", "config", "rec", "target", "claims", "unseen", "existing",
-                 "ready_nodes", "nodes_ready", "gpus_ready", "revision", "_gpu_pending")
+    __slots__ = ("ws", "snap", "now", "config", "rec", "target", "claims", "unseen", "existing", "gone",
+                 "in_flight", "grace_ends", "ready_nodes", "nodes_ready", "gpus_ready", "revision", "_gpu_pending")
 
     def __init__(self, ws: Workspace, snap: Snapshot, now: datetime, config: Config, rec: Lifecycle,
                  target: int, revision: str | None) -> None:
@@ -54,13 +66,28 @@ class Facts:
         self.target = target
         self.revision = revision
         self.claims: tuple[NodeClaim, ...] = snap.nodeclaims
-        # Created by the machine, not in the (possibly stale) cache, not known to be gone: exists.
+        # Recorded NodeClaims known gone: confirmed absent, and no create of them can still be applied
+        # (the grace since the newest was recorded has passed, or the server refused the create outright).
+        # A confirmed-absent one inside the grace is in flight: it counts as existing, and is neither
+        # replaced nor forgotten, because a dead runner's create may still land.
+        self.grace_ends = rec.claimed_at + config.create_grace if rec.claimed_at is not None else None
         if rec.nodeclaims:
             seen = {c.name for c in self.claims}
-            absent = snap.absent
-            self.unseen = tuple(n for n in rec.nodeclaims
-                                if n not in seen and ("NodeClaim/" + n) not in absent)
+            absent, refused = snap.absent, snap.refused
+            settled = self.grace_ends is None or now >= self.grace_ends
+            gone = []
+            in_flight = []
+            for n in rec.nodeclaims:
+                key = "NodeClaim/" + n
+                if key in absent:
+                    (gone if settled or key in refused else in_flight).append(n)
+            self.gone = frozenset(gone)
+            self.in_flight = tuple(in_flight)
+            # Created by the machine, not in the (possibly stale) cache, not known to be gone: exists.
+            self.unseen = tuple(n for n in rec.nodeclaims if n not in seen and n not in self.gone)
         else:
+            self.gone = frozenset()
+            self.in_flight = ()
             self.unseen = ()
         self.existing = len(self.claims) + len(self.unseen)
         nodes = snap.nodes

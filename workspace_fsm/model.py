@@ -676,6 +676,11 @@ class Snapshot:
     watch, or a 404): ``"NodeClaim/<name>"``, ``"Job/<name>"``. Not being in the cache is no proof of
     absence (the cache may lag), which is why a NodeClaim the machine created counts as existing
     until it is in ``absent``.
+
+    ``refused`` holds names whose create this adapter sent and the API server refused outright (429,
+    admission or validation errors: nothing was stored). It is a hint, kept in memory only: it lets the
+    machine replace such a NodeClaim at once instead of waiting ``Config.create_grace`` for a create that
+    might still be applied.
     """
 
     nodeclaims: tuple[NodeClaim, ...] = ()
@@ -683,3 +688,4 @@ class Snapshot:
     workload: Workload | None = None
     job: Job | None = None
     absent: frozenset[str] = frozenset()
+    refused: frozenset[str] = frozenset()

@@ -73,6 +73,9 @@ class Lifecycle:
     revision: str | None = None  # spec revision of the workload or Job it created
     history: tuple[HistoryEntry, ...] = ()
     since: datetime | None = None  # first written: the condition's lastTransitionTime
+    # When the newest NodeClaim name was recorded. Its create is sent right after that status write and
+    # may still be applied by the API server until its request timeout has passed (Config.create_grace).
+    claimed_at: datetime | None = None
 
     def to_json(self) -> str:
         body: dict[str, Any] = {"v": RECORD_VERSION, "state": self.state}
@@ -89,6 +92,8 @@ class Lifecycle:
             body["seq"] = self.next_seq
         if self.claim_failures:
             body["failures"] = self.claim_failures
+        if self.claimed_at is not None:
+            body["claimed"] = format_time(self.claimed_at)
         if self.revision is not None:
             body["rev"] = self.revision
         if self.history:
@@ -112,6 +117,7 @@ class Lifecycle:
             revision=None if body.get("rev") is None else str(body["rev"]),
             history=tuple(HistoryEntry.from_json(h) for h in body.get("history", ())),
             since=since,
+            claimed_at=parse_time(body.get("claimed")),
         )
 
     def to_condition(self, now: datetime) -> Condition:

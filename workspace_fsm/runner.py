@@ -25,7 +25,7 @@ from typing import Protocol
 
 import attrs
 
-from .actions import RecordEvent
+from .actions import CreateNodeClaim, RecordEvent
 from .adapter import AdapterError, ClusterAdapter, Conflict, NotSynced
 from .decide import decide
 from .lifecycle import DEFAULT_CONFIG, Config
@@ -34,6 +34,13 @@ from .queue import WorkQueue
 log = logging.getLogger("workspace_fsm.runner")
 
 EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+# Creations whose names are fresh (a replacement gets a new name): sent only inside Config.create_send_window.
+_CREATES = (CreateNodeClaim,)
+
+
+class StaleCreate(Exception):
+    """A pass reached its creations too long after it decided; it stops and the key is observed again."""
 
 
 @attrs.frozen
@@ -74,8 +81,14 @@ class FsmReconciler:
     def _held(self, before: int) -> float:
         return (self.calls() - before) * self.latency
 
-    def _apply(self, key: str, ws, actions) -> Generator[float, None, None]:
+    def _apply(self, key: str, ws, actions, started: datetime | None = None) -> Generator[float, None, None]:
         for action in actions:
+            if started is not None and isinstance(action, _CREATES) \
+                    and self.now() - started > self.config.create_send_window:
+                # Too late to send: a create may land until the API server's request timeout after it is
+                # sent, and the machine counts on that ending within Config.create_grace of the record.
+                raise StaleCreate(f"workspace {key}: pass took longer than {self.config.create_send_window} "
+                                  f"before its creations; not sending them, observing again")
             before = self.calls()
             self.adapter.apply(ws, (action,))
             held = self._held(before)
@@ -99,7 +112,8 @@ class FsmReconciler:
             yield self._held(before)
         if ws is None:
             return Outcome(gone=True)
-        decision = decide(ws, snapshot, self.now(), self.config)
+        now = self.now()
+        decision = decide(ws, snapshot, now, self.config)
         self.transitions += len(decision.transitions)
         for t in decision.transitions:
             log.info("workspace %s: %s -> %s (%s)", key, t.source, t.dest, t.why)
@@ -113,7 +127,10 @@ class FsmReconciler:
                 held = self._held(before)
                 if held:
                     yield held
-            yield from self._apply(key, ws, decision.after)
+            yield from self._apply(key, ws, decision.after, started=now)
+        except StaleCreate as exc:
+            log.warning("%s", exc)
+            return Outcome(observe_again=True, error=exc)
         except Conflict as exc:
             log.debug("workspace %s: conflict on write, observing again: %s", key, exc)
             return Outcome(observe_again=True, error=exc)

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+import urllib3
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
@@ -41,6 +42,8 @@ log = logging.getLogger("workspace_fsm.kubernetes")
 
 KAITO_GROUP, KAITO_VERSION, KAITO_PLURAL = "kaito.sh", "v1beta1", "workspaces"
 NODECLAIMS = ("karpenter.sh", "v1", "nodeclaims")
+# Answers that mean the server turned a request away before storing anything (408 and 5xx are ambiguous).
+_REFUSED_STATUSES = frozenset({400, 401, 403, 404, 405, 413, 415, 422, 429})
 
 
 #: Every (API group, resource, verb) the adapter uses, and nothing more. deploy/rbac.yaml grants exactly
@@ -149,6 +152,9 @@ class KubernetesAdapter:
         # event race, and an overlay for a version the cache already has (or has passed) would hide newer ones.
         self._delivered: dict[str, deque[str]] = {}
         self._known: set[str] = set()  # "Kind/name" this process created or saw: no GET needed to know it exists
+        # Workspace key -> "NodeClaim/<name>" whose create the server refused outright (nothing stored);
+        # pruned to what the record still asks about on every observe, dropped with the Workspace.
+        self._refused: dict[str, set[str]] = {}
         self._event_seq = itertools.count(int(datetime.now(timezone.utc).timestamp() * 1000))
         sel = LABEL_WORKSPACE
         san = api_client.sanitize_for_serialization
@@ -203,7 +209,8 @@ class KubernetesAdapter:
         """Entries in the adapter's own maps, for metrics: each is bounded by the live objects it is about."""
         with self._lock:
             return {"overlay": len(self._overlay), "parsed": len(self._parsed), "delivered": len(self._delivered),
-                    "known": len(self._known), "own_rv": len(self._own_rv)}
+                    "known": len(self._known), "own_rv": len(self._own_rv),
+                    "refused": sum(len(v) for v in self._refused.values())}
 
     # ------------------------------------------------------------------ events
 
@@ -224,6 +231,7 @@ class KubernetesAdapter:
                 self._parsed.pop(key, None)
                 self._own_rv.pop(key, None)
                 self._delivered.pop(key, None)
+                self._refused.pop(key, None)
         if self._handler is not None:
             self._handler(key)
 
@@ -308,7 +316,15 @@ class KubernetesAdapter:
         if job is not None:
             visible.add("Job/" + name)
         absent = self._absent(ws, ns, visible)
-        return ws, Snapshot(tuple(claims), nodes, workload, job, frozenset(absent))
+        refused: frozenset[str] = frozenset()
+        with self._lock:
+            mine = self._refused.get(key)
+            if mine:
+                mine &= absent  # only what the record still asks about and is confirmed absent
+                refused = frozenset(mine)
+                if not mine:
+                    del self._refused[key]
+        return ws, Snapshot(tuple(claims), nodes, workload, job, frozenset(absent), refused)
 
     def _list_byo_nodes(self, ws: Workspace) -> list[dict[str, Any]]:
         sel = ws.resource.label_selector
@@ -383,7 +399,8 @@ class KubernetesAdapter:
                 retry = 1.0
         if exc.status == 409:
             return Conflict(f"{doing}: conflict: {exc.reason}")
-        return AdapterError(f"{doing}: API answered {exc.status} {exc.reason}", retry_after=retry)
+        return AdapterError(f"{doing}: API answered {exc.status} {exc.reason}", retry_after=retry,
+                            refused=exc.status in _REFUSED_STATUSES)
 
     def _call(self, verb: str, kind: str, doing: str, fn: Callable[[], Any], ok: tuple[int, ...] = ()) -> Any:
         self._count(verb, kind)
@@ -394,15 +411,25 @@ class KubernetesAdapter:
                 return None
             raise self._error(exc, doing) from None
         except Exception as exc:  # connection refused, timeouts: retried with backoff by the runner
-            raise AdapterError(f"{doing}: {type(exc).__name__}: {exc}") from None
+            reason = getattr(exc, "reason", exc)  # urllib3's MaxRetryError wraps the last attempt's error
+            never_sent = isinstance(reason, urllib3.exceptions.ConnectTimeoutError)  # incl. NewConnectionError
+            raise AdapterError(f"{doing}: {type(exc).__name__}: {exc}", refused=never_sent) from None
 
     def _apply(self, ws: Workspace, a: A.Action) -> None:
         t = self.timeout
         ns = ws.metadata.namespace
         if isinstance(a, A.CreateNodeClaim):
             body = manifests.nodeclaim(ws, a, self.node_class)
-            self._call("create", "NodeClaim", f"creating NodeClaim {a.name} for {ws.key}",
-                       lambda: self.custom.create_cluster_custom_object(*NODECLAIMS, body, _request_timeout=t), ok=(409,))
+            try:
+                self._call("create", "NodeClaim", f"creating NodeClaim {a.name} for {ws.key}",
+                           lambda: self.custom.create_cluster_custom_object(*NODECLAIMS, body, _request_timeout=t),
+                           ok=(409,))
+            except AdapterError as exc:
+                if exc.refused:  # nothing was stored and nothing can be later: the machine may replace it now
+                    with self._lock:
+                        if ws.key in self._delivered:
+                            self._refused.setdefault(ws.key, set()).add("NodeClaim/" + a.name)
+                raise
             self._known.add("NodeClaim/" + a.name)
         elif isinstance(a, A.DeleteNodeClaim):
             self._known.discard("NodeClaim/" + a.name)
