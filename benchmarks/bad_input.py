@@ -22,7 +22,6 @@ import random
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -36,7 +35,6 @@ from workspace_fsm.decide import WORKSPACE_SUCCEEDED, decide
 from workspace_fsm.embedded import EmbeddedCluster
 from workspace_fsm.errors import InvalidWorkspace
 from workspace_fsm.model import FINALIZER, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, Snapshot, parse_workspace
-from workspace_fsm.run_cli import run_against
 from workspace_fsm.testing.strategies import API_UNSENDABLE, CATEGORIES, BadWorkspace, RandomChooser, dump_yaml, make_bad, make_valid
 from workspace_fsm.validation import check_document, validate_files
 
@@ -200,10 +198,7 @@ def through_api(bads: list[BadWorkspace], goods: list[dict], baseline: list[dict
     for ns in ("baseline", "bad"):
         core.create_namespace({"metadata": {"name": ns}})
     c = Cluster(custom)
-    stop = threading.Event()
-    runner = threading.Thread(target=run_against, daemon=True, args=(
-        cluster.api, argparse.Namespace(namespace=None, workers=args.workers, byo_nodes=False, health_port=0), stop))
-    runner.start()
+    runner = cluster.run_in_thread(workers=args.workers)
     out: dict[str, Any] = {}
     try:
         # Baseline: the valid Workspaces alone.
@@ -309,14 +304,13 @@ def through_api(bads: list[BadWorkspace], goods: list[dict], baseline: list[dict
         for name in fixed_times:
             stats[still_bad[name].category]["api"]["fixed_proceeded"] += 1
         out["fixed_time_to_goal"] = summary(list(fixed_times.values()), len(fix_starts))
-        out["runner_alive"] = runner.is_alive()
+        out["runner_alive"] = runner.thread.is_alive()
         out["runner_error_logs"] = len(errors.messages)
         out["runner_error_examples"] = errors.messages[:5]
         out["api_server_internal_errors"] = len(errors.server)
         out["api_server_internal_error_examples"] = errors.server[:5]
     finally:
-        stop.set()
-        runner.join(30)
+        runner.kill(30)
         logging.getLogger().removeHandler(errors)
         cluster.stop()
     return out

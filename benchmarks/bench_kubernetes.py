@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cluster = EmbeddedCluster(time_scale=args.time_scale)
     cluster.start(Path(tempfile.mkdtemp()) / "kubeconfig")
-    adapter, queue, reconciler, runner = build_runner(cluster.api, namespace="default")
+    adapter, queue, reconciler, runner = build_runner(cluster.api, namespace="default",
+                                                      api_request_timeout_s=cluster.request_timeout)
     adapter.start()
     adapter.wait_synced(30)
     runner.start()

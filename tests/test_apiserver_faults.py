@@ -92,6 +92,25 @@ def test_throttling_with_retry_after(api_server, custom):
     assert api_server.requests[("get", "workspaces")] - before == 2
 
 
+def test_a_request_held_past_the_request_timeout_is_answered_504_and_never_applied(api_server, custom):
+    """The bound the runner's Config.api_request_timeout rests on: applied within the timeout, or never."""
+    api_server.request_timeout = 0.2
+    try:
+        rule = api_server.faults.latency(0.4, verbs=["create"], times=1)
+        with pytest.raises(ApiException) as err:
+            custom.create_namespaced_custom_object(G, V, NS, WS, workspace("late"))
+        assert err.value.status == 504 and json.loads(err.value.body)["reason"] == "Timeout"
+        assert rule.hits == 1
+        with pytest.raises(ApiException) as missing:
+            custom.get_namespaced_custom_object(G, V, NS, WS, "late")
+        assert missing.value.status == 404
+        api_server.faults.latency(0.05, verbs=["create"], times=1)  # within the timeout: applied
+        custom.create_namespaced_custom_object(G, V, NS, WS, workspace("late"))
+        assert custom.get_namespaced_custom_object(G, V, NS, WS, "late")["metadata"]["name"] == "late"
+    finally:
+        api_server.request_timeout = 60.0
+
+
 def test_dropped_watch_ends_early(api_server, custom):
     for name in ("a", "b", "c"):
         custom.create_namespaced_custom_object(G, V, NS, WS, workspace(name))

@@ -3,9 +3,7 @@ Karpenter's CRDs, the simulated Karpenter/device-plugin/workload controllers, an
 
 from __future__ import annotations
 
-import argparse
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,24 +16,8 @@ from workspace_fsm.embedded import EmbeddedCluster
 from workspace_fsm.model import LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE
 from workspace_fsm.persist import read_lifecycle
 from workspace_fsm.model import WorkspaceStatus
-from workspace_fsm.run_cli import run_against
 
 TIME_SCALE = 300.0  # a 240 s NodeClaim takes 0.8 s
-
-
-class Runner:
-    """``workspace-fsm run`` in a thread; ``kill`` stops it as a SIGTERM would."""
-
-    def __init__(self, api, namespace: str | None = None, byo: bool = False) -> None:
-        self.stop = threading.Event()
-        args = argparse.Namespace(namespace=namespace, workers=5, byo_nodes=byo, health_port=0)
-        self.thread = threading.Thread(target=run_against, args=(api, args, self.stop), daemon=True)
-        self.thread.start()
-
-    def kill(self) -> None:
-        self.stop.set()
-        self.thread.join(20)
-        assert not self.thread.is_alive(), "the runner did not stop within 20 s"
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +90,7 @@ def test_every_kaito_example_reaches_its_goal_applied_with_kubectl(cluster, kait
     create_namespace(cluster, ns)
     docs = example_docs(kaito_dir, byo=False)
     assert len(docs) == 33
-    runner = Runner(cluster.api, namespace=ns)
+    runner = cluster.run_in_thread(namespace=ns)
     try:
         kubectl(cluster, "apply", "-n", ns, "-f", "-", stdin=yaml.safe_dump_all(docs))
         wait_for("every example Workspace at its goal", lambda: (lambda w: len(w) == 33 and all(map(goal, w.values())))(
@@ -137,7 +119,7 @@ def test_the_byo_accelerator_example_uses_existing_nodes(cluster, kaito_dir):
         core.patch_node_status(f"byo-gpu-{i}", {"status": {
             "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": ""}],
             "capacity": {"nvidia.com/gpu": "1"}, "allocatable": {"nvidia.com/gpu": "1"}}})
-    runner = Runner(cluster.api, namespace=ns, byo=True)
+    runner = cluster.run_in_thread(namespace=ns, byo_nodes=True)
     try:
         kubectl(cluster, "apply", "-n", ns, "-f", "-", stdin=yaml.safe_dump(doc))
         name = doc["metadata"]["name"]
@@ -162,7 +144,7 @@ def test_a_tuning_spec_change_replaces_its_job(cluster):
     ns = "tuning"
     create_namespace(cluster, ns)
     batch = k8s.CustomObjectsApi(cluster.api)
-    runner = Runner(cluster.api, namespace=ns)
+    runner = cluster.run_in_thread(namespace=ns)
     try:
         kubectl(cluster, "apply", "-n", ns, "-f", "-", stdin=yaml.safe_dump(tuning_doc("tune")))
         wait_for("the first run to succeed", lambda: goal(workspaces(cluster, ns).get("tune", {"metadata": {}})))
@@ -184,7 +166,7 @@ def test_a_tuning_spec_change_replaces_its_job(cluster):
 def test_a_deleted_workspace_leaves_no_nodeclaims(cluster):
     ns = "deleting"
     create_namespace(cluster, ns)
-    runner = Runner(cluster.api, namespace=ns)
+    runner = cluster.run_in_thread(namespace=ns)
     doc = {"apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": "bye"},
            "resource": {"count": 3, "instanceType": "Standard_NC24ads_A100_v4",
                         "labelSelector": {"matchLabels": {"apps": "bye"}}},
@@ -210,10 +192,10 @@ def test_a_runner_killed_midway_and_restarted_continues_without_duplicates(clust
                      "inference": {"preset": {"name": "phi-4-mini-instruct"}}})
     kubectl(cluster, "apply", "-n", ns, "-f", "-", stdin=yaml.safe_dump_all(docs))
     for kill_after in (0.3, 0.8, 1.5):
-        runner = Runner(cluster.api, namespace=ns)
+        runner = cluster.run_in_thread(namespace=ns)
         time.sleep(kill_after)
         runner.kill()
-    runner = Runner(cluster.api, namespace=ns)
+    runner = cluster.run_in_thread(namespace=ns)
     try:
         wait_for("all Ready after restarts", lambda: all(map(goal, workspaces(cluster, ns).values())), timeout=90)
         for i in range(6):
@@ -237,7 +219,7 @@ def test_a_burst_of_conflicts_and_server_errors_delays_but_does_not_break(cluste
     conflicts = faults.conflict(resources=["workspaces/status"], rate=0.5, seed=3, times=20, user_agent="workspace-fsm/")
     errors = faults.error(500, verbs=["create", "patch", "update"], rate=0.3, seed=4, times=20,
                           user_agent="workspace-fsm/")
-    runner = Runner(cluster.api, namespace=ns)
+    runner = cluster.run_in_thread(namespace=ns)
     try:
         wait_for("all Ready despite faults", lambda: (lambda w: len(w) == 4 and all(map(goal, w.values())))(
             workspaces(cluster, ns)), timeout=90, describe=lambda: str({
@@ -265,7 +247,8 @@ def test_every_request_the_runner_makes_is_granted_by_deploy_rbac(cluster):
 
     ns = "rbac"
     create_namespace(cluster, ns)
-    adapter, queue, reconciler, runner = build_runner(cluster.api, namespace=ns)
+    adapter, queue, reconciler, runner = build_runner(cluster.api, namespace=ns,
+                                                      api_request_timeout_s=cluster.request_timeout)
     adapter.start()
     adapter.wait_synced(30)
     runner.start()
@@ -313,7 +296,7 @@ def test_an_invalid_workspace_gets_a_specific_condition_nothing_is_created_and_a
     }
     reasons = {"unknown-preset": "UnknownPreset", "no-instance-type": "InstanceTypeRequired", "huge-count": "CountTooLarge"}
     good = {**base, "metadata": {"name": "fine"}, "inference": {"preset": {"name": "phi-4"}}}
-    runner = Runner(cluster.api, namespace=ns)
+    runner = cluster.run_in_thread(namespace=ns)
     try:
         kubectl(cluster, "apply", "-n", ns, "-f", "-", stdin=yaml.safe_dump_all([*bad.values(), good]))
         wait_for("the valid Workspace Ready", lambda: goal(workspaces(cluster, ns).get("fine", {"metadata": {}})))

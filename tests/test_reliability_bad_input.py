@@ -15,7 +15,6 @@ inference and tuning together, negative and huge counts, bad label values, megab
 
 from __future__ import annotations
 
-import argparse
 import copy
 import io
 import logging
@@ -23,7 +22,6 @@ import random
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,7 +38,6 @@ from workspace_fsm.decide import WORKSPACE_SUCCEEDED, decide
 from workspace_fsm.embedded import EmbeddedCluster
 from workspace_fsm.errors import InvalidWorkspace
 from workspace_fsm.model import FINALIZER, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, Snapshot, parse_workspace
-from workspace_fsm.run_cli import run_against
 from workspace_fsm.testing.strategies import (API_UNSENDABLE, CATEGORIES, BadWorkspace, RandomChooser, bad_workspaces,
                                               dump_yaml, make_bad, make_valid, schema_documents, valid_workspaces)
 from workspace_fsm.validation import check_document, validate_files, workspace_schema
@@ -309,19 +306,6 @@ def test_megabyte_strings_are_checked_quickly(field):
 # ============================================================================ 3. through the API server
 
 
-class Runner:
-    def __init__(self, api, namespace: str) -> None:
-        self.stop = threading.Event()
-        args = argparse.Namespace(namespace=namespace, workers=5, byo_nodes=False, health_port=0)
-        self.thread = threading.Thread(target=run_against, args=(api, args, self.stop), daemon=True)
-        self.thread.start()
-
-    def kill(self) -> None:
-        self.stop.set()
-        self.thread.join(20)
-        assert not self.thread.is_alive(), "the runner did not stop within 20 s"
-
-
 class _Errors(logging.Handler):
     """Records log records with a traceback: an exception the runner caught is still a bug here."""
 
@@ -397,7 +381,7 @@ def test_bad_workspaces_through_the_api_server_do_not_stall_the_good_ones_and_a_
     cluster.start(tmp_path / "kubeconfig")
     custom = k8s.CustomObjectsApi(cluster.api)
     ns = "default"
-    runner = Runner(cluster.api, ns)
+    runner = cluster.run_in_thread(namespace=ns)
     try:
         admitted, rejected = create_batch(custom, ns, bads, goods)
         for name, (code, message) in rejected.items():

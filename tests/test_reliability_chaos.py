@@ -116,9 +116,9 @@ def check(report) -> None:
 @pytest.mark.slow
 def test_sigkill_between_calls_in_flight_and_inside_status_writes(tmp_path):
     report = ChaosRun(ChaosConfig(seed=20261124, inference=16, tuning=6, spec_changes=5, deletions=4,
-                                  request_kills=9, timer_kills=3, workdir=str(tmp_path))).run()
+                                  request_kills=12, timer_kills=3, workdir=str(tmp_path))).run()
     check(report)
-    for mode in ("between-calls", "in-flight", "in-status-write"):
+    for mode in ("between-calls", "in-flight", "in-status-write", "create-held"):
         assert report.kills.get(mode, 0) >= 1, f"no kill {mode}: {report.kills}"
     assert report.runner_starts == sum(report.kills.values()) + 1
 

@@ -22,16 +22,49 @@ def crd_paths() -> list[Path]:
             Path(str(data / "testing" / "crds" / "karpenter.sh_nodeclaims.yaml"))]
 
 
+# The embedded API server answers a request that could not be applied within this many seconds with 504
+# and never applies it later; runners against it are told so (Config.api_request_timeout).
+EMBEDDED_REQUEST_TIMEOUT = 5.0
+
+
+class RunnerThread:
+    """``workspace-fsm run`` against an embedded cluster, in a thread; ``kill`` stops it as a SIGTERM would."""
+
+    def __init__(self, cluster: EmbeddedCluster, *, namespace: str | None = None, workers: int = 5,
+                 byo_nodes: bool = False) -> None:
+        from .run_cli import run_against
+
+        self.stop = threading.Event()
+        args = argparse.Namespace(namespace=namespace, workers=workers, byo_nodes=byo_nodes, health_port=0,
+                                  api_request_timeout=cluster.request_timeout)
+        self.thread = threading.Thread(target=run_against, args=(cluster.api, args, self.stop), daemon=True,
+                                       name="workspace-fsm-runner")
+        self.thread.start()
+
+    def kill(self, timeout_s: float = 20.0) -> None:
+        self.stop.set()
+        self.thread.join(timeout_s)
+        if self.thread.is_alive():
+            raise RuntimeError(f"the runner did not stop within {timeout_s:g} s")
+
+
 class EmbeddedCluster:
-    def __init__(self, *, time_scale: float = 60.0, seed: int = 1, port: int = 0, params=None) -> None:
+    def __init__(self, *, time_scale: float = 60.0, seed: int = 1, port: int = 0, params=None,
+                 request_timeout: float = EMBEDDED_REQUEST_TIMEOUT) -> None:
         from .testing import TestAPIServer
 
-        self.server = TestAPIServer(crds=crd_paths(), port=port)
+        self.request_timeout = request_timeout
+        self.server = TestAPIServer(crds=crd_paths(), port=port, request_timeout=request_timeout)
         self.time_scale = time_scale
         self.seed = seed
         self.params = params  # adapters.simulated.params.SimParams: latencies and failure rates
         self.controllers = None
         self.api = None
+
+    def run_in_thread(self, *, namespace: str | None = None, workers: int = 5,
+                      byo_nodes: bool = False) -> RunnerThread:
+        """Start ``workspace-fsm run`` against this (started) cluster in a thread, as tests and benchmarks do."""
+        return RunnerThread(self, namespace=namespace, workers=workers, byo_nodes=byo_nodes)
 
     def start(self, kubeconfig_out: str | Path) -> Path:
         from .adapters.kubernetes.client import api_client
@@ -92,6 +125,8 @@ def run_embedded(args: argparse.Namespace) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="workspace-fsm-"))
     cluster = EmbeddedCluster(time_scale=args.time_scale)
+    if getattr(args, "api_request_timeout", None) is None:
+        args.api_request_timeout = cluster.request_timeout
     path = cluster.start(tmp / "kubeconfig")
     print(f"embedded cluster ready; kubeconfig: {path}", flush=True)
     print(f"  kubectl --kubeconfig {path} apply -f <a KAITO Workspace manifest>", flush=True)

@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 log = logging.getLogger("workspace_fsm.run")
@@ -26,6 +26,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--byo-nodes", action="store_true", help="node auto-provisioning is disabled: Workspaces bring their own nodes")
     p.add_argument("--health-port", type=int, default=8081,
                    help="port for /healthz, /readyz and Prometheus /metrics (0: off; default 8081)")
+    p.add_argument("--api-request-timeout", type=float, default=None, metavar="SECONDS",
+                   help="the API server's --request-timeout (default 60; with --embedded, the embedded server's 5): "
+                        "how long a create the runner sent may still be applied. A NodeClaim found missing is "
+                        "replaced only after this plus 16 s, unless the server refused its create outright")
     p.add_argument("--time-scale", type=float, default=60.0,
                    help="with --embedded: how many times faster than real the simulated cluster runs (default 60)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -105,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
     return run_against(api, args)
 
 
-def build_runner(api, *, namespace: str | None = None, workers: int = 5, byo_nodes: bool = False):
+def build_runner(api, *, namespace: str | None = None, workers: int = 5, byo_nodes: bool = False,
+                 api_request_timeout_s: float = 60.0):
     """The adapter, queue, reconciler and threaded runner for a cluster (nothing started yet)."""
     from .adapters.kubernetes.adapter import KubernetesAdapter
     from .catalogue import Catalogue
@@ -117,7 +122,8 @@ def build_runner(api, *, namespace: str | None = None, workers: int = 5, byo_nod
                                 auto_provisioning=not byo_nodes)
     queue: WorkQueue[str] = WorkQueue(time.monotonic)
     adapter.set_event_handler(queue.add)
-    reconciler = FsmReconciler(adapter, time.time, config=Config(auto_provisioning=not byo_nodes),
+    reconciler = FsmReconciler(adapter, time.time, config=Config(auto_provisioning=not byo_nodes,
+                                                  api_request_timeout=timedelta(seconds=api_request_timeout_s)),
                                epoch=datetime(1970, 1, 1, tzinfo=timezone.utc))
     runner = ThreadedRunner(reconciler, queue, workers=workers)
     return adapter, queue, reconciler, runner
@@ -127,7 +133,8 @@ def run_against(api, args: argparse.Namespace, stop: threading.Event | None = No
     """Start informers, workers and probes; run until SIGTERM/SIGINT (or ``stop``)."""
     stop = stop or threading.Event()
     adapter, queue, reconciler, runner = build_runner(api, namespace=args.namespace, workers=args.workers,
-                                                      byo_nodes=args.byo_nodes)
+                                                      byo_nodes=args.byo_nodes,
+                                                      api_request_timeout_s=getattr(args, "api_request_timeout", None) or 60.0)
     registry = None
     if args.health_port:
         from .metrics import build_registry

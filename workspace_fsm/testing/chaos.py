@@ -57,7 +57,9 @@ RUNNER_AGENT = "workspace-fsm/"  # the runner's User-Agent prefix (adapters/kube
 USER_AGENT = "reliability-user/1"
 NS = "default"
 INSTANCE = "Standard_NC24ads_A100_v4"
-KILL_MODES = ("between-calls", "in-flight", "in-status-write")
+# "create-held": the runner is killed as it sends a NodeClaim create, and the API server holds that create
+# until just before its request timeout, then applies it: after the next runner has looked for the name.
+KILL_MODES = ("between-calls", "in-flight", "in-status-write", "create-held")
 NAMED_VERBS = frozenset({"get", "update", "patch", "delete"})
 MAX_LISTED = 50  # violations listed in full; all are counted
 
@@ -95,7 +97,17 @@ class ChaosConfig:
     workers: int = 5
     action_window_s: float = 8.0  # user actions and kills happen in this window after the start
     settle_timeout_s: float = 180.0
+    # What the runner is told of the API server's request timeout (--api-request-timeout), as an operator
+    # tells it theirs. The test API server applies a request within its injected latency plus scheduling
+    # (and a held create just inside it), so the default is that latency + 8 s; the server enforces it.
+    # Set 60 to run with the default of a real cluster.
+    api_request_timeout_s: float | None = None
     workdir: str | None = None  # runner logs go here (default: a temporary directory)
+
+    def request_timeout(self) -> float:
+        if self.api_request_timeout_s is not None:
+            return self.api_request_timeout_s
+        return (self.faults.latency_s if self.faults.latency else 0.0) + 8.0  # the server enforces it too
 
 
 @dataclass
@@ -418,10 +430,11 @@ class Invariants:
 class Supervisor(threading.Thread):
     """Starts the runner, and starts it again whenever it dies (as a Deployment's ReplicaSet would)."""
 
-    def __init__(self, kubeconfig: Path, workdir: Path, workers: int) -> None:
+    def __init__(self, kubeconfig: Path, workdir: Path, workers: int, api_request_timeout_s: float = 60.0) -> None:
         super().__init__(name="runner-supervisor", daemon=True)
         self.cmd = [sys.executable, "-m", "workspace_fsm.cli", "run", "--kubeconfig", str(kubeconfig),
-                    "--health-port", "0", "--log-level", "warning", "--workers", str(workers)]
+                    "--health-port", "0", "--log-level", "warning", "--workers", str(workers),
+                    "--api-request-timeout", f"{api_request_timeout_s:g}"]
         self.workdir = workdir
         self.lock = threading.Lock()
         self.proc: subprocess.Popen | None = None
@@ -485,6 +498,7 @@ class ChaosRun:
         self.requests = 0
         self._kill_points: list[tuple[int, str]] = []
         self._armed_status_kill = False
+        self._armed_create_kill = False
         self._throttled: dict[str, float] = {}  # Workspace key -> not before (monotonic)
         self.early_retries = 0
         self._req_lock = threading.Lock()
@@ -523,10 +537,19 @@ class ChaosRun:
                 _, mode = self._kill_points.pop(0)
                 if mode == "in-status-write":
                     self._armed_status_kill = True
+                elif mode == "create-held":
+                    self._armed_create_kill = True
                 elif kill is None:
                     kill = mode
+            if kill is None and self._armed_create_kill and req.verb == "create" and req.resource == "nodeclaims":
+                self._armed_create_kill = False
+                kill = "create-held"
         if kill is not None and self.sup.kill():
             self.kills[kill] += 1
+            if kill == "create-held":
+                # Applied just inside the server's request timeout (which it enforces): as late as a real
+                # server may apply a dead client's request, and after the next runner has observed.
+                time.sleep(max(0.0, self.cfg.request_timeout() - 1.0))
             return "abort" if kill == "between-calls" else None
         return None
 
@@ -612,12 +635,13 @@ class ChaosRun:
         workdir.mkdir(parents=True, exist_ok=True)
         report = ChaosReport(config=_config_dict(cfg), logs=str(workdir))
         cluster = EmbeddedCluster(time_scale=cfg.time_scale, seed=cfg.seed,
-                                  params=SimParams(job_failure_rate=cfg.job_failure_rate))
+                                  params=SimParams(job_failure_rate=cfg.job_failure_rate),
+                                  request_timeout=cfg.request_timeout())
         kubeconfig = cluster.start(workdir / "kubeconfig")
         server = cluster.server
         server.store.on_change.append(self.inv.on_event)
         user = k8s.CustomObjectsApi(api_client(str(kubeconfig), user_agent=USER_AGENT))
-        self.sup = Supervisor(kubeconfig, workdir, cfg.workers)
+        self.sup = Supervisor(kubeconfig, workdir, cfg.workers, cfg.request_timeout())
         self.sup.on_start.append(self._runner_started)
         server.faults.intercept(self._before, user_agent=RUNNER_AGENT)
         server.faults.intercept(self._after_status, when="after", verbs=["update"], resources=["workspaces/status"],

@@ -133,7 +133,11 @@ class TestAPIServer:
     watch event history (older resourceVersions get 410 Gone); ``seed`` makes resourceVersions,
     uids and generated names reproducible; ``gc`` runs the garbage collector (ownerReferences,
     Foreground/Orphan deletion, namespace termination) ``gc_delay`` seconds after writes;
-    ``bookmark_interval`` is how often watches that allow bookmarks get one.
+    ``bookmark_interval`` is how often watches that allow bookmarks get one. ``request_timeout``, like
+    kube-apiserver's ``--request-timeout``: a request other than a watch that is not applied within that
+    many seconds of its arrival (an injected latency) is answered 504 and never applied. That is stricter
+    than a real server, whose storage write may still finish; it makes "a create lands within the request
+    timeout or never" a property of this server that tests can rely on.
 
     Use as a context manager or with :meth:`start`/:meth:`stop`.
     """
@@ -143,6 +147,7 @@ class TestAPIServer:
     def __init__(self, crds: Iterable[Mapping[str, Any] | str | os.PathLike[str]] = (), *, host: str = "127.0.0.1",
                  port: int = 0, history: int = 1000, seed: int | None = None, gc: bool = True,
                  gc_delay: float = 0.02, bookmark_interval: float = 5.0, max_watch_seconds: float = 1800.0,
+                 request_timeout: float | None = 60.0,
                  namespaces: Iterable[str] = ("default", "kube-system", "kube-public", "kube-node-lease")) -> None:
         self.store = Store(history=history, seed=seed, gc=gc, gc_delay=gc_delay, namespaces=namespaces)
         self.faults = Faults()
@@ -150,6 +155,7 @@ class TestAPIServer:
         self.requests = RequestCounts()
         self.bookmark_interval = float(bookmark_interval)
         self.max_watch_seconds = float(max_watch_seconds)
+        self.request_timeout = request_timeout
         self._host = host
         self._port = port
         self._httpd: _HTTPServer | None = None
@@ -375,6 +381,7 @@ class TestAPIServer:
     # ------------------------------------------------------------------ routing
 
     def _dispatch(self, h: _Handler, method: str, path: str, query: dict[str, str], body: bytes) -> None:
+        arrived = time.monotonic()
         parts = [p for p in path.split("/") if p]
         if not parts or parts[0] not in ("api", "apis"):
             self._non_resource(h, method, parts)
@@ -418,6 +425,9 @@ class TestAPIServer:
             h.intercept_after = (plan.after, req)
         if plan.delay > 0:
             time.sleep(plan.delay)
+        if self.request_timeout is not None and verb != "watch" and time.monotonic() - arrived > self.request_timeout:
+            raise APIError(504, "Timeout", f"the request did not complete within {self.request_timeout:g}s and "
+                                           f"was not applied")
         if plan.compact:
             self.compact()
         if plan.error is not None:
