@@ -463,7 +463,8 @@ class Supervisor(threading.Thread):
     def kill(self) -> bool:
         with self.lock:
             p = self.proc
-            if p is None or p.poll() is not None or self.stopping.is_set():
+            # A process already killed counts once, even before it is reaped (poll() may still say running).
+            if p is None or p.pid in self.killed or p.poll() is not None or self.stopping.is_set():
                 return False
             self.killed.add(p.pid)
             os.kill(p.pid, signal.SIGKILL)
