@@ -1,6 +1,6 @@
 """Reliability runs at full size: crash-restart and API faults, with the figures for docs/reliability.md.
 
-    .venv/bin/python benchmarks/reliability.py                    # every row (about 10 minutes)
+    .venv/bin/python benchmarks/reliability.py                    # every row (about 12 minutes)
     .venv/bin/python benchmarks/reliability.py --rows crash       # one row
     .venv/bin/python benchmarks/reliability.py --quick            # every row, small (about 2 minutes)
 
@@ -44,8 +44,8 @@ def rows(args: argparse.Namespace) -> list[tuple[str, str, ChaosConfig]]:
     n_fault = 30 if q else 100
     base = ChaosConfig(seed=args.seed + 1, inference=int(n_fault * 0.7), tuning=n_fault - int(n_fault * 0.7),
                        spec_changes=0, deletions=0, request_kills=0, timer_kills=0, settle_timeout_s=600.0)
-    out: list[tuple[str, str, ChaosConfig]] = [("crash", "SIGKILL: between calls, in flight, in status writes, at random",
-                                                crash)]
+    out: list[tuple[str, str, ChaosConfig]] = [
+        ("crash", "SIGKILL: between calls, in flight, in status writes, create held, at random", crash)]
     out.append(("faults", "baseline: no faults, no kills", base))
     for label, f in FAULT_ROWS.items():
         if q and f.lag_s:
