@@ -30,62 +30,64 @@ def wait(check, what: str, timeout: float = 5.0):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_an_overlay_the_watch_will_never_deliver_is_dropped_at_the_first_refused_write(api_server, api_server_client,
-                                                                                      custom):
-    adapter = KubernetesAdapter(api_server_client, catalogue=Catalogue.default())
-    adapter.start()
+@pytest.fixture
+def adapter(api_server, api_server_client):
+    a = KubernetesAdapter(api_server_client, catalogue=Catalogue.default())
+    a.start()
     try:
-        assert adapter.wait_synced(10)
-        custom.create_namespaced_custom_object(G, V, NS, WS, doc("w"))
-        ws, _ = wait(lambda: adapter.observe("default/w")[0] and adapter.observe("default/w"), "the Workspace")
-        written = adapter.persist(ws, WorkspaceStatus(state="Pending"))
-        # Our write's version is replaced in the overlay by one the watch will never deliver (as when a relist
-        # after 410 skips it), and then a user changes the spec: the cache has the newer object, the overlay
-        # still hides it.
-        raw = wait(lambda: (adapter.workspaces.get("default/w") or {}).get("metadata", {}).get("resourceVersion")
-                   == written.metadata.resource_version and adapter.workspaces.get("default/w"), "our write")
-        with adapter._lock:
-            adapter._overlay["default/w"] = (written, raw, "999999999")
-        custom.patch_namespaced_custom_object(G, V, NS, WS, "w", {"inference": {"config": "changed"}})
-        wait(lambda: (adapter.workspaces.get("default/w") or {}).get("metadata", {}).get("generation") == 2,
-             "the cache to see generation 2")
-        stale, _ = adapter.observe("default/w")
-        assert stale.metadata.generation == 1 and stale.metadata.resource_version == written.metadata.resource_version
-        with pytest.raises(Conflict):  # its resourceVersion is old: refused, never an overwrite
-            adapter.persist(stale, WorkspaceStatus(state="Pending"))
-        fresh, _ = adapter.observe("default/w")
-        assert fresh.metadata.generation == 2  # the next pass sees the user's change
-        adapter.persist(fresh, WorkspaceStatus(state="Pending"))
+        assert a.wait_synced(10)
+        yield a
     finally:
-        adapter.stop()
+        a.stop()
 
 
-def test_a_workspace_deleted_under_a_pass_stops_the_pass_before_anything_is_created(api_server, api_server_client,
-                                                                                    custom):
+def admitted(adapter, custom, name: str):
+    """Create Workspace ``name``; return (workspace, snapshot) once the adapter's cache shows it."""
+    custom.create_namespaced_custom_object(G, V, NS, WS, doc(name))
+    key = f"{NS}/{name}"
+    return wait(lambda: adapter.observe(key)[0] and adapter.observe(key), f"Workspace {key} in the cache")
+
+
+def test_an_overlay_the_watch_will_never_deliver_is_dropped_at_the_first_refused_write(adapter, custom):
+    ws, _ = admitted(adapter, custom, "w")
+    written = adapter.persist(ws, WorkspaceStatus(state="Pending"))
+    # Our write's version is replaced in the overlay by one the watch will never deliver (as when a relist
+    # after 410 skips it), and then a user changes the spec: the cache has the newer object, the overlay
+    # still hides it.
+    raw = wait(lambda: (adapter.workspaces.get("default/w") or {}).get("metadata", {}).get("resourceVersion")
+               == written.metadata.resource_version and adapter.workspaces.get("default/w"), "our write")
+    with adapter._lock:
+        adapter._overlay["default/w"] = (written, raw, "999999999")
+    custom.patch_namespaced_custom_object(G, V, NS, WS, "w", {"inference": {"config": "changed"}})
+    wait(lambda: (adapter.workspaces.get("default/w") or {}).get("metadata", {}).get("generation") == 2,
+         "the cache to see generation 2")
+    stale, _ = adapter.observe("default/w")
+    assert stale.metadata.generation == 1 and stale.metadata.resource_version == written.metadata.resource_version
+    with pytest.raises(Conflict):  # its resourceVersion is old: refused, never an overwrite
+        adapter.persist(stale, WorkspaceStatus(state="Pending"))
+    fresh, _ = adapter.observe("default/w")
+    assert fresh.metadata.generation == 2  # the next pass sees the user's change
+    adapter.persist(fresh, WorkspaceStatus(state="Pending"))
+
+
+def test_a_workspace_deleted_under_a_pass_stops_the_pass_before_anything_is_created(adapter, custom):
     from workspace_fsm import actions as A
     from workspace_fsm.model import FINALIZER
 
-    adapter = KubernetesAdapter(api_server_client, catalogue=Catalogue.default())
-    adapter.start()
-    try:
-        assert adapter.wait_synced(10)
-        custom.create_namespaced_custom_object(G, V, NS, WS, doc("gone"))
-        ws, _ = wait(lambda: adapter.observe("default/gone")[0] and adapter.observe("default/gone"), "the Workspace")
-        custom.delete_namespaced_custom_object(G, V, NS, WS, "gone")  # no finalizer yet: gone at once
-        with pytest.raises(Conflict, match="gone"):
-            adapter.apply(ws, [A.AddFinalizer(FINALIZER)])
-        with pytest.raises(Conflict, match="gone"):
-            adapter.persist(ws, WorkspaceStatus(state="Pending"))
-        wait(lambda: adapter.observe("default/gone")[0] is None, "the cache to drop it")
-        assert adapter.cache_sizes() == {"overlay": 0, "parsed": 0, "delivered": 0, "known": 0, "own_rv": 0,
-                                         "refused": 0}
-    finally:
-        adapter.stop()
+    ws, _ = admitted(adapter, custom, "gone")
+    custom.delete_namespaced_custom_object(G, V, NS, WS, "gone")  # no finalizer yet: gone at once
+    with pytest.raises(Conflict, match="gone"):
+        adapter.apply(ws, [A.AddFinalizer(FINALIZER)])
+    with pytest.raises(Conflict, match="gone"):
+        adapter.persist(ws, WorkspaceStatus(state="Pending"))
+    wait(lambda: adapter.observe("default/gone")[0] is None, "the cache to drop it")
+    assert adapter.cache_sizes() == {"overlay": 0, "parsed": 0, "delivered": 0, "known": 0, "own_rv": 0,
+                                     "refused": 0}
 
 
 @pytest.mark.parametrize("answer", [429, 500])
-def test_a_refused_create_is_replaced_at_once_an_ambiguous_one_waits_out_the_grace(api_server, api_server_client,
-                                                                                   custom, answer):
+def test_a_refused_create_is_replaced_at_once_an_ambiguous_one_waits_out_the_grace(api_server, adapter, custom,
+                                                                                   answer):
     """429 stores nothing, so the adapter tells the machine (Snapshot.refused) and the NodeClaim is replaced
     in the next pass; a 500 may have been stored, or be stored later, so the machine waits."""
     from datetime import datetime, timezone
@@ -94,35 +96,28 @@ def test_a_refused_create_is_replaced_at_once_an_ambiguous_one_waits_out_the_gra
     from workspace_fsm.adapter import AdapterError
     from workspace_fsm.decide import decide
 
-    adapter = KubernetesAdapter(api_server_client, catalogue=Catalogue.default())
-    adapter.start()
-    try:
-        assert adapter.wait_synced(10)
-        custom.create_namespaced_custom_object(G, V, NS, WS, doc("r"))
-        ws, snap = wait(lambda: adapter.observe("default/r")[0] and adapter.observe("default/r"), "the Workspace")
-        now = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
-        d = decide(ws, snap, now)
-        (create,) = [a for a in d.after if isinstance(a, A.CreateNodeClaim)]
-        adapter.apply(ws, d.before)
-        adapter.persist(ws, d.status)
-        if answer == 429:
-            api_server.faults.throttle(retry_after=1, verbs=["create"], resources=["nodeclaims"], times=1)
-        else:
-            api_server.faults.error(500, verbs=["create"], resources=["nodeclaims"], times=1)
-        with pytest.raises(AdapterError) as failed:
-            adapter.apply(ws, [create])
-        assert failed.value.refused == (answer == 429)
-        ws, snap = wait(lambda: adapter.observe("default/r")[1].absent and adapter.observe("default/r"),
-                        "the recorded NodeClaim to be confirmed absent")
-        assert "NodeClaim/" + create.name in snap.absent
-        assert snap.refused == (frozenset({"NodeClaim/" + create.name}) if answer == 429 else frozenset())
-        again = [a for a in decide(ws, snap, now).after if isinstance(a, A.CreateNodeClaim)]
-        if answer == 429:
-            assert len(again) == 1 and again[0].name != create.name
-        else:
-            assert again == []
-        custom.patch_namespaced_custom_object(G, V, NS, WS, "r", {"metadata": {"finalizers": []}})
-        custom.delete_namespaced_custom_object(G, V, NS, WS, "r")
-        wait(lambda: adapter.cache_sizes()["refused"] == 0, "the hint to go with the Workspace")
-    finally:
-        adapter.stop()
+    ws, snap = admitted(adapter, custom, "r")
+    now = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
+    d = decide(ws, snap, now)
+    (create,) = [a for a in d.after if isinstance(a, A.CreateNodeClaim)]
+    adapter.apply(ws, d.before)
+    adapter.persist(ws, d.status)
+    if answer == 429:
+        api_server.faults.throttle(retry_after=1, verbs=["create"], resources=["nodeclaims"], times=1)
+    else:
+        api_server.faults.error(500, verbs=["create"], resources=["nodeclaims"], times=1)
+    with pytest.raises(AdapterError) as failed:
+        adapter.apply(ws, [create])
+    assert failed.value.refused == (answer == 429)
+    ws, snap = wait(lambda: adapter.observe("default/r")[1].absent and adapter.observe("default/r"),
+                    "the recorded NodeClaim to be confirmed absent")
+    assert "NodeClaim/" + create.name in snap.absent
+    assert snap.refused == (frozenset({"NodeClaim/" + create.name}) if answer == 429 else frozenset())
+    again = [a for a in decide(ws, snap, now).after if isinstance(a, A.CreateNodeClaim)]
+    if answer == 429:
+        assert len(again) == 1 and again[0].name != create.name
+    else:
+        assert again == []
+    custom.patch_namespaced_custom_object(G, V, NS, WS, "r", {"metadata": {"finalizers": []}})
+    custom.delete_namespaced_custom_object(G, V, NS, WS, "r")
+    wait(lambda: adapter.cache_sizes()["refused"] == 0, "the hint to go with the Workspace")
