@@ -85,11 +85,12 @@ def test_a_workspace_deleted_under_a_pass_stops_the_pass_before_anything_is_crea
                                      "refused": 0}
 
 
-@pytest.mark.parametrize("answer", [429, 500])
+@pytest.mark.parametrize("answer", [429, 500, "never sent"])
 def test_a_refused_create_is_replaced_at_once_an_ambiguous_one_waits_out_the_grace(api_server, adapter, custom,
                                                                                    answer):
-    """429 stores nothing, so the adapter tells the machine (Snapshot.refused) and the NodeClaim is replaced
-    in the next pass; a 500 may have been stored, or be stored later, so the machine waits."""
+    """429 stores nothing, and a create the runner never sent (its pass stopped before) cannot land: the
+    adapter tells the machine (Snapshot.refused) and the NodeClaim is replaced in the next pass. A 500 may
+    have been stored, or be stored later, so the machine waits."""
     from datetime import datetime, timezone
 
     from workspace_fsm import actions as A
@@ -102,19 +103,23 @@ def test_a_refused_create_is_replaced_at_once_an_ambiguous_one_waits_out_the_gra
     (create,) = [a for a in d.after if isinstance(a, A.CreateNodeClaim)]
     adapter.apply(ws, d.before)
     adapter.persist(ws, d.status)
-    if answer == 429:
-        api_server.faults.throttle(retry_after=1, verbs=["create"], resources=["nodeclaims"], times=1)
+    certain = answer != 500
+    if answer == "never sent":
+        adapter.abandoned(ws, [create])
     else:
-        api_server.faults.error(500, verbs=["create"], resources=["nodeclaims"], times=1)
-    with pytest.raises(AdapterError) as failed:
-        adapter.apply(ws, [create])
-    assert failed.value.refused == (answer == 429)
+        if answer == 429:
+            api_server.faults.throttle(retry_after=1, verbs=["create"], resources=["nodeclaims"], times=1)
+        else:
+            api_server.faults.error(500, verbs=["create"], resources=["nodeclaims"], times=1)
+        with pytest.raises(AdapterError) as failed:
+            adapter.apply(ws, [create])
+        assert failed.value.refused == certain
     ws, snap = wait(lambda: adapter.observe("default/r")[1].absent and adapter.observe("default/r"),
                     "the recorded NodeClaim to be confirmed absent")
     assert "NodeClaim/" + create.name in snap.absent
-    assert snap.refused == (frozenset({"NodeClaim/" + create.name}) if answer == 429 else frozenset())
+    assert snap.refused == (frozenset({"NodeClaim/" + create.name}) if certain else frozenset())
     again = [a for a in decide(ws, snap, now).after if isinstance(a, A.CreateNodeClaim)]
-    if answer == 429:
+    if certain:
         assert len(again) == 1 and again[0].name != create.name
     else:
         assert again == []

@@ -133,3 +133,54 @@ def test_a_pass_that_reaches_its_creations_too_late_does_not_send_them():
         if not sent:
             assert outcome.observe_again and isinstance(outcome.error, StaleCreate)
             assert "default/slow" in str(outcome.error)
+
+
+class FailingAdapter(SlowWriteAdapter):
+    """Fails the status write, or the first NodeClaim create; records what the runner says it abandoned."""
+
+    def __init__(self, clock: VirtualClock, fail: str) -> None:
+        super().__init__(clock, 0.0)
+        from model_cluster import inference_ws
+
+        self.ws = inference_ws("three", 3)
+        self.fail = fail
+        self.abandoned_names: list[str] = []
+
+    def apply(self, ws, actions):
+        from workspace_fsm import actions as A
+        from workspace_fsm.adapter import AdapterError
+
+        for a in actions:
+            if self.fail == "create" and isinstance(a, A.CreateNodeClaim):
+                self.fail = ""
+                raise AdapterError(f"creating NodeClaim {a.name}: API answered 500")
+        super().apply(ws, actions)
+
+    def persist(self, ws, status):
+        from workspace_fsm.adapter import AdapterError
+
+        if self.fail == "persist":
+            raise AdapterError("writing status: API answered 500 (it may have been stored)")
+        return super().persist(ws, status)
+
+    def abandoned(self, ws, actions):
+        self.abandoned_names.extend(a.name for a in actions if hasattr(a, "instance_type"))
+
+
+def test_the_runner_tells_the_adapter_which_creates_it_never_sent():
+    """A create never sent can never land: the adapter reports it (Snapshot.refused) and the machine need not
+    wait out the grace. The create that failed was sent, so it is not in the list."""
+    from workspace_fsm import actions as A
+    from workspace_fsm.runner import FsmReconciler
+
+    clock = VirtualClock()
+    adapter = FailingAdapter(clock, "create")
+    outcome = _run_pass(FsmReconciler(adapter, clock), "default/three")
+    assert outcome.error is not None
+    sent_first = adapter.abandoned_names and adapter.abandoned_names[0]
+    assert len(adapter.abandoned_names) == 2 and sent_first.endswith("-1")
+    assert not [a for a in adapter.applied if isinstance(a, A.CreateNodeClaim)]
+
+    adapter = FailingAdapter(clock, "persist")  # an ambiguous status write: none of the creates was sent
+    _run_pass(FsmReconciler(adapter, clock), "default/three")
+    assert sorted(n[-1] for n in adapter.abandoned_names) == ["0", "1", "2"]

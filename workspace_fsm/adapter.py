@@ -11,6 +11,10 @@ Every adapter (the simulated cluster, the Kubernetes one, a test double) impleme
 
 Errors an adapter raises are :class:`AdapterError` subclasses, so the runner can tell "observe again
 now" (:class:`Conflict`) from "retry with backoff" (anything else) without knowing the adapter.
+
+An adapter may also have ``abandoned(ws, actions)``: the runner calls it with the actions of a decision
+it stopped before sending (after a failure), so that the adapter can tell the machine those creates can
+never land (``Snapshot.refused``) and it need not wait out ``Config.create_grace`` for them.
 """
 
 from __future__ import annotations

@@ -677,10 +677,10 @@ class Snapshot:
     absence (the cache may lag), which is why a NodeClaim the machine created counts as existing
     until it is in ``absent``.
 
-    ``refused`` holds names whose create this adapter sent and the API server refused outright (429,
-    admission or validation errors: nothing was stored). It is a hint, kept in memory only: it lets the
-    machine replace such a NodeClaim at once instead of waiting ``Config.create_grace`` for a create that
-    might still be applied.
+    ``refused`` holds names whose create this adapter never sent (its pass stopped before), or sent and
+    the API server refused outright (429, admission or validation errors: nothing was stored). It is a
+    hint, kept in memory only: it lets the machine replace such a NodeClaim at once instead of waiting
+    ``Config.create_grace`` for a create that might still be applied.
     """
 
     nodeclaims: tuple[NodeClaim, ...] = ()

@@ -81,16 +81,27 @@ class FsmReconciler:
     def _held(self, before: int) -> float:
         return (self.calls() - before) * self.latency
 
+    def _abandon(self, ws, actions) -> None:
+        """Tell the adapter these were never sent (a create that was not sent can never land)."""
+        abandoned = getattr(self.adapter, "abandoned", None)
+        if abandoned is not None and actions:
+            abandoned(ws, actions)
+
     def _apply(self, key: str, ws, actions, started: datetime | None = None) -> Generator[float, None, None]:
-        for action in actions:
+        for i, action in enumerate(actions):
             if started is not None and isinstance(action, _CREATES) \
                     and self.now() - started > self.config.create_send_window:
                 # Too late to send: a create may land until the API server's request timeout after it is
                 # sent, and the machine counts on that ending within Config.create_grace of the record.
+                self._abandon(ws, actions[i:])
                 raise StaleCreate(f"workspace {key}: pass took longer than {self.config.create_send_window} "
                                   f"before its creations; not sending them, observing again")
             before = self.calls()
-            self.adapter.apply(ws, (action,))
+            try:
+                self.adapter.apply(ws, (action,))
+            except AdapterError:
+                self._abandon(ws, actions[i + 1:])  # the failed one itself was sent: the adapter knows how
+                raise
             held = self._held(before)
             if held:
                 yield held
@@ -120,13 +131,18 @@ class FsmReconciler:
         try:
             # Before the status write: the finalizer and deletions. After it: creations and Events, so that
             # nothing is created that the persisted record does not already hold (see decide.Decision).
-            yield from self._apply(key, ws, decision.before)
-            if decision.status_changed:
-                before = self.calls()
-                self.adapter.persist(ws, decision.status)
-                held = self._held(before)
-                if held:
-                    yield held
+            try:
+                yield from self._apply(key, ws, decision.before)
+                if decision.status_changed:
+                    before = self.calls()
+                    self.adapter.persist(ws, decision.status)
+                    held = self._held(before)
+                    if held:
+                        yield held
+            except AdapterError:
+                # The status write may have been stored (a 500, a timeout) with names none of which was sent.
+                self._abandon(ws, decision.after)
+                raise
             yield from self._apply(key, ws, decision.after, started=now)
         except StaleCreate as exc:
             log.warning("%s", exc)

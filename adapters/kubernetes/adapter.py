@@ -426,9 +426,7 @@ class KubernetesAdapter:
                            ok=(409,))
             except AdapterError as exc:
                 if exc.refused:  # nothing was stored and nothing can be later: the machine may replace it now
-                    with self._lock:
-                        if ws.key in self._delivered:
-                            self._refused.setdefault(ws.key, set()).add("NodeClaim/" + a.name)
+                    self._not_applied(ws, a.name)
                 raise
             self._known.add("NodeClaim/" + a.name)
         elif isinstance(a, A.DeleteNodeClaim):
@@ -467,6 +465,17 @@ class KubernetesAdapter:
             self._record_event(ws, a)
         else:  # pragma: no cover - a new action type without an executor is a bug
             raise AdapterError(f"no executor for action {type(a).__name__}")
+
+    def _not_applied(self, ws: Workspace, name: str) -> None:
+        with self._lock:
+            if ws.key in self._delivered:  # a deleted Workspace leaves nothing behind
+                self._refused.setdefault(ws.key, set()).add("NodeClaim/" + name)
+
+    def abandoned(self, ws: Workspace, actions: Sequence[A.Action]) -> None:
+        """The runner stopped its pass before sending these: none of their creates can ever be applied."""
+        for a in actions:
+            if isinstance(a, A.CreateNodeClaim):
+                self._not_applied(ws, a.name)
 
     def _patch_finalizers(self, ws: Workspace, a: A.AddFinalizer | A.RemoveFinalizer) -> None:
         key = ws.key
