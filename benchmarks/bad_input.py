@@ -35,7 +35,8 @@ from workspace_fsm.decide import WORKSPACE_SUCCEEDED, decide
 from workspace_fsm.embedded import EmbeddedCluster
 from workspace_fsm.errors import InvalidWorkspace
 from workspace_fsm.model import FINALIZER, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, Snapshot, parse_workspace
-from workspace_fsm.testing.strategies import API_UNSENDABLE, CATEGORIES, BadWorkspace, RandomChooser, dump_yaml, make_bad, make_valid
+from workspace_fsm.testing.strategies import (API_UNSENDABLE, CATEGORIES, BadWorkspace, RandomChooser, at_goal, dump_yaml,
+                                              invalid_condition, make_bad, make_valid)
 from workspace_fsm.validation import check_document, validate_files
 
 CREATING = (A.CreateNodeClaim, A.CreateWorkload, A.UpdateWorkload, A.CreateJob, A.AddFinalizer)
@@ -133,22 +134,6 @@ class _Errors(logging.Handler):
             self.server.append(f"{record.getMessage()[:200]}: {str(record.exc_info[1])[:200] if record.exc_info else ''}")
         elif record.name.startswith("workspace_fsm"):
             self.messages.append(record.getMessage()[:300])
-
-
-def at_goal(ws: dict | None) -> bool:
-    if not ws:
-        return False
-    status = ws.get("status") or {}
-    gen = ws["metadata"].get("generation")
-    return status.get("state") == ("Succeeded" if "tuning" in ws else "Ready") and all(
-        c.get("observedGeneration") == gen for c in status.get("conditions") or [] if c["type"] == WORKSPACE_SUCCEEDED)
-
-
-def invalid_condition(ws: dict | None) -> dict | None:
-    for c in ((ws or {}).get("status") or {}).get("conditions") or []:
-        if c["type"] == WORKSPACE_SUCCEEDED and c["status"] == "False" and "spec is invalid" in c["message"]:
-            return c
-    return None
 
 
 def pct(values: list[float], q: float) -> float | None:

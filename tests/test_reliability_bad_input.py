@@ -38,8 +38,9 @@ from workspace_fsm.decide import WORKSPACE_SUCCEEDED, decide
 from workspace_fsm.embedded import EmbeddedCluster
 from workspace_fsm.errors import InvalidWorkspace
 from workspace_fsm.model import FINALIZER, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, Snapshot, parse_workspace
-from workspace_fsm.testing.strategies import (API_UNSENDABLE, CATEGORIES, BadWorkspace, RandomChooser, bad_workspaces,
-                                              dump_yaml, make_bad, make_valid, schema_documents, valid_workspaces)
+from workspace_fsm.testing.strategies import (API_UNSENDABLE, CATEGORIES, BadWorkspace, RandomChooser, at_goal,
+                                              bad_workspaces, dump_yaml, invalid_condition, make_bad, make_valid,
+                                              schema_documents, valid_workspaces)
 from workspace_fsm.validation import check_document, validate_files, workspace_schema
 
 SEED = 20261124
@@ -325,23 +326,6 @@ def wait_for(what: str, check, timeout: float, describe=lambda: "") -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}: {describe()}")
-
-
-def at_goal(ws: dict | None) -> bool:
-    if not ws:
-        return False
-    status = ws.get("status") or {}
-    want = "Succeeded" if "tuning" in ws else "Ready"
-    gen = ws["metadata"].get("generation")
-    return status.get("state") == want and all(
-        c.get("observedGeneration") == gen for c in status.get("conditions") or [] if c["type"] == WORKSPACE_SUCCEEDED)
-
-
-def invalid_condition(ws: dict | None) -> dict | None:
-    for c in ((ws or {}).get("status") or {}).get("conditions") or []:
-        if c["type"] == WORKSPACE_SUCCEEDED and c["status"] == "False" and "spec is invalid" in c["message"]:
-            return c
-    return None
 
 
 def create_batch(custom, ns: str, bads: list[BadWorkspace], goods: list[dict]) -> tuple[dict, dict]:

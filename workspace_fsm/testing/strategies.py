@@ -36,6 +36,7 @@ import yaml
 from hypothesis import strategies as st
 
 from ..catalogue import Catalogue
+from ..decide import WORKSPACE_SUCCEEDED
 from ..schema import format_path, json_type
 from ..validation import MAX_NODE_COUNT, PERFORMANCE_MODE_ANNOTATION, PERFORMANCE_MODES, workspace_schema
 
@@ -44,6 +45,8 @@ __all__ = [
     "API_UNSENDABLE",
     "BadWorkspace",
     "Chooser",
+    "at_goal",
+    "invalid_condition",
     "DrawChooser",
     "RandomChooser",
     "bad_workspaces",
@@ -55,6 +58,24 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+def at_goal(ws: dict | None) -> bool:
+    """A Workspace document as the API server holds it is at its goal for its current generation."""
+    if not ws:
+        return False
+    status = ws.get("status") or {}
+    gen = ws["metadata"].get("generation")
+    return status.get("state") == ("Succeeded" if "tuning" in ws else "Ready") and all(
+        c.get("observedGeneration") == gen for c in status.get("conditions") or [] if c["type"] == WORKSPACE_SUCCEEDED)
+
+
+def invalid_condition(ws: dict | None) -> dict | None:
+    """The condition saying the Workspace's spec is invalid, if it has one."""
+    for c in ((ws or {}).get("status") or {}).get("conditions") or []:
+        if c["type"] == WORKSPACE_SUCCEEDED and c["status"] == "False" and "spec is invalid" in c["message"]:
+            return c
+    return None
 
 API_VERSION = "kaito.sh/v1beta1"
 #: GPU VM sizes KAITO's examples use.
