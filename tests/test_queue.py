@@ -1,12 +1,14 @@
 """Tests for workspace_fsm.queue.WorkQueue.
 
 The unit tests pin each rule down on a fake clock. The stateful Hypothesis machines
-check the rules against a small model over random interleavings. The threaded tests
-exercise get_blocking on the real clock.
+check the rules against a small model over random interleavings. The get_blocking tests
+record the waits it asks for: on the fake clock the waiting is virtual; the threaded ones
+wait for real, and say how long they wait by counting waits, never by timing them from above.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 import threading
@@ -75,20 +77,31 @@ def test_add_dedups_and_is_fifo(q: WorkQueue[str]) -> None:
 
 
 def test_processing_key_is_not_handed_out_twice_and_dirty_reruns_once(q: WorkQueue[str]) -> None:
+    runs = 0
+
+    def run() -> None:
+        nonlocal runs
+        assert q.get() == "a"
+        runs += 1
+        assert q.processing_count == 1
+        assert q.get() is None  # never a second worker
+
     q.add("a")
-    assert q.get() == "a"
-    assert q.processing_count == 1 and len(q) == 0
+    run()
+    assert len(q) == 0
     for _ in range(3):
-        q.add("a")  # event arrives mid-reconcile
-    assert len(q) == 1  # queued behind processing
+        q.add("a")  # events arrive mid-reconcile
+    assert len(q) == 1  # queued behind processing, once
     assert q.ready_count == 0
-    assert q.get() is None  # never a second worker
     q.done("a")
     assert q.ready_count == 1
-    assert q.get() == "a"
-    assert q.get() is None
+    run()  # the run owed by the adds: one, not three
+    q.add("a")  # an event during that run: owed once more (the dirty mark was cleared, not lost)
     q.done("a")
-    assert q.get() is None  # exactly once more, not three times
+    run()
+    q.done("a")
+    assert q.get() is None  # nothing added during the third run: no fourth
+    assert runs == 3
     assert_no_per_key_state(q)
 
 
@@ -453,31 +466,109 @@ def test_len_and_counts(q: WorkQueue[str], clock: FakeClock) -> None:
     assert "processing=1" in repr(q)
 
 
-def test_many_keys_scale(clock: FakeClock) -> None:
-    # 20,000 keys through every path. An O(n) scan per operation would take minutes.
+def test_many_keys_scale(clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 20,000 keys through every path, with the work counted instead of timed: a linear scan over the
+    # queued keys compares one key with many (keys are found by hash, never compared, when it is O(1)),
+    # and heap work beyond O(log n) per operation shows in the heap's element comparisons and rebuilds.
+    # Past its budget each counter fails at once, so a quadratic queue fails fast instead of running for
+    # minutes.
+    from workspace_fsm import queue as queue_module
+
+    n = 20_000
+    per_op = 2 * math.log2(n)  # heap comparisons allowed per operation: twice a heap's depth
+    ops = 0
+    key_compares = 0
+    heap_compares = 0
+    heap_rebuilt = 0
+
+    class Key:
+        __slots__ = ("name", "_hash")
+
+        def __init__(self, name: str) -> None:
+            self.name, self._hash = name, hash(name)
+
+        def __hash__(self) -> int:
+            return self._hash
+
+        def __eq__(self, other: object) -> bool:
+            nonlocal key_compares
+            key_compares += 1
+            assert key_compares <= n, "keys compared with each other: a linear scan of the queue"
+            return isinstance(other, Key) and other.name == self.name
+
+    class Seconds(float):
+        """Clock time that counts comparisons: heap entries are (wake-up, seq, key), ordered by it."""
+
+        def _count(self) -> None:
+            nonlocal heap_compares
+            heap_compares += 1
+            assert heap_compares <= per_op * ops + 1000, "heap work beyond O(log n) per operation"
+
+        def __lt__(self, other: object) -> bool:
+            self._count()
+            return float(self) < float(other)  # type: ignore[arg-type]
+
+        def __le__(self, other: object) -> bool:
+            self._count()
+            return float(self) <= float(other)  # type: ignore[arg-type]
+
+        def __eq__(self, other: object) -> bool:
+            self._count()
+            return float(self) == float(other)  # type: ignore[arg-type]
+
+        __hash__ = float.__hash__
+
+        def __add__(self, other: object) -> Seconds:
+            return Seconds(float(self) + float(other))  # type: ignore[arg-type]
+
+        __radd__ = __add__
+
+    class CountingHeapq:
+        heappush = staticmethod(heapq.heappush)
+        heappop = staticmethod(heapq.heappop)
+
+        @staticmethod
+        def heapify(heap: list) -> None:
+            nonlocal heap_rebuilt
+            heap_rebuilt += len(heap)
+            assert heap_rebuilt <= 2 * ops, "the heap rebuilt more often than its stale entries pay for"
+            heapq.heapify(heap)
+
+    monkeypatch.setattr(queue_module, "heapq", CountingHeapq)
+    virtual = FakeClock(Seconds(clock.now))
     rng = random.Random(7)
-    q: WorkQueue[str] = WorkQueue(clock, rate_limit_qps=5000.0, rate_limit_burst=500)
-    keys = [f"ns/w{i}" for i in range(20_000)]
-    started = time.perf_counter()
+    q: WorkQueue[Key] = WorkQueue(lambda: Seconds(virtual.now), rate_limit_qps=5000.0, rate_limit_burst=500)
+    keys = [Key(f"ns/w{i}") for i in range(n)]
+
+    def op(call, *args) -> None:  # type: ignore[no-untyped-def]
+        nonlocal ops
+        ops += 1
+        call(*args)
+
     for k in keys:
-        q.add_after(k, rng.uniform(0.0, 60.0))
-        q.add_after(k, rng.uniform(0.0, 60.0))
+        op(q.add_after, k, rng.uniform(0.0, 60.0))
+        op(q.add_after, k, rng.uniform(0.0, 60.0))
     for k in keys[::3]:
-        q.add_rate_limited(k)
+        op(q.add_rate_limited, k)
     for k in keys[::7]:
-        q.add(k)
-    seen: set[str] = set()
+        op(q.add, k)
+    seen: set[Key] = set()
     while len(q):
-        seen.update(drain(q))
+        while (key := q.get()) is not None:
+            ops += 1
+            seen.add(key)
+            op(q.done, key)
+        ops += 1
         wake = q.next_ready_at()
         if wake is not None:
-            clock.now = max(clock.now, wake)
+            virtual.now = max(float(virtual.now), float(wake))
     for k in keys:
-        q.forget(k)
-    elapsed = time.perf_counter() - started
+        op(q.forget, k)
     assert seen == set(keys)
     assert_no_per_key_state(q)
-    assert elapsed < 5.0, elapsed
+    assert key_compares == 0
+    assert 0 < heap_compares <= per_op * ops  # about 6.5 per operation today
+    assert heap_rebuilt <= 2 * ops
 
 
 # --------------------------------------------------------------- property-based model
@@ -684,6 +775,33 @@ def real_q() -> Iterator[WorkQueue[str]]:
     q.shutdown()  # never leave a blocked thread behind
 
 
+class RecordedWaits:
+    """Stands in for the queue's ``Condition.wait`` and records every timeout ``get_blocking`` asks for.
+
+    Given ``clock`` (a FakeClock), waiting is virtual: the clock moves by the timeout and nothing blocks.
+    Without it the real wait happens. A wait longer than ``cap`` (or forever), or more waits than ``limit``
+    (polling), fail at once instead of hanging. Called with the queue's lock held, like the real one."""
+
+    def __init__(self, q: WorkQueue[str], *, clock: FakeClock | None = None, cap: float = 1.0,
+                 limit: int = 100) -> None:
+        self.q, self.clock, self.cap, self.limit = q, clock, cap, limit
+        self.timeouts: list[float | None] = []
+        self.while_waiting: list[float | None] = []  # timeouts asked while some key was on the delay heap
+        self._real = q._cond.wait
+        q._cond.wait = self  # type: ignore[method-assign]
+
+    def __call__(self, timeout: float | None = None) -> bool:
+        self.timeouts.append(timeout)
+        if self.q._waiting:
+            self.while_waiting.append(timeout)
+        assert timeout is not None and timeout <= self.cap, f"asked to wait {timeout} s (at most {self.cap})"
+        assert len(self.timeouts) <= self.limit, f"{len(self.timeouts)} waits: polling"
+        if self.clock is not None:
+            self.clock.advance(timeout)
+            return False
+        return self._real(timeout)
+
+
 def test_get_blocking_four_workers_thousand_keys(real_q: WorkQueue[str]) -> None:
     q = real_q
     keys = [f"ns/w{i}" for i in range(1000)]
@@ -719,19 +837,21 @@ def test_get_blocking_four_workers_thousand_keys(real_q: WorkQueue[str]) -> None
                     all_done.set()
             q.done(key)
 
-    started = time.monotonic()
+    # Instead of timing the run: no worker ever sleeps past a wake-up (the only delays are first retries,
+    # 5 ms), and the workers wait on notifications, not by polling (a bounded number of waits per run).
+    waits = RecordedWaits(q, cap=5.0, limit=20 * expected_runs)
     threads = [_start(worker) for _ in range(4)]
     for k in keys:
         q.add(k)
-    assert all_done.wait(timeout=8.0), f"only {total[0]} of {expected_runs} runs"
-    elapsed = time.monotonic() - started
+    assert all_done.wait(timeout=30.0), f"only {total[0]} of {expected_runs} runs"
     q.shutdown()
     for t in threads:
         t.join(timeout=2.0)
         assert not t.is_alive()
     assert violations == []
     assert runs == {k: 2 for k in keys}
-    assert elapsed < 5.0
+    assert waits.while_waiting, "no worker ever waited for a retry's wake-up"
+    assert max(waits.while_waiting) <= 0.005 + 1e-9  # type: ignore[operator]
     assert q.processing_count == 0 and len(q) == 0
 
 
@@ -756,11 +876,15 @@ def test_shutdown_wakes_blocked_getters(real_q: WorkQueue[str]) -> None:
     assert results == [None, None, None]
 
 
-def test_get_blocking_times_out(real_q: WorkQueue[str]) -> None:
-    started = time.monotonic()
-    assert real_q.get_blocking(timeout_s=0.05) is None
-    assert 0.04 <= time.monotonic() - started < 1.0
-    assert real_q.get_blocking(timeout_s=0) is None
+def test_get_blocking_times_out(clock: FakeClock) -> None:
+    q: WorkQueue[str] = WorkQueue(clock)
+    waits = RecordedWaits(q, clock=clock)
+    start = clock.now
+    assert q.get_blocking(timeout_s=0.05) is None
+    assert waits.timeouts == [pytest.approx(0.05)]  # one wait, as long as the timeout
+    assert clock.now == pytest.approx(start + 0.05)
+    assert q.get_blocking(timeout_s=0) is None
+    assert len(waits.timeouts) == 1  # a zero timeout does not wait
 
 
 def test_get_blocking_returns_already_ready_key(real_q: WorkQueue[str]) -> None:
@@ -768,11 +892,24 @@ def test_get_blocking_returns_already_ready_key(real_q: WorkQueue[str]) -> None:
     assert real_q.get_blocking(timeout_s=0) == "a"
 
 
-def test_get_blocking_wakes_when_delayed_key_falls_due(real_q: WorkQueue[str]) -> None:
+def test_get_blocking_wakes_when_delayed_key_falls_due(clock: FakeClock) -> None:
+    q: WorkQueue[str] = WorkQueue(clock)
+    waits = RecordedWaits(q, clock=clock)
+    start = clock.now
+    q.add_after("a", 0.05)
+    assert q.get_blocking(timeout_s=2.0) == "a"
+    assert waits.timeouts == [pytest.approx(0.05)]  # slept until the wake-up, not the 2 s timeout
+    assert clock.now == pytest.approx(start + 0.05)
+
+
+def test_get_blocking_really_sleeps_until_a_delayed_key_falls_due(real_q: WorkQueue[str]) -> None:
+    waits = RecordedWaits(real_q)
     real_q.add_after("a", 0.05)
     started = time.monotonic()
     assert real_q.get_blocking(timeout_s=2.0) == "a"
-    assert 0.04 <= time.monotonic() - started < 1.0
+    assert time.monotonic() - started >= 0.04  # not early
+    assert waits.timeouts and all(t <= 0.05 for t in waits.timeouts)  # type: ignore[operator]
+    assert len(waits.timeouts) <= 5  # slept toward the wake-up, did not poll
 
 
 def test_get_blocking_rewakes_for_an_earlier_wake_up(real_q: WorkQueue[str]) -> None:
@@ -798,14 +935,19 @@ def test_get_blocking_wakes_on_add(real_q: WorkQueue[str]) -> None:
 
 def test_get_blocking_measures_delay_with_injected_clock() -> None:
     # The injected clock is far ahead of time.monotonic(). A queue that mixed the
-    # two would sleep for hours or return at once. The right one waits ~50 ms.
+    # two would ask to sleep for days (refused at once by RecordedWaits) or return
+    # at once (too early). The right one asks for ~50 ms and gets it.
     offset = 1e6
     q: WorkQueue[str] = WorkQueue(lambda: time.monotonic() + offset)
+    waits = RecordedWaits(q)
     try:
         q.add_after("a", 0.05)
         started = time.monotonic()
         assert q.get_blocking(timeout_s=2.0) == "a"
-        assert 0.04 <= time.monotonic() - started < 1.0
+        assert time.monotonic() - started >= 0.04
+        assert waits.timeouts and all(t <= 0.05 for t in waits.timeouts)  # type: ignore[operator]
+        started = time.monotonic()
         assert q.get_blocking(timeout_s=0.05) is None
+        assert time.monotonic() - started >= 0.04
     finally:
         q.shutdown()
