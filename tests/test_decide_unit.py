@@ -480,15 +480,34 @@ def test_last_transition_time_moves_only_when_the_status_moves():
 
 
 def test_nodeclaims_created_by_a_pass_whose_write_failed_are_deleted_with_the_workspace():
+    """Found when creations ran before the status write: a pass whose write got a 409 had created a
+    NodeClaim its record did not hold, and a deletion seen through a lagging informer then removed the
+    finalizer over it. Now such a pass creates nothing, and the NodeClaim its retry creates is deleted
+    with the Workspace: the finalizer stays until that NodeClaim is gone, whatever the informer shows."""
     c = Cluster()
     key = c.add(inference_ws("leak", 1))
-    c.begin(key)  # Pending -> NodesProvisioning: AddFinalizer, CreateNodeClaim -0
+    p = c.begin(key)  # Pending -> NodesProvisioning: AddFinalizer before the write, CreateNodeClaim -0 after
+    assert kinds(p.decision, A.CreateNodeClaim)
     c.touch(key)  # someone labels the Workspace meanwhile
-    assert not c.finish(key).persisted  # the NodeClaim exists; the status write got a 409
+    assert not c.finish(key).persisted  # the status write got a 409 ...
+    assert c.claims(key) == []  # ... so its NodeClaim was never created: nothing unrecorded exists
+    assert c.ws(key).metadata.finalizers == (FINALIZER,)
+    c.run_pass(key)  # the retry records -0 and creates it
+    (name,) = names(c.claims(key))
     c.delete_workspace(key)  # the finalizer is on: deletionTimestamp is set
-    d = c.run_pass(key, lag=10**6).decision  # the NodeClaim informer lags behind
-    assert not kinds(d, A.RemoveFinalizer) or not c.claims(key), (
-        f"finalizer removed while {[x.name for x in c.claims(key)]} still exist")
+    lagging = c.begin(key, lag=10**6)  # the NodeClaim informer lags behind: its cache has no -0
+    assert c.claims(key, version=lagging.version) == []
+    assert not kinds(lagging.decision, A.RemoveFinalizer), "finalizer removed while the recorded -0 exists"
+    assert names(kinds(lagging.decision, A.DeleteNodeClaim)) == [name]  # deleted by its recorded name
+    c.finish(key)
+    assert c.claim(name).deleting and c.ws(key).metadata.finalizers == (FINALIZER,)
+    d = c.run_pass(key).decision  # still being deleted: the finalizer stays
+    assert not kinds(d, A.RemoveFinalizer) and not c.entries[key].gone
+    c.finish_claim_deletion(name)
+    c.advance(DEFAULT_CONFIG.create_grace)  # until then a create of the name could still land (the grace tests)
+    d = c.run_pass(key).decision
+    assert kinds(d, A.RemoveFinalizer)
+    assert c.entries[key].gone and c.claims(key) == []  # gone, and its NodeClaim with it
 
 
 def test_adopted_nodeclaim_names_are_never_reused():
