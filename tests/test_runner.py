@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from workspace_fsm.queue import WorkQueue
-from workspace_fsm.runner import Outcome, VirtualClock, VirtualTimeRunner, settle
+from workspace_fsm.runner import Outcome, VirtualClock, VirtualTimeRunner
 
 
 class NoWorld:
@@ -72,16 +74,50 @@ def test_a_key_is_never_run_by_two_workers_at_once():
 
 
 def test_errors_back_off_and_retry_after_is_honoured():
-    clock = VirtualClock()
-    q = WorkQueue(clock)
-    q.add("k")
-    assert q.get() == "k"
+    """Through the virtual-time runner: failed passes are retried 5 ms, 10 ms, 20 ms, 40 ms later (client-go's
+    per-item backoff), a success resets that, and a 429's Retry-After holds the key for exactly that long
+    even though events for it keep arriving."""
 
-    class E(Exception):
+    class Throttled(Exception):
         retry_after = 7.0
 
-    settle(q, "k", Outcome(error=E()))
-    assert q.next_ready_at() == 7.0
+    clock = VirtualClock()
+    q = WorkQueue(clock)
+    script = [Outcome(error=RuntimeError("500"))] * 4 + [Outcome(requeue_after=1.0), Outcome(error=RuntimeError("500")),
+                                                         Outcome(error=Throttled()), Outcome()]
+    starts: list[float] = []
+
+    class Scripted:
+        def reconcile(self, key):
+            starts.append(clock())
+            yield 0.0
+            return script[len(starts) - 1]
+
+    class EventsForTheKey:
+        """Watch events for the key at 2.0 and 4.0 (virtual seconds): during the Retry-After hold."""
+
+        def __init__(self) -> None:
+            self.pending = [2.0, 4.0]
+
+        def advance_to(self, t: float) -> None:
+            while self.pending and self.pending[0] <= t:
+                self.pending.pop(0)
+                q.add("k")
+
+        def next_event_time(self) -> float | None:
+            return self.pending[0] if self.pending else None
+
+    q.add("k")
+    runner = VirtualTimeRunner(Scripted(), q, EventsForTheKey(), clock, workers=1)
+    runner.run(until=lambda: len(starts) == len(script), horizon_s=100)
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    # (the runner moves its clock by at least 1 ns a step: hence approx)
+    assert gaps[:4] == pytest.approx([0.005, 0.01, 0.02, 0.04], abs=1e-6)  # four failures: the delay doubles
+    assert gaps[4] == pytest.approx(1.0, abs=1e-6)  # the success's requeue_after
+    assert gaps[5] == pytest.approx(0.005, abs=1e-6)  # the success reset the backoff: 5 ms again
+    assert starts[6] < 2.0  # the throttled pass ran before the events ...
+    assert gaps[6] == pytest.approx(7.0, abs=1e-6)  # ... and the next not sooner than Retry-After, despite them
+    assert len(starts) == len(script)  # the events were served by the run at the hold's end, not by extra runs
 
 
 class SlowWriteAdapter:
