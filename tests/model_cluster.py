@@ -134,10 +134,11 @@ def no_clock_no_network() -> Iterator[None]:
             setattr(obj, name, value)
 
 
-def pure_decide(ws: Workspace, snapshot: Snapshot, now: datetime, config: Config = DEFAULT_CONFIG) -> Decision:
+def pure_decide(ws: Workspace, snapshot: Snapshot, now: datetime, config: Config = DEFAULT_CONFIG, *,
+                pass_id: str = "") -> Decision:
     """``decide`` with the clock, sleep, sockets and files forbidden while it runs."""
     with no_clock_no_network():
-        return decide(ws, snapshot, now, config)
+        return decide(ws, snapshot, now, config, pass_id=pass_id)
 
 
 # ============================================================================ building Workspaces
@@ -461,8 +462,10 @@ class Cluster:
         """decide on the newest persisted Workspace, checking (d): the persisted form decides the same."""
         ws = self.ws(key)
         snap = self.snapshot(key, version)
-        d = pure_decide(ws, snap, self.now, self.config)
-        again = pure_decide(reparse(ws) if self.full_reparse else reparse_status(ws), snap, self.now, self.config)
+        pass_id = f"m.{self.passes + 1:x}"
+        d = pure_decide(ws, snap, self.now, self.config, pass_id=pass_id)
+        again = pure_decide(reparse(ws) if self.full_reparse else reparse_status(ws), snap, self.now, self.config,
+                            pass_id=pass_id)
         if again != d:
             self.fail(f"(d) {key}: decide on the Workspace rebuilt from its persisted form differs:\n"
                       f"  in memory: {d}\n  reparsed:  {again}")

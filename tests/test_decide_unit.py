@@ -675,9 +675,29 @@ def test_a_create_the_server_refused_outright_is_replaced_at_once():
     assert "NodeClaim/" + name in snap.absent
     waits = pure_decide(c.ws(key), snap, c.now)
     assert not kinds(waits, A.CreateNodeClaim)
-    d = pure_decide(c.ws(key), attrs.evolve(snap, refused=frozenset({"NodeClaim/" + name})), c.now)
+    by = read_lifecycle(c.ws(key).status).claimed_by
+    assert by  # the pass that recorded the name
+    d = pure_decide(c.ws(key), attrs.evolve(snap, refused={"NodeClaim/" + name: by}), c.now)
     (replacement,) = kinds(d, A.CreateNodeClaim)
     assert replacement.name != name
+
+
+def test_a_refusal_another_pass_reports_is_not_taken_for_the_recording_pass_s_own():
+    """What one runner knows in memory speaks for its own requests only. With deterministic names, a runner
+    whose status write lost a 409 decided the very names the winner recorded and sent; its "never sent"
+    for them must not make the machine replace the winner's creates, which may still be on their way."""
+    c = Cluster()
+    key = c.add(inference_ws("other-writer", 1))
+    name = _crash_with_create_queued(c, key)
+    snap = c.snapshot(key)
+    assert "NodeClaim/" + name in snap.absent
+    for other in ("loser.1", "", read_lifecycle(c.ws(key).status).claimed_by + "x"):
+        d = pure_decide(c.ws(key), attrs.evolve(snap, refused={"NodeClaim/" + name: other}), c.now)
+        assert not kinds(d, A.CreateNodeClaim), other
+        assert d.wake.after is not None and "in flight" in d.wake.reason
+    assert c.land_queued() == name  # and the winner's create lands: one NodeClaim, as targeted
+    c.converge()
+    assert c.entries[key].max_claims == 1 and c.state(key) == "Ready"
 
 
 def test_a_workspace_deleted_with_a_create_queued_keeps_its_finalizer_until_nothing_can_land():

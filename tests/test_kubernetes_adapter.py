@@ -99,8 +99,9 @@ def test_a_refused_create_is_replaced_at_once_an_ambiguous_one_waits_out_the_gra
 
     ws, snap = admitted(adapter, custom, "r")
     now = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
-    d = decide(ws, snap, now)
+    d = decide(ws, snap, now, pass_id="me.1")
     (create,) = [a for a in d.after if isinstance(a, A.CreateNodeClaim)]
+    assert create.claim == "me.1"
     adapter.apply(ws, d.before)
     adapter.persist(ws, d.status)
     certain = answer != 500
@@ -117,7 +118,7 @@ def test_a_refused_create_is_replaced_at_once_an_ambiguous_one_waits_out_the_gra
     ws, snap = wait(lambda: adapter.observe("default/r")[1].absent and adapter.observe("default/r"),
                     "the recorded NodeClaim to be confirmed absent")
     assert "NodeClaim/" + create.name in snap.absent
-    assert snap.refused == (frozenset({"NodeClaim/" + create.name}) if certain else frozenset())
+    assert snap.refused == ({"NodeClaim/" + create.name: "me.1"} if certain else {})
     again = [a for a in decide(ws, snap, now).after if isinstance(a, A.CreateNodeClaim)]
     if certain:
         assert len(again) == 1 and again[0].name != create.name

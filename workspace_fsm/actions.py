@@ -31,6 +31,9 @@ class CreateNodeClaim:
     name: str
     instance_type: str
     labels: tuple[tuple[str, str], ...]
+    # The pass that recorded this name (Lifecycle.claimed_by): an adapter that learns this create was never
+    # sent or was refused reports it under this token, so only that pass's own record can be taken at its word.
+    claim: str = ""
 
 
 @attrs.frozen

@@ -41,6 +41,8 @@ KAITO_CONDITIONS = (NODECLAIM_READY, NODES_READY, RESOURCE_READY, INFERENCE_READ
 _AFTER_NODES = frozenset({"PluginsReady", "WorkloadDeploying", "Ready", "JobRunning", "JobReplacing",
                           "Succeeded", "Failed"})
 _AFTER_PLUGINS = _AFTER_NODES - {"PluginsReady"}
+#: DeleteNodeClaim reason and Warning Event reason for NodeClaims above targetNodeCount.
+ABOVE_TARGET = "NodeClaimAboveTarget"
 
 
 # Apply protocol. ``before`` runs first (the finalizer, so nothing can exist that deletion would not clean
@@ -98,13 +100,62 @@ def workload_kind(target: int) -> str:
     return "Deployment" if target <= 1 else "StatefulSet"
 
 
-def _merge_claims(rec: Lifecycle, f: Facts) -> tuple[str, ...]:
-    """The NodeClaims the machine knows of: recorded ones not known gone, plus any observed with its labels."""
+def _merge_claims(rec: Lifecycle, f: Facts, cap: int | None = None,
+                  skip: frozenset[str] | set[str] = frozenset()) -> tuple[str, ...]:
+    """The NodeClaims the machine knows of: recorded ones not known gone, plus observed ones with its labels.
+
+    With ``cap`` (the target), an observed NodeClaim the record does not hold is adopted only while the
+    record holds fewer live ones than that, and never one being deleted or in ``skip`` (chosen to go): the
+    record never adopts a NodeClaim above target. Without it (deletion), every one is adopted, so the
+    finalizer stays until each is gone.
+    """
     gone = f.gone
     keep = [n for n in rec.nodeclaims if n not in gone]
     known = set(keep)
-    extra = sorted(c.name for c in f.claims if c.name not in known)
+    if cap is None:
+        extra = sorted(c.name for c in f.claims if c.name not in known)
+    else:
+        marked = set(rec.deleted)
+        room = cap - sum(1 for n in keep if "NodeClaim/" + n not in marked)
+        extra = sorted(c.name for c in f.claims
+                       if c.name not in known and not c.deleting and c.name not in skip)[:max(room, 0)]
     return tuple(keep + extra) if extra or len(keep) != len(rec.nodeclaims) else rec.nodeclaims
+
+
+def _above_target(f: Facts, deleted: set[str]) -> list[str]:
+    """NodeClaims to delete because more are live than targetNodeCount, however they came to exist (another
+    writer, a hand-made one with the Workspace's labels, an older runner). Live: not being deleted and not
+    asked to go; recorded ones not yet in the cache count too, but only ones the cache shows can be chosen.
+    Chosen in order: not Ready before Ready, then the newest; one that backs a worker node (a Ready claim
+    whose Node serves the Workspace) goes only when no other can."""
+    live = [c for c in f.claims if not c.deleting and ("NodeClaim/" + c.name) not in deleted]
+    over = len(live) + sum(1 for n in f.unseen if ("NodeClaim/" + n) not in deleted) - f.target
+    if over <= 0 or f.target <= 0:
+        return []
+    workers = set(f.ws.status.worker_nodes or ()) | set(f.ready_nodes)
+    far_future = 1e18
+
+    def order(c):
+        created = c.created_at.timestamp() if c.created_at is not None else far_future
+        backs = c.is_ready and c.node_name in workers
+        return (backs, c.is_ready, -created, tuple(-ord(ch) for ch in c.name))
+
+    return [c.name for c in sorted(live, key=order)[:over]]
+
+
+def _remove_above_target(f: Facts, deleted: set[str], out: list) -> set[str]:
+    victims = _above_target(f, deleted)
+    if victims:
+        live = sum(1 for c in f.claims if not c.deleting and ("NodeClaim/" + c.name) not in deleted) + \
+            sum(1 for n in f.unseen if ("NodeClaim/" + n) not in deleted)
+        for name in victims:
+            out.append(A.DeleteNodeClaim(name, ABOVE_TARGET))
+            deleted.add("NodeClaim/" + name)
+        out.append(A.RecordEvent("Warning", ABOVE_TARGET,
+                                 f"Workspace {f.ws.key} has {live} live NodeClaims for a targetNodeCount of {f.target}; "
+                                 f"deleting {', '.join(victims)} (not Ready first, then the newest). If you made one "
+                                 f"by hand with the Workspace's labels, remove those labels to keep it"))
+    return set(victims)
 
 
 def _next_free_seq(ws: Workspace, names: tuple[str, ...]) -> int:
@@ -117,9 +168,9 @@ def _next_free_seq(ws: Workspace, names: tuple[str, ...]) -> int:
     return top + 1
 
 
-def _prune_deleted(deleted: set[str], claims: tuple[str, ...]) -> tuple[str, ...]:
-    """Deletion marks for NodeClaims are kept only while the claim is still known."""
-    known = set(claims)
+def _prune_deleted(deleted: set[str], claims: tuple[str, ...], observed: tuple = ()) -> tuple[str, ...]:
+    """Deletion marks for NodeClaims are kept only while the claim is still known (recorded or in the cache)."""
+    known = set(claims) | {c.name for c in observed}
     return tuple(sorted(d for d in deleted if not d.startswith("NodeClaim/") or d[len("NodeClaim/"):] in known))
 
 
@@ -158,7 +209,20 @@ def confirmations(ws: Workspace) -> frozenset[str]:
 # ----------------------------------------------------------------------------- ensure: per-state actions
 
 
-def _ensure_nodeclaims(f: Facts, rec: Lifecycle, out: list) -> Lifecycle:
+_KEEPS_NODES = frozenset({"NodesProvisioning", "PluginsReady", "WorkloadDeploying", "Ready", "JobRunning"})
+
+
+def _trim_above_target(f: Facts, rec: Lifecycle, out: list) -> Lifecycle:
+    """In states that create no NodeClaims: only delete the ones above target."""
+    if f.ws.resource is None or f.ws.resource.byo_nodes or not f.claims:
+        return rec
+    deleted = set(rec.deleted)
+    if not _remove_above_target(f, deleted, out):
+        return rec
+    return attrs.evolve(rec, deleted=_prune_deleted(deleted, rec.nodeclaims, f.claims))
+
+
+def _ensure_nodeclaims(f: Facts, rec: Lifecycle, out: list, create: bool = True) -> Lifecycle:
     ws = f.ws
     if ws.resource is None or ws.resource.byo_nodes:
         return rec
@@ -172,30 +236,32 @@ def _ensure_nodeclaims(f: Facts, rec: Lifecycle, out: list) -> Lifecycle:
                                      f"it is deleted and will be replaced"))
             deleted.add("NodeClaim/" + c.name)
             failures += 1
-    claims = _merge_claims(rec, f)
+    victims = _remove_above_target(f, deleted, out)
+    claims = _merge_claims(attrs.evolve(rec, deleted=tuple(deleted)) if len(deleted) != len(rec.deleted) else rec,
+                           f, cap=f.target, skip=victims)
     missing = f.target - f.existing
     seq = rec.next_seq
-    if missing > 0 and failures < f.config.max_nodeclaim_failures:
+    if create and missing > 0 and failures < f.config.max_nodeclaim_failures:
         # Never reuse a name: a cache that saw an old NodeClaim of that name go would take the new one for gone.
         seq = max(seq, _next_free_seq(ws, claims))
         labels = ((LABEL_WORKSPACE, ws.metadata.name), (LABEL_WORKSPACE_NAMESPACE, ws.metadata.namespace))
         new = []
-        taken = set(claims)
+        taken = set(claims) | {c.name for c in f.claims}
         while len(new) < missing:
             name = nodeclaim_name(ws, seq)
             seq += 1
             if name in taken:  # a recorded name never reused, even if its record was lost
                 continue
             new.append(name)
-            out.append(A.CreateNodeClaim(name, ws.resource.instance_type or "", labels))
+            out.append(A.CreateNodeClaim(name, ws.resource.instance_type or "", labels, f.pass_id))
         claims = claims + tuple(new)
         if new:
-            rec = attrs.evolve(rec, claimed_at=whole_seconds(f.now))
+            rec = attrs.evolve(rec, claimed_at=whole_seconds(f.now), claimed_by=f.pass_id or None)
     if claims is rec.nodeclaims and seq == rec.next_seq and failures == rec.claim_failures \
             and len(deleted) == len(rec.deleted):
         return rec
     return attrs.evolve(rec, nodeclaims=claims, next_seq=seq, claim_failures=failures,
-                        deleted=_prune_deleted(deleted, claims))
+                        deleted=_prune_deleted(deleted, claims, f.claims))
 
 
 def _ensure_workload(f: Facts, rec: Lifecycle, out: list) -> Lifecycle:
@@ -278,19 +344,21 @@ def _ensure(state: str, f: Facts, rec: Lifecycle, out: list) -> Lifecycle:
         out.append(A.AddFinalizer(f.config.finalizer))
     if state == "Pending":
         return rec
-    if state in ("NodesProvisioning", "PluginsReady", "WorkloadDeploying", "Ready", "JobRunning"):
+    if state in _KEEPS_NODES:
         rec = _ensure_nodeclaims(f, rec, out)
     if state == "WorkloadDeploying":
         return _ensure_workload(f, rec, out)
     if state == "JobRunning":
         return _ensure_job(f, rec, out)
+    if state not in _KEEPS_NODES:  # creating nothing new, but never more NodeClaims than the target either
+        rec = _trim_above_target(f, rec, out)
     if state == "JobReplacing":
         return _ensure_old_job_deleted(f, rec, out)
     if state in ("Succeeded", "Failed") and f.snap.job is not None and f.snap.job.revision == f.revision \
             and rec.revision != f.revision:
         rec = attrs.evolve(rec, revision=f.revision)
     if rec.nodeclaims and f.gone:
-        claims = _merge_claims(rec, f)
+        claims = _merge_claims(rec, f, cap=f.target)
         if claims is not rec.nodeclaims:
             rec = attrs.evolve(rec, nodeclaims=claims)
     return rec
@@ -516,8 +584,15 @@ def _invalid(ws: Workspace, rec: Lifecycle | None, stamp: datetime, config: Conf
     return Decision(status, (), A.WakeUp.on_event("invalid spec: waiting for it to be fixed"), state, (), changed, acts)
 
 
-def decide(ws: Workspace, snapshot: Snapshot, now: datetime, config: Config = DEFAULT_CONFIG) -> Decision:
-    """One pass of the machine for one Workspace. Pure and deterministic."""
+def decide(ws: Workspace, snapshot: Snapshot, now: datetime, config: Config = DEFAULT_CONFIG, *,
+           pass_id: str = "") -> Decision:
+    """One pass of the machine for one Workspace. Pure and deterministic.
+
+    ``pass_id`` names this pass uniquely among every runner that writes the Workspace (a runner makes it
+    from a random per-process id and a counter). The record keeps it with the NodeClaims this pass adds,
+    and their ``CreateNodeClaim.claim`` carries it, so that what one runner knows of its own creates
+    (never sent, refused: ``Snapshot.refused``) is never applied to another runner's.
+    """
     stamp = whole_seconds(now)
     rec = read_lifecycle(ws.status)
     if ws.problems and not ws.deleting:
@@ -527,7 +602,7 @@ def decide(ws: Workspace, snapshot: Snapshot, now: datetime, config: Config = DE
     target = target_node_count(ws)
     spec = ws.tuning if ws.tuning is not None else ws.inference
     revision = spec.revision if spec is not None else ""
-    f = Facts(ws, snapshot, now, config, rec, target, revision)
+    f = Facts(ws, snapshot, now, config, rec, target, revision, pass_id)
     out: list = []
     taken: list[HistoryEntry] = []
     state = rec.state if rec.state in STATES else "Pending"
@@ -579,7 +654,7 @@ def decide(ws: Workspace, snapshot: Snapshot, now: datetime, config: Config = DE
     changed = status != ws.status
     if changed and rec.claimed_at is not None and _no_create_in_flight(f, rec):
         # Written anyway: drop the in-flight marker too (never worth a status write of its own).
-        rec = attrs.evolve(rec, claimed_at=None)
+        rec = attrs.evolve(rec, claimed_at=None, claimed_by=None)
         status = _build_status(ws, f, state, rec, stamp, wanted, target or ws.status.target_node_count, worker_nodes)
     before: list = []
     creates: list = []

@@ -58,16 +58,19 @@ class Facts:
     """What the guards read, derived once per pass from (workspace, snapshot, record, now)."""
 
     __slots__ = ("ws", "snap", "now", "config", "rec", "target", "claims", "unseen", "existing", "gone",
-                 "in_flight", "grace_ends", "ready_nodes", "nodes_ready", "gpus_ready", "revision", "_gpu_pending")
+                 "in_flight", "grace_ends", "ready_nodes", "nodes_ready", "gpus_ready", "revision", "pass_id",
+                 "_gpu_pending")
 
     def __init__(self, ws: Workspace, snap: Snapshot, now: datetime, config: Config, rec: Lifecycle,
-                 target: int, revision: str | None) -> None:
+                 target: int, revision: str | None, pass_id: str = "") -> None:
         self.ws, self.snap, self.now, self.config, self.rec = ws, snap, now, config, rec
+        self.pass_id = pass_id
         self.target = target
         self.revision = revision
         self.claims: tuple[NodeClaim, ...] = snap.nodeclaims
         # Recorded NodeClaims known gone: confirmed absent, and no create of them can still be applied
-        # (the grace since the newest was recorded has passed, or the server refused the create outright).
+        # (the grace since the newest was recorded has passed, or the server refused the create outright,
+        # as this process knows of a create it sent itself: the refusal's pass is the one that recorded it).
         # A confirmed-absent one inside the grace is in flight: it counts as existing, and is neither
         # replaced nor forgotten, because a dead runner's create may still land.
         self.grace_ends = rec.claimed_at + config.create_grace if rec.claimed_at is not None else None
@@ -75,12 +78,13 @@ class Facts:
             seen = {c.name for c in self.claims}
             absent, refused = snap.absent, snap.refused
             settled = self.grace_ends is None or now >= self.grace_ends
+            mine = rec.claimed_by
             gone = []
             in_flight = []
             for n in rec.nodeclaims:
                 key = "NodeClaim/" + n
                 if key in absent:
-                    (gone if settled or key in refused else in_flight).append(n)
+                    (gone if settled or (mine and refused.get(key) == mine) else in_flight).append(n)
             self.gone = frozenset(gone)
             self.in_flight = tuple(in_flight)
             # Created by the machine, not in the (possibly stale) cache, not known to be gone: exists.

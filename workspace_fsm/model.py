@@ -677,10 +677,13 @@ class Snapshot:
     absence (the cache may lag), which is why a NodeClaim the machine created counts as existing
     until it is in ``absent``.
 
-    ``refused`` holds names whose create this adapter never sent (its pass stopped before), or sent and
-    the API server refused outright (429, admission or validation errors: nothing was stored). It is a
-    hint, kept in memory only: it lets the machine replace such a NodeClaim at once instead of waiting
-    ``Config.create_grace`` for a create that might still be applied.
+    ``refused`` maps ``"NodeClaim/<name>"`` to the pass (``CreateNodeClaim.claim``) whose create of it this
+    process never sent (the pass stopped before), or sent and the API server refused outright (429,
+    admission or validation errors: nothing was stored). It is a hint, kept in memory only, and it speaks
+    for this process's own requests only: the machine takes it only for names the persisted record says
+    that very pass recorded (``Lifecycle.claimed_by``). With deterministic names, another runner may have
+    recorded and sent the same name after this one's write lost a 409; its create may still be on its way,
+    and it is no business of this process to declare it never sent. Then it waits ``Config.create_grace``.
     """
 
     nodeclaims: tuple[NodeClaim, ...] = ()
@@ -688,4 +691,4 @@ class Snapshot:
     workload: Workload | None = None
     job: Job | None = None
     absent: frozenset[str] = frozenset()
-    refused: frozenset[str] = frozenset()
+    refused: Mapping[str, str] = attrs.field(factory=dict)

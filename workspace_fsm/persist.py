@@ -76,6 +76,10 @@ class Lifecycle:
     # When the newest NodeClaim name was recorded. Its create is sent right after that status write and
     # may still be applied by the API server until its request timeout has passed (Config.create_grace).
     claimed_at: datetime | None = None
+    # Which pass recorded them (a token unique to one pass of one runner process, see decide's ``pass_id``).
+    # A runner's in-memory knowledge that a create was never sent or was refused speaks for its own requests
+    # only: it counts (Snapshot.refused) only for names this very pass recorded, never another writer's.
+    claimed_by: str | None = None
 
     def to_json(self) -> str:
         body: dict[str, Any] = {"v": RECORD_VERSION, "state": self.state}
@@ -94,6 +98,8 @@ class Lifecycle:
             body["failures"] = self.claim_failures
         if self.claimed_at is not None:
             body["claimed"] = format_time(self.claimed_at)
+        if self.claimed_by:
+            body["by"] = self.claimed_by
         if self.revision is not None:
             body["rev"] = self.revision
         if self.history:
@@ -118,6 +124,7 @@ class Lifecycle:
             history=tuple(HistoryEntry.from_json(h) for h in body.get("history", ())),
             since=since,
             claimed_at=parse_time(body.get("claimed")),
+            claimed_by=None if body.get("by") is None else str(body["by"]),
         )
 
     def to_condition(self, now: datetime) -> Condition:

@@ -16,7 +16,9 @@ Both use the same queue, the same reconcilers and the same adapter interface.
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Generator, Hashable
@@ -25,9 +27,9 @@ from typing import Protocol
 
 import attrs
 
-from .actions import CreateNodeClaim, RecordEvent
+from .actions import CreateNodeClaim, DeleteNodeClaim, RecordEvent
 from .adapter import AdapterError, ClusterAdapter, Conflict, NotSynced
-from .decide import decide
+from .decide import ABOVE_TARGET, decide
 from .lifecycle import DEFAULT_CONFIG, Config
 from .queue import WorkQueue
 
@@ -65,7 +67,7 @@ class FsmReconciler:
 
     def __init__(self, adapter: ClusterAdapter, clock: Callable[[], float], *, config: Config = DEFAULT_CONFIG,
                  api_latency_s: float = 0.0, call_counter: Callable[[], int] | None = None,
-                 epoch: datetime = EPOCH) -> None:
+                 epoch: datetime = EPOCH, writer_id: str | None = None) -> None:
         self.adapter = adapter
         self.clock = clock
         self.config = config
@@ -73,7 +75,13 @@ class FsmReconciler:
         self.calls = call_counter or (lambda: 0)
         self.epoch = epoch
         self.passes = 0
+        # Facts only once committed: counted when the pass's status write succeeded (or none was needed).
         self.transitions = 0
+        self.above_target_deleted = 0
+        # Unique among every runner writing the same Workspaces: a pass id is this plus a counter.
+        # Random by default (a second runner, a restarted one); fixed by simulations that must replay exactly.
+        self.writer_id = writer_id or os.urandom(4).hex()
+        self._pass_ids = itertools.count(1)
 
     def now(self) -> datetime:
         return self.epoch + timedelta(seconds=self.clock())
@@ -108,6 +116,15 @@ class FsmReconciler:
             if isinstance(action, RecordEvent) and action.type == "Warning":
                 log.warning("workspace %s: %s: %s", key, action.reason, action.message)
 
+    def _committed(self, key: str, decision) -> None:
+        """The pass's status write succeeded: only now are its transitions facts to log and count."""
+        self.transitions += len(decision.transitions)
+        for t in decision.transitions:
+            log.info("workspace %s: %s -> %s (%s)", key, t.source, t.dest, t.why)
+        above = sum(1 for a in decision.before if isinstance(a, DeleteNodeClaim) and a.reason == ABOVE_TARGET)
+        if above:
+            self.above_target_deleted += above
+
     def reconcile(self, key: str) -> Pass:
         self.passes += 1
         before = self.calls()
@@ -124,10 +141,7 @@ class FsmReconciler:
         if ws is None:
             return Outcome(gone=True)
         now = self.now()
-        decision = decide(ws, snapshot, now, self.config)
-        self.transitions += len(decision.transitions)
-        for t in decision.transitions:
-            log.info("workspace %s: %s -> %s (%s)", key, t.source, t.dest, t.why)
+        decision = decide(ws, snapshot, now, self.config, pass_id=f"{self.writer_id}.{next(self._pass_ids):x}")
         try:
             # Before the status write: the finalizer and deletions. After it: creations and Events, so that
             # nothing is created that the persisted record does not already hold (see decide.Decision).
@@ -139,10 +153,14 @@ class FsmReconciler:
                     held = self._held(before)
                     if held:
                         yield held
+            except Conflict:
+                raise  # nothing of this pass was committed: its names are no record's, nothing to report
             except AdapterError:
                 # The status write may have been stored (a 500, a timeout) with names none of which was sent.
+                # Reported under this pass's id: it counts only if this very write was the one stored.
                 self._abandon(ws, decision.after)
                 raise
+            self._committed(key, decision)
             yield from self._apply(key, ws, decision.after, started=now)
         except StaleCreate as exc:
             log.warning("%s", exc)

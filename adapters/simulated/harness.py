@@ -76,7 +76,8 @@ def run_mode(scenario: Scenario, mode: str, workers: int = 5, *, config: Config 
     cluster.set_event_handler(queue.add)
     if mode == "fsm":
         reconciler: Any = FsmReconciler(cluster, clock, config=config, api_latency_s=cluster.api_latency_s,
-                                        call_counter=lambda: cluster.api_call_count, epoch=cluster.to_datetime(0.0))
+                                        call_counter=lambda: cluster.api_call_count, epoch=cluster.to_datetime(0.0),
+                                        writer_id="sim")
     elif mode == "blocking":
         reconciler = BlockingReconciler(cluster, clock)
     else:
