@@ -12,10 +12,18 @@ USER_AGENT = "workspace-fsm/0.1.0"
 
 
 def retries() -> Retry:
-    """Connection-level retries only. urllib3's default also retries a 429/503 answer carrying Retry-After
-    by sleeping for it, which would hold a worker for up to three times Retry-After. The answer goes to
-    the adapter instead, and the work queue delays the Workspace by Retry-After, holding no worker."""
-    return Retry(total=3, connect=3, read=1, status=0, redirect=0, other=0, backoff_factor=0.1,
+    """One retry of a request whose connection broke (an idempotent one: urllib3 never resends a POST), and
+    nothing else.
+
+    urllib3's default also retries a 429/503 answer carrying Retry-After by sleeping for it, which would
+    hold a worker for up to three times Retry-After. The answer goes to the adapter instead, and the work
+    queue delays the Workspace by Retry-After, holding no worker.
+
+    A connection that cannot be made (refused, unresolvable host, connect timeout, TLS failure) is not
+    retried here either: urllib3 would log a warning per attempt and per thread, hundreds a minute against
+    a server that is down. The informers retry it at a steady pace and say once that the server cannot be
+    reached (``Reachability``); a pass that fails on it is retried by the work queue's backoff."""
+    return Retry(total=1, connect=0, read=1, status=0, redirect=0, other=0, backoff_factor=0.1,
                  respect_retry_after_header=False, raise_on_status=False)
 
 

@@ -6,14 +6,23 @@ prefix of the API server's history. On ``410 Gone`` (history compacted) it lists
 error it waits with backoff and resumes from the last resourceVersion it saw. Deletions leave a
 tombstone (bounded), which is how the machine learns positively that something is gone.
 
+When the API server cannot be reached at all (connection refused, host not found, connect timeout, TLS
+failure), the informer retries every :data:`UNREACHABLE_RETRY_S` seconds and tells its
+:class:`Reachability`, which says so once, retries quietly (debug level) and says once when the server
+answers again. A runner shares one among its informers, so an outage is one line, not one per resource.
+
 Every request carries a timeout: no call can hang a thread. The watch thread is the only place that
 waits, and it waits for the API server, never inside a reconcile pass.
 """
 
 from __future__ import annotations
 
+import errno
+import functools
 import logging
+import os
 import random
+import ssl
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -21,8 +30,12 @@ from typing import Any
 
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
+from urllib3 import exceptions as urllib3_errors
 
 log = logging.getLogger("workspace_fsm.kubernetes.informer")
+
+#: Seconds between attempts while the API server cannot be reached (plus up to a quarter of jitter).
+UNREACHABLE_RETRY_S = 2.0
 
 Handler = Callable[[str, dict[str, Any] | None, dict[str, Any] | None], None]  # (event type, old, new)
 
@@ -31,6 +44,100 @@ def object_key(obj: dict[str, Any]) -> str:
     meta = obj.get("metadata") or {}
     ns = meta.get("namespace")
     return f"{ns}/{meta.get('name')}" if ns else str(meta.get("name"))
+
+
+def connection_failure(exc: BaseException) -> str | None:
+    """Why a connection to the server could not be made ("connection refused", "host not found", ...), or
+    None when ``exc`` is something else (an answer from the server, a watch cut short, a bug)."""
+    seen: set[int] = set()
+    chain: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        chain.append(e)
+        reason = getattr(e, "reason", None)
+        todo.extend((reason if isinstance(reason, BaseException) else None, e.__cause__, e.__context__))
+        todo.extend(a for a in e.args if isinstance(a, BaseException))  # urllib3 wraps errors as arguments
+    if not any(isinstance(e, (urllib3_errors.NewConnectionError, urllib3_errors.ConnectTimeoutError,
+                              urllib3_errors.SSLError, urllib3_errors.ProxyError, ssl.SSLError,
+                              ConnectionRefusedError)) for e in chain):
+        return None
+    for e in chain:
+        if isinstance(e, urllib3_errors.NameResolutionError):
+            return "host name not found"
+        if isinstance(e, ConnectionRefusedError) or getattr(e, "errno", None) == errno.ECONNREFUSED:
+            return "connection refused"
+    for e in chain:
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return f"its TLS certificate is not trusted ({e.verify_message or e.reason})"
+    for e in chain:
+        if isinstance(e, ssl.SSLError):
+            return f"TLS failed ({e.reason or e})"
+    for e in chain:
+        if isinstance(e, urllib3_errors.SSLError):
+            return f"TLS failed ({e})"
+        if isinstance(e, urllib3_errors.ProxyError):
+            return f"the proxy failed ({e})"
+    for e in chain:
+        code = getattr(e, "errno", None)
+        if isinstance(code, int) and code > 0:
+            return os.strerror(code).lower()
+    if any(isinstance(e, urllib3_errors.ConnectTimeoutError) and not isinstance(e, urllib3_errors.NewConnectionError)
+           for e in chain):
+        return "connection timed out"
+    return "no connection"
+
+
+class Reachability:
+    """Whether the API server answers, as seen by the informers that report to it.
+
+    The first informer that cannot connect makes it log one warning (``cannot reach SERVER: REASON;
+    retrying every 2s (HINT)``); later failures are logged at debug level; once every informer that failed
+    has connected again it logs one line saying so. One object per server, shared by a runner's informers.
+    """
+
+    def __init__(self, server: str = "the API server", *, hint: str = "", retry_s: float = UNREACHABLE_RETRY_S,
+                 logger: logging.Logger | None = None) -> None:
+        self.server = server
+        self.hint = hint
+        self.retry_s = retry_s
+        self._log = logger or log
+        self._lock = threading.Lock()
+        self._failing: set[str] = set()
+        self._reported: str | None = None  # the reason last reported, while unreachable
+        self.outages = 0
+
+    @property
+    def reachable(self) -> bool:
+        with self._lock:
+            return self._reported is None
+
+    def failed(self, who: str, reason: str) -> None:
+        with self._lock:
+            self._failing.add(who)
+            first = self._reported is None
+            if first:
+                self._reported = reason
+                self.outages += 1
+        if first:
+            hint = f" ({self.hint})" if self.hint else ""
+            self._log.warning("cannot reach %s: %s; retrying every %gs%s", self.server, reason, self.retry_s, hint)
+        else:
+            self._log.debug("%s: still cannot reach %s: %s", who, self.server, reason)
+
+    def reached(self, who: str) -> None:
+        with self._lock:
+            if who not in self._failing:
+                return
+            self._failing.discard(who)
+            back = self._reported is not None and not self._failing
+            if back:
+                self._reported = None
+        if back:
+            self._log.info("%s is reachable again", self.server)
 
 
 class Informer:
@@ -58,6 +165,9 @@ class Informer:
         self._watch: watch.Watch | None = None
         self.relists = 0
         self.errors = 0
+        #: Told when the server cannot be reached and when it can again; replace it (before ``start``) with
+        #: one shared by all informers of a server to hear about an outage once.
+        self.reachability = Reachability(f"the API server (informer {name})")
 
     # ------------------------------------------------------------------ reading
 
@@ -107,6 +217,7 @@ class Informer:
 
     def _list(self) -> None:
         result = self._to_dict(self._list_fn(**self._kw()))
+        self.reachability.reached(self.name)
         items = result.get("items") or []
         rv = (result.get("metadata") or {}).get("resourceVersion")
         with self._lock:
@@ -140,6 +251,7 @@ class Informer:
                 self._watch_once()
                 backoff = 0.5
             except ApiException as exc:
+                self.reachability.reached(self.name)  # it answered, if not as hoped
                 if exc.status == 410:
                     log.info("informer %s: watch history expired (410 Gone); listing again", self.name)
                     need_list = True
@@ -154,6 +266,12 @@ class Informer:
                 if self._stop.is_set():
                     break
                 self.errors += 1
+                reason = connection_failure(exc)
+                if reason is not None:  # not even connected: say so once (Reachability), retry at a steady pace
+                    self.reachability.failed(self.name, reason)
+                    log.debug("informer %s: cannot connect (%s)", self.name, exc)
+                    self._stop.wait(self.reachability.retry_s * (1 + random.random() / 4))
+                    continue
                 log.warning("informer %s: watch failed (%s); retrying in %.1fs", self.name, exc, backoff)
                 self._stop.wait(backoff * (1 + random.random() / 2))
                 backoff = min(30.0, backoff * 2)
@@ -162,7 +280,14 @@ class Informer:
         self._watch = w = watch.Watch()
         kw = self._kw()
         kw["_request_timeout"] = self._watch_timeout + 30
-        for event in w.stream(self._list_fn, resource_version=self._rv, timeout_seconds=self._watch_timeout,
+
+        @functools.wraps(self._list_fn)  # the client's Watch reads the function's docstring
+        def connect(**k: Any) -> Any:
+            response = self._list_fn(**k)
+            self.reachability.reached(self.name)  # connected: the watch's headers are in
+            return response
+
+        for event in w.stream(connect, resource_version=self._rv, timeout_seconds=self._watch_timeout,
                               allow_watch_bookmarks=True, **kw):
             if self._stop.is_set():
                 w.stop()
