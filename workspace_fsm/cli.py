@@ -19,17 +19,27 @@ def _cmd_diagram(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_validate(args: argparse.Namespace) -> int:
-    from .catalogue import Catalogue, CatalogueError
-    from .validation import validate_files
+def load_catalogue(paths: Sequence[str] | None):
+    """The shipped preset catalogue extended by each ``--catalogue FILE`` in order (later files win).
+
+    Raises :class:`~workspace_fsm.catalogue.CatalogueError` naming the file and the problem."""
+    from .catalogue import Catalogue
 
     catalogue = Catalogue.default()
-    for path in args.catalogue or ():
-        try:
-            catalogue = catalogue.merged(Catalogue.from_yaml(path))
-        except (CatalogueError, OSError) as exc:
-            print(f"workspace-fsm validate: cannot use catalogue {path}: {exc}", file=sys.stderr)
-            return 2
+    for path in paths or ():
+        catalogue = catalogue.merged(Catalogue.from_yaml(path))
+    return catalogue
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .catalogue import CatalogueError
+    from .validation import validate_files
+
+    try:
+        catalogue = load_catalogue(args.catalogue)
+    except CatalogueError as exc:
+        print(f"workspace-fsm validate: cannot use --catalogue {exc}", file=sys.stderr)
+        return 2
     return validate_files(args.files, catalogue=catalogue, auto_provisioning=not args.byo_nodes)
 
 

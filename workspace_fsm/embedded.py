@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import signal
 import sys
 import tempfile
@@ -120,19 +121,36 @@ def run_cluster(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_embedded(args: argparse.Namespace) -> int:
-    from .run_cli import run_against
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
 
+
+def run_embedded(args: argparse.Namespace, *, health=None, catalogue=None) -> int:
+    """``workspace-fsm run --embedded``: the embedded cluster and the machine in this process, until SIGINT or
+    SIGTERM. The kubeconfig lives in a temporary directory that is removed on the way out."""
+    from .run_cli import probes_line, run_against
+
+    # Until the runner installs its own handlers, SIGTERM unwinds like Ctrl-C so the cleanup below runs.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     tmp = Path(tempfile.mkdtemp(prefix="workspace-fsm-"))
-    cluster = EmbeddedCluster(time_scale=args.time_scale)
-    if getattr(args, "api_request_timeout", None) is None:
-        args.api_request_timeout = cluster.request_timeout
-    path = cluster.start(tmp / "kubeconfig")
-    print(f"embedded cluster ready; kubeconfig: {path}", flush=True)
-    print(f"  kubectl --kubeconfig {path} apply -f <a KAITO Workspace manifest>", flush=True)
-    print(f"  kubectl --kubeconfig {path} get workspaces -w", flush=True)
+    cluster = None
     try:
-        return run_against(cluster.api, args)
+        cluster = EmbeddedCluster(time_scale=args.time_scale)
+        if getattr(args, "api_request_timeout", None) is None:
+            args.api_request_timeout = cluster.request_timeout
+        path = cluster.start(tmp / "kubeconfig")
+        print(f"embedded cluster ready; kubeconfig: {path}", flush=True)
+        print(f"  kubectl --kubeconfig {path} apply -f <a KAITO Workspace manifest>", flush=True)
+        print(f"  kubectl --kubeconfig {path} get workspaces -w", flush=True)
+        if health is not None:
+            print(f"  {probes_line(health)}", flush=True)
+        print("  (the kubeconfig's directory is removed when this stops)", flush=True)
+        return run_against(cluster.api, args, health=health, catalogue=catalogue)
     finally:
-        cluster.stop()
-        sys.stdout.flush()
+        try:
+            if cluster is not None:
+                cluster.stop()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            signal.signal(signal.SIGTERM, previous)
+            sys.stdout.flush()

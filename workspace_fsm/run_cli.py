@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import signal
 import sys
@@ -12,6 +13,26 @@ from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 log = logging.getLogger("workspace_fsm.run")
+
+#: ``--health-port auto``: a free port chosen by the system, printed (the default with ``--embedded``).
+AUTO = "auto"
+DEFAULT_HEALTH_PORT = 8081
+#: Workers start this long after the informers even if the caches have not synced yet.
+SYNC_GRACE_S = 60.0
+
+
+def health_port(value: str) -> int | str:
+    """``--health-port``: a port number, ``auto`` (a free one) or 0 (no probes)."""
+    if value.strip().lower() == AUTO:
+        return AUTO
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port: give a number, auto (a free port) "
+                                         "or 0 (no probes)") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port: ports are 1 to 65535 (or auto, or 0 for no probes)")
+    return port
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,8 +45,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--namespace", help="only Workspaces in this namespace (default: all namespaces)")
     p.add_argument("--workers", type=int, default=5, help="concurrent reconcilers (default 5)")
     p.add_argument("--byo-nodes", action="store_true", help="node auto-provisioning is disabled: Workspaces bring their own nodes")
-    p.add_argument("--health-port", type=int, default=8081,
-                   help="port for /healthz, /readyz and Prometheus /metrics (0: off; default 8081)")
+    p.add_argument("--health-port", type=health_port, default=None, metavar="PORT",
+                   help="port for /healthz, /readyz and Prometheus /metrics: a number, 'auto' (a free port, "
+                        "printed) or 0 (no probes); default 8081, with --embedded auto")
+    p.add_argument("--catalogue", action="append", metavar="FILE",
+                   help="extra preset catalogue (presets.yaml or KAITO supported_models.yaml shape), added to the "
+                        "shipped one: Workspaces may name its presets; repeatable")
     p.add_argument("--api-request-timeout", type=float, default=None, metavar="SECONDS",
                    help="the API server's --request-timeout (default 60; with --embedded, the embedded server's 5): "
                         "how long a create the runner sent may still be applied. A NodeClaim found missing is "
@@ -43,22 +68,44 @@ def setup_logging(level: str) -> None:
     logging.getLogger("urllib3").setLevel(logging.WARNING)
 
 
-class _Health(BaseHTTPRequestHandler):
+class HealthServer(ThreadingHTTPServer):
+    """The probe server: bound when made (so a busy port is known before anything starts), serving once
+    :func:`serve_health` gives it its checks."""
+
+    daemon_threads = True
     ready: callable = staticmethod(lambda: False)
     alive: callable = staticmethod(lambda: True)
     metrics: callable | None = None  # () -> (content type, body) in the Prometheus text format
 
+    serving = False
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    def close(self) -> None:
+        """Stop serving (if it was) and release the port; safe to call more than once."""
+        if self.serving:
+            self.serving = False
+            self.shutdown()
+        self.server_close()
+
+
+class _Health(BaseHTTPRequestHandler):
+    server: HealthServer
+
     def do_GET(self) -> None:  # noqa: N802
         path = self.path.split("?", 1)[0]
-        if path == "/metrics" and self.metrics is not None:
+        if path == "/metrics" and self.server.metrics is not None:
             try:
-                ctype, body = self.metrics()
+                ctype, body = self.server.metrics()
                 self._reply(200, ctype, body)
             except Exception:  # a collector bug must not take the probes down with it
                 log.exception("rendering /metrics failed")
                 self._reply(500, "text/plain", b"metrics unavailable; see the runner's log\n")
             return
-        ok = self.alive() if path.startswith("/healthz") else self.ready() if path.startswith("/readyz") else None
+        ok = (self.server.alive() if path.startswith("/healthz") else self.server.ready()
+              if path.startswith("/readyz") else None)
         code = 404 if ok is None else 200 if ok else 503
         body = b"ok\n" if ok else b"not ready\n" if ok is False else b"not found\n"
         self._reply(code, "text/plain", body)
@@ -74,19 +121,52 @@ class _Health(BaseHTTPRequestHandler):
         pass
 
 
-def start_health_server(port: int, ready, alive, registry=None) -> ThreadingHTTPServer | None:
-    """Serve /healthz, /readyz and (given a prometheus_client registry) /metrics on ``port`` (0: off)."""
-    if not port:
+class HealthPortError(Exception):
+    """``--health-port`` cannot be bound; the message is the one line to show the operator."""
+
+
+def bind_health_server(port: int | str | None, *, command: str = "run") -> HealthServer | None:
+    """Bind the probe port (``auto``: a free one; 0 or None: no probes), serving nothing yet.
+
+    Raises :class:`HealthPortError` with one line naming the option when the port cannot be had."""
+    if port in (0, None):
         return None
-    attrs = {"ready": staticmethod(ready), "alive": staticmethod(alive)}
+    try:
+        return HealthServer(("0.0.0.0", 0 if port == AUTO else int(port)), _Health)
+    except OSError as exc:
+        prefix = f"workspace-fsm {command}: --health-port {port}"
+        if exc.errno == errno.EADDRINUSE:
+            msg = (f"{prefix} is already in use (address in use); choose another port, "
+                   f"--health-port {AUTO} (a free one) or --health-port 0 (no probes)")
+        elif exc.errno == errno.EACCES:
+            msg = (f"{prefix} needs privileges to bind (permission denied); choose a port above 1023, "
+                   f"--health-port {AUTO} (a free one) or --health-port 0 (no probes)")
+        else:
+            msg = f"{prefix} cannot be bound ({exc.strerror or exc}); choose another port or --health-port 0"
+        raise HealthPortError(msg) from exc
+
+
+def serve_health(server: HealthServer, ready, alive, registry=None) -> HealthServer:
+    """Serve /healthz, /readyz and (given a prometheus_client registry) /metrics on a bound server."""
+    server.ready = staticmethod(ready)
+    server.alive = staticmethod(alive)
     if registry is not None:
         from .metrics import CONTENT_TYPE_LATEST, render
 
-        attrs["metrics"] = staticmethod(lambda: (CONTENT_TYPE_LATEST, render(registry)))
-    handler = type("Health", (_Health,), attrs)
-    server = ThreadingHTTPServer(("0.0.0.0", port), handler)
+        server.metrics = staticmethod(lambda: (CONTENT_TYPE_LATEST, render(registry)))
+    server.serving = True
     threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
     return server
+
+
+def start_health_server(port: int | str, ready, alive, registry=None) -> HealthServer | None:
+    """Bind and serve the probes on ``port`` (``auto``: a free one; 0: none)."""
+    server = bind_health_server(port)
+    return None if server is None else serve_health(server, ready, alive, registry)
+
+
+def probes_line(server: HealthServer) -> str:
+    return f"probes on port {server.port}: http://127.0.0.1:{server.port}/healthz, /readyz, /metrics"
 
 
 def load_api_client(kubeconfig: str | None, context: str | None):
@@ -96,21 +176,45 @@ def load_api_client(kubeconfig: str | None, context: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    setup_logging(args.log_level)
-    if args.embedded:
-        from .embedded import run_embedded
+    from .catalogue import CatalogueError
+    from .cli import load_catalogue
 
-        return run_embedded(args)
+    setup_logging(args.log_level)
+    if args.health_port is None:
+        args.health_port = AUTO if args.embedded else DEFAULT_HEALTH_PORT
     try:
-        api = load_api_client(args.kubeconfig, args.context)
-    except Exception as exc:
-        print(f"workspace-fsm run: cannot load Kubernetes configuration: {exc}", file=sys.stderr)
+        catalogue = load_catalogue(args.catalogue)
+    except CatalogueError as exc:
+        print(f"workspace-fsm run: cannot use --catalogue {exc}", file=sys.stderr)
         return 2
-    return run_against(api, args)
+    # Bound before anything starts or says it is ready: a busy port is one line and exit 2, not a traceback.
+    try:
+        health = bind_health_server(args.health_port)
+    except HealthPortError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    try:
+        if args.embedded:
+            from .embedded import run_embedded
+
+            return run_embedded(args, health=health, catalogue=catalogue)
+        try:
+            api = load_api_client(args.kubeconfig, args.context)
+        except Exception as exc:
+            print(f"workspace-fsm run: cannot load Kubernetes configuration: {exc}", file=sys.stderr)
+            return 2
+        if health is not None and args.health_port == AUTO:
+            print(probes_line(health), flush=True)
+        where = f"--kubeconfig {args.kubeconfig}" if args.kubeconfig else "the kubeconfig / in-cluster configuration"
+        return run_against(api, args, health=health, catalogue=catalogue,
+                           unreachable_hint=f"check {where} and the server")
+    finally:
+        if health is not None:
+            health.close()
 
 
 def build_runner(api, *, namespace: str | None = None, workers: int = 5, byo_nodes: bool = False,
-                 api_request_timeout_s: float = 60.0):
+                 api_request_timeout_s: float = 60.0, catalogue=None):
     """The adapter, queue, reconciler and threaded runner for a cluster (nothing started yet)."""
     from .adapters.kubernetes.adapter import KubernetesAdapter
     from .catalogue import Catalogue
@@ -118,7 +222,7 @@ def build_runner(api, *, namespace: str | None = None, workers: int = 5, byo_nod
     from .queue import WorkQueue
     from .runner import FsmReconciler, ThreadedRunner
 
-    adapter = KubernetesAdapter(api, namespace=namespace, catalogue=Catalogue.default(),
+    adapter = KubernetesAdapter(api, namespace=namespace, catalogue=catalogue or Catalogue.default(),
                                 auto_provisioning=not byo_nodes)
     queue: WorkQueue[str] = WorkQueue(time.monotonic)
     adapter.set_event_handler(queue.add)
@@ -129,44 +233,67 @@ def build_runner(api, *, namespace: str | None = None, workers: int = 5, byo_nod
     return adapter, queue, reconciler, runner
 
 
-def run_against(api, args: argparse.Namespace, stop: threading.Event | None = None) -> int:
-    """Start informers, workers and probes; run until SIGTERM/SIGINT (or ``stop``)."""
+def run_against(api, args: argparse.Namespace, stop: threading.Event | None = None, *,
+                health: HealthServer | None = None, catalogue=None, unreachable_hint: str = "") -> int:
+    """Start informers, workers and probes; run until SIGTERM/SIGINT (or ``stop``).
+
+    ``health`` is a probe server already bound (by :func:`run`, so a busy port fails first); without one,
+    ``args.health_port`` is bound here (:class:`HealthPortError` if it cannot be). /readyz answers 200
+    once every cache has synced. If the API server cannot be reached, one warning says so (the informers
+    keep retrying quietly) and one line says when it is reachable again."""
+    from .adapters.kubernetes.informer import Reachability
+
     stop = stop or threading.Event()
-    adapter, queue, reconciler, runner = build_runner(api, namespace=args.namespace, workers=args.workers,
-                                                      byo_nodes=args.byo_nodes,
-                                                      api_request_timeout_s=getattr(args, "api_request_timeout", None) or 60.0)
-    registry = None
-    if args.health_port:
+    if health is None:
+        health = bind_health_server(getattr(args, "health_port", 0))
+    workers = getattr(args, "workers", 5)
+    namespace = getattr(args, "namespace", None)
+    adapter, queue, reconciler, runner = build_runner(api, namespace=namespace, workers=workers,
+                                                      byo_nodes=getattr(args, "byo_nodes", False),
+                                                      api_request_timeout_s=getattr(args, "api_request_timeout", None) or 60.0,
+                                                      catalogue=catalogue)
+    reachability = Reachability(getattr(api.configuration, "host", None) or "the API server", hint=unreachable_hint,
+                                logger=log)
+    for informer in adapter.informers:
+        informer.reachability = reachability
+    synced = lambda: all(i.synced for i in adapter.informers)  # noqa: E731
+    if health is not None:
         from .metrics import build_registry
 
-        registry = build_registry(adapter, queue, reconciler, workers=args.workers)
-    health = start_health_server(args.health_port, ready=lambda: all(i.synced for i in adapter.informers),
-                                 alive=lambda: not stop.is_set(), registry=registry)
-    if health is not None:
-        log.info("serving /healthz, /readyz and /metrics on port %d", health.server_address[1])
+        serve_health(health, ready=synced, alive=lambda: not stop.is_set(),
+                     registry=build_registry(adapter, queue, reconciler, workers=workers))
+        log.info("serving /healthz, /readyz and /metrics on port %d", health.port)
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
             signal.signal(sig, lambda *_: stop.set())
         except ValueError:  # not the main thread (tests): the caller's stop event is enough
             pass
-    adapter.start()
-    log.info("watching Workspaces%s; %d workers", f" in namespace {args.namespace}" if args.namespace else "",
-             args.workers)
-    if not adapter.wait_synced(60.0):
-        log.warning("caches not synced after 60s; starting anyway, they will catch up")
-    runner.start()
-    last = 0.0
-    while not stop.wait(1.0):
-        now = time.monotonic()
-        if now - last >= 30:
-            last = now
-            log.info("%d Workspaces watched, %d passes so far, queue: %d ready, %d waiting", len(adapter.keys()),
-                     reconciler.passes, queue.ready_count, queue.waiting_count)
-    log.info("stopping: finishing passes in flight")
-    runner.stop()
-    adapter.stop()
-    if health is not None:
-        health.shutdown()
-        health.server_close()
+    try:
+        adapter.start()
+        log.info("watching Workspaces%s; %d workers", f" in namespace {namespace}" if namespace else "", workers)
+        started_at = time.monotonic()
+        working = ready = False
+        last = started_at
+        while not stop.is_set():
+            now = time.monotonic()
+            if not ready and synced():
+                ready = True
+                log.info("caches synced (%d Workspaces): ready", len(adapter.keys()))
+            if not working and (ready or now - started_at >= SYNC_GRACE_S):
+                if not ready and reachability.reachable:
+                    log.warning("caches not synced after %gs; starting anyway, they will catch up", SYNC_GRACE_S)
+                runner.start()
+                working = True
+            if working and now - last >= 30:
+                last = now
+                log.info("%d Workspaces watched, %d passes so far, queue: %d ready, %d waiting", len(adapter.keys()),
+                         reconciler.passes, queue.ready_count, queue.waiting_count)
+            stop.wait(1.0 if ready else 0.1)
+        log.info("stopping: finishing passes in flight")
+    finally:
+        runner.stop()
+        adapter.stop()
+        if health is not None:
+            health.close()
     log.info("stopped after %d passes", reconciler.passes)
     return 0

@@ -730,7 +730,8 @@ def _check_preset_name(
         out.add(
             path, "UnknownPreset",
             f"{describe_value(name)} is not a known model preset{more}.{hint} "
-            f"The catalogue has {len(cat)} presets; more can be added with a catalogue file.",
+            f"The catalogue has {len(cat)} presets; add more with --catalogue FILE "
+            "(workspace-fsm run and validate).",
         )
         return None
     if preset.deprecated:
