@@ -53,6 +53,13 @@ def healthy(port: int, path: str) -> bool:
         return False
 
 
+@pytest.fixture(autouse=True)
+def kubectl_cache_in_tmp(tmp_path, monkeypatch):
+    """kubectl keeps a discovery cache per server (~/.kube/cache/discovery/127.0.0.1_PORT): keep it in the
+    test's directory so that a run leaves nothing behind."""
+    monkeypatch.setenv("KUBECACHEDIR", str(tmp_path / "kube-cache"))
+
+
 @pytest.fixture
 def embedded_cluster(tmp_path):
     kubeconfig = tmp_path / "kubeconfig"
@@ -107,6 +114,7 @@ def test_run_embedded_prints_a_kubeconfig_that_kubectl_can_use(kaito_dir):
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(20) == 0, proc.stderr.read()
+    assert not kubeconfig.parent.exists()  # its temporary directory is removed on a clean exit
 
 
 def test_run_with_a_bad_kubeconfig_says_what_is_wrong(tmp_path):
