@@ -266,6 +266,38 @@ class WsEntry:
     max_claims: int = 0
     max_jobs: int = 0
     job_collisions: int = 0  # CreateJob met a Job of another revision that was not being deleted
+    # Every persisted version of the Workspace, oldest first: a decider's Workspace cache may serve an old one.
+    persisted: list[Workspace] = attrs.field(factory=list)
+
+
+@attrs.define
+class Decider:
+    """One runner among several over the same store (a rollout, replicas): its own caches, its own memory.
+
+    ``ws_seen`` and ``cache_version`` only move forward (until it is killed and relists); ``refused`` is
+    what it knows of its own creates (never sent, refused outright), keyed by Workspace, then
+    ``"NodeClaim/<name>"`` -> the pass id that recorded the name, as the Kubernetes adapter keeps it.
+    """
+
+    name: str
+    incarnation: int = 0
+    cache_version: int = 0
+    ws_seen: dict[str, int] = attrs.field(factory=dict)
+    refused: dict[str, dict[str, str]] = attrs.field(factory=dict)
+    passes: int = 0
+    kills: int = 0
+
+
+@attrs.define
+class Step:
+    """A decider's pass in progress, advanced one API request at a time."""
+
+    decider: str
+    p: Pass
+    plan: list  # before actions, None (the status write), after actions
+    rv: str  # the resourceVersion its status write is conditional on
+    i: int = 0
+    written: bool = False
 
 
 @attrs.frozen
@@ -311,6 +343,10 @@ class Cluster:
         # Creates a dead runner sent that the API server has not applied yet: (key, action, pass, sent at).
         # Each may land until ``config.api_request_timeout`` after it was sent, never later.
         self.queued: list[tuple[str, A.CreateNodeClaim, Pass, datetime]] = []
+        # Several writers (add_decider): each its own caches and memory; passes advance request by request.
+        self.deciders: dict[str, Decider] = {}
+        self.steps: dict[tuple[str, str], Step] = {}
+        self.forge_refusals = False  # the bug this model must catch: a runner's memory taken for another's
 
     # ------------------------------------------------------------------ basics
 
@@ -324,7 +360,7 @@ class Cluster:
 
     def add(self, ws: Workspace) -> str:
         assert ws.key not in self.entries
-        self.entries[ws.key] = WsEntry(ws)
+        self.entries[ws.key] = WsEntry(ws, persisted=[ws])
         return ws.key
 
     def ws(self, key: str) -> Workspace:
@@ -432,14 +468,14 @@ class Cluster:
         return Snapshot(nodeclaims=tuple(c.view() for c in claims), nodes=nodes, workload=w.workloads.get(key),
                         job=w.jobs.get(key), absent=self.confirmed_absent(key, w))
 
-    def confirmed_absent(self, key: str, cached: World) -> frozenset[str]:
+    def confirmed_absent(self, key: str, cached: World, ws: Workspace | None = None) -> frozenset[str]:
         """What an adapter answers for the names the machine asks about (``decide.confirmations``): nothing
         for what its cache shows; for the rest, whether the object exists now (a GET's 404; a tombstone
         can only say less)."""
         e = self.entries[key]
         live = self.world
         out = set()
-        for name in confirmations(e.ws):
+        for name in confirmations(ws if ws is not None else e.ws):
             kind, _, short = name.partition("/")
             if (short in cached.claims if kind == "NodeClaim" else
                     key in cached.jobs if kind == "Job" else key in cached.workloads):
@@ -675,6 +711,7 @@ class Cluster:
         meta = e.ws.metadata
         rv = str(int(meta.resource_version or "0") + 1)
         e.ws = attrs.evolve(e.ws, metadata=attrs.evolve(meta, resource_version=rv, **changes))
+        e.persisted.append(e.ws)
 
     def _workspace_gone(self, key: str) -> None:
         """Finalizers gone and deletion requested: the API server removes it, the GC its owned objects."""
@@ -700,6 +737,7 @@ class Cluster:
             self._check_status(p.key, p.before, d.status, p.now)
             self._set_meta(p.key)
             e.ws = e.ws.with_status(d.status)
+            e.persisted[-1] = e.ws
             self._check_recorded(p.key, self.world)
         for a in d.actions:
             if isinstance(a, A.RecordEvent) and a.type == "Warning" and a.reason in DEADLINE_REASONS:
@@ -725,6 +763,151 @@ class Cluster:
             if o.status != c.status and c.last_transition_time != now.replace(microsecond=0):
                 self.fail(f"{key}: {c.type} went {o.status} -> {c.status} but lastTransitionTime is "
                           f"{c.last_transition_time}, not the pass's time {now}")
+
+
+    # ------------------------------------------------------------------ several writers at once
+
+    def add_decider(self, name: str) -> Decider:
+        """Another runner over the same store; passes of different deciders interleave request by request."""
+        assert name not in self.deciders
+        d = self.deciders[name] = Decider(name, cache_version=self.version)
+        return d
+
+    def step_of(self, decider: str, key: str) -> Step | None:
+        return self.steps.get((decider, key))
+
+    def begin_at(self, decider: str, key: str, lag: int = 0, ws_lag: int = 0) -> Step:
+        """``decider`` observes ``key`` from its own caches (owned objects ``lag`` truth versions behind, the
+        Workspace ``ws_lag`` persisted versions behind; neither goes back) and decides."""
+        dc = self.deciders[decider]
+        e = self.entries[key]
+        assert not e.gone and (decider, key) not in self.steps
+        version = max(dc.cache_version, self.version - max(lag, 0))
+        dc.cache_version = version
+        idx = max(dc.ws_seen.get(key, 0), len(e.persisted) - 1 - max(ws_lag, 0))
+        dc.ws_seen[key] = idx
+        ws = e.persisted[idx]
+        w = self.versions[version]
+        snap = self.snapshot(key, version)
+        absent = self.confirmed_absent(key, w, ws)
+        mine = {n: t for n, t in dc.refused.get(key, {}).items() if n in absent}
+        if self.forge_refusals:
+            # What a runner must not do: take its memory of its own requests as if it spoke for the record's.
+            by = (read_lifecycle(ws.status) or Lifecycle()).claimed_by or ""
+            mine = {n: by for n in mine}
+        snap = attrs.evolve(snap, absent=absent, refused=mine)
+        dc.passes += 1
+        self.passes += 1
+        pass_id = f"{decider}-{dc.incarnation}.{dc.passes:x}"
+        d = pure_decide(ws, snap, self.now, self.config, pass_id=pass_id)
+        again = pure_decide(reparse(ws) if self.full_reparse else reparse_status(ws), snap, self.now, self.config,
+                            pass_id=pass_id)
+        if again != d:
+            self.fail(f"(d) {key}: decide on the Workspace rebuilt from its persisted form differs:\n"
+                      f"  in memory: {d}\n  reparsed:  {again}")
+        rec = read_lifecycle(ws.status)
+        entry_key = (ws.metadata.uid, rec.state, rec.entered_at, rec.attempts) if rec else (ws.metadata.uid,)
+        p = Pass(key, d, e.foreign, version, self.now, entry_key, ws.status)
+        st = self.steps[(decider, key)] = Step(decider, p, [*d.before, None, *d.after], ws.metadata.resource_version)
+        self.log.append(f"{decider} decides {key} @v{version}/{self.version} ws rv {st.rv}/"
+                        f"{e.ws.metadata.resource_version} {rec.state if rec else None}->{d.state}: "
+                        f"{[type(a).__name__ + ':' + getattr(a, 'name', getattr(a, 'reason', '')) for a in d.actions]}")
+        return st
+
+    def _remember_not_applied(self, decider: str, key: str, actions: list) -> None:
+        mem = self.deciders[decider].refused.setdefault(key, {})
+        for a in actions:
+            if isinstance(a, A.CreateNodeClaim) and a.claim:
+                mem["NodeClaim/" + a.name] = a.claim
+
+    def step_once(self, decider: str, key: str, outcome: str = "ok") -> bool:
+        """One request of ``decider``'s pass on ``key``: an action, or the status write. ``ok``; ``refused``
+        (the server turned it away: nothing stored); ``lost`` (stored, but the answer never came back: the
+        runner takes it for a failure). A failure ends the pass the way the runner ends it: a status write
+        that lost a 409 reports nothing; an ambiguous one, or a failed action, reports the creates it did
+        not send as never sent; a refused create is reported too. Returns whether the pass is over."""
+        st = self.steps[(decider, key)]
+        e = self.entries[key]
+        if e.gone:
+            del self.steps[(decider, key)]
+            return True
+        a = st.plan[st.i]
+        rest = st.plan[st.i + 1:]
+        done = False
+        if a is None:
+            if outcome == "refused" or e.ws.metadata.resource_version != st.rv:
+                ok = False  # 409 (or refused): nothing of this pass is anybody's record
+                if self.forge_refusals:
+                    self._remember_not_applied(decider, key, rest)  # the old runner did: "never sent"
+                if outcome != "refused":
+                    self.log.append(f"{decider}: status write of {key} conflicts (rv {st.rv} vs "
+                                    f"{e.ws.metadata.resource_version})")
+            else:
+                ok = self._commit(st.p)
+                if ok and outcome == "lost":
+                    self._remember_not_applied(decider, key, rest)  # may have been stored: only its own pass says
+                    ok = False
+                st.written = ok
+            done = not ok
+        elif isinstance(a, A.CreateNodeClaim) and self.now - st.p.now > self.config.create_send_window:
+            # The runner's send window (runner.StaleCreate): too late to send; it stops and looks again.
+            self._remember_not_applied(decider, key, [a, *rest])
+            done = True
+        else:
+            if outcome == "refused":
+                if isinstance(a, A.CreateNodeClaim):
+                    self._remember_not_applied(decider, key, [a])
+                self._remember_not_applied(decider, key, rest)
+                done = True
+            else:
+                rv = e.ws.metadata.resource_version
+                success = self.apply(key, a, st.p)
+                if isinstance(a, A.AddFinalizer) and e.ws.metadata.resource_version != rv and st.rv == rv:
+                    st.rv = e.ws.metadata.resource_version  # its own patch's answer: the write builds on it
+                if outcome == "lost" or not success:
+                    self._remember_not_applied(decider, key, rest)
+                    done = True
+        st.i += 1
+        if done or st.i >= len(st.plan):
+            del self.steps[(decider, key)]
+            self.log.append(f"{decider}: pass on {key} ends after {st.i} of {len(st.plan)} requests "
+                            f"({outcome}, written={st.written})")
+            return True
+        return False
+
+    def _commit(self, p: Pass) -> bool:
+        """A status write that passed its resourceVersion check (several-writer path)."""
+        e = self.entries[p.key]
+        saved = e.foreign
+        p2 = attrs.evolve(p, foreign=e.foreign)
+        ok = self.persist(p2)
+        if ok:
+            e.foreign = saved + 1  # a write by this runner is somebody else's for every other runner
+        return ok
+
+    def kill(self, decider: str, *, queue_creates: bool = True) -> None:
+        """SIGKILL ``decider`` anywhere: its passes stop where they are; a create it was sending when it died
+        (the next one after a committed status write) may sit in the API server and land until the request
+        timeout. It comes back with new caches and no memory."""
+        dc = self.deciders[decider]
+        for (dn, key) in sorted(k for k in self.steps if k[0] == decider):
+            st = self.steps.pop((dn, key))
+            nxt = st.plan[st.i] if st.i < len(st.plan) else None
+            if queue_creates and st.written and isinstance(nxt, A.CreateNodeClaim) \
+                    and self.now - st.p.now <= self.config.create_send_window:
+                self.queued.append((key, nxt, st.p, self.now))
+                self.log.append(f"{decider} killed sending the create of NodeClaim {nxt.name}: queued")
+            self.log.append(f"{decider} killed in its pass on {key} at request {st.i} of {len(st.plan)}")
+        dc.incarnation += 1
+        dc.kills += 1
+        dc.refused.clear()
+        dc.cache_version = self.version
+        dc.ws_seen = {k: len(e.persisted) - 1 for k, e in self.entries.items()}
+
+    def stop_deciders(self) -> None:
+        """Every decider's passes end where they are (before a single runner takes over, e.g. ``converge``)."""
+        for name in list(self.deciders):
+            self.kill(name, queue_creates=True)
 
     # ------------------------------------------------------------------ users
 
@@ -868,7 +1051,8 @@ class Cluster:
         """A copy of the present (history dropped: only fresh snapshots are served from it)."""
         c = Cluster(self.config, self.now, full_reparse=self.full_reparse)
         c.versions = [self.world.copy()]
-        c.entries = {k: attrs.evolve(e, failed_job_revisions=set(e.failed_job_revisions)) for k, e in self.entries.items()}
+        c.entries = {k: attrs.evolve(e, failed_job_revisions=set(e.failed_job_revisions), persisted=[e.ws])
+                     for k, e in self.entries.items()}
         for e in c.entries.values():
             if e.first_ready_version is not None:
                 e.first_ready_version = 0
@@ -924,6 +1108,8 @@ class Cluster:
     def converge(self, rounds: int = 12) -> int:
         """Settle the cluster and run fresh passes until everything is where it must end; return the
         number of rounds, or fail naming what did not get there."""
+        if self.steps:
+            self.stop_deciders()
         self.restart()
         for r in range(1, rounds + 1):
             self.settle()

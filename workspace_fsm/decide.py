@@ -271,6 +271,10 @@ def _ensure_workload(f: Facts, rec: Lifecycle, out: list) -> Lifecycle:
     preset = ws.inference.preset.name if ws.inference and ws.inference.preset else ""
     if w is None:
         gone = ("Workload/" + ws.metadata.name) in f.snap.absent
+        if not f.gpus_ready:
+            # Another runner took the Workspace this far; this one's caches do not show the nodes Ready with
+            # GPUs yet (or they were lost since): nothing is created on its word alone. Its watch catches up.
+            return rec
         if rec.revision is None or gone:
             # Recorded first (this pass's status write), created after it: a creation is never unrecorded.
             out.append(A.CreateWorkload(kind, ws.metadata.name, f.target, f.revision, preset, f.ready_nodes))
@@ -291,6 +295,8 @@ def _ensure_job(f: Facts, rec: Lifecycle, out: list) -> Lifecycle:
     name = ws.metadata.name
     if j is None:
         gone = ("Job/" + name) in f.snap.absent
+        if not f.gpus_ready:
+            return rec  # as for the workload: never created before this pass sees the nodes ready with GPUs
         if rec.revision is None or gone or rec.revision != f.revision:
             t = ws.tuning
             out.append(A.CreateJob(name, f.revision, t.preset.name if t and t.preset else "",

@@ -79,8 +79,14 @@ class RunnerCollector(Collector):
                                   "Reconcile passes started (observe, decide, apply, persist) since the runner started.",
                                   value=r.passes)
         yield CounterMetricFamily(f"{PREFIX}_transitions",
-                                  "State-machine transitions taken since the runner started.",
+                                  "State-machine transitions committed (their status write succeeded) since the "
+                                  "runner started.",
                                   value=getattr(r, "transitions", 0))
+        yield CounterMetricFamily(f"{PREFIX}_nodeclaims_above_target_deleted",
+                                  "NodeClaims deleted because a Workspace had more live ones than its "
+                                  "targetNodeCount (committed passes only). Any increase deserves a look: see the "
+                                  "Workspace's NodeClaimAboveTarget Warning Events.",
+                                  value=getattr(r, "above_target_deleted", 0))
 
     def _informers(self) -> Iterator[Metric]:
         objects = GaugeMetricFamily(f"{PREFIX}_informer_objects",
