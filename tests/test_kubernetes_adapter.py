@@ -127,3 +127,43 @@ def test_a_refused_create_is_replaced_at_once_an_ambiguous_one_waits_out_the_gra
     custom.patch_namespaced_custom_object(G, V, NS, WS, "r", {"metadata": {"finalizers": []}})
     custom.delete_namespaced_custom_object(G, V, NS, WS, "r")
     wait(lambda: adapter.cache_sizes()["refused"] == 0, "the hint to go with the Workspace")
+
+
+def test_two_adapters_a_lost_409_never_makes_the_winner_s_creates_look_refused(api_server, api_server_client,
+                                                                               adapter, custom):
+    """Two runners decide on the same version with the same deterministic names; the winner writes and is
+    about to send its creates; the loser's write gets a 409 (it reports nothing) and even a bogus report of
+    its own does not count, because the record names the winner's pass. The loser looks again, its GET
+    finds the names absent, and it creates nothing: the winner's creates are in flight."""
+    from datetime import datetime, timezone
+
+    from workspace_fsm import actions as A
+    from workspace_fsm.decide import decide
+
+    other = KubernetesAdapter(api_server_client, catalogue=Catalogue.default())
+    other.start()
+    try:
+        assert other.wait_synced(10)
+        ws, snap = admitted(adapter, custom, "race")
+        ws_b, snap_b = wait(lambda: other.observe("default/race")[0] and other.observe("default/race"), "b's cache")
+        now = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
+        win = decide(ws, snap, now, pass_id="a.1")
+        lose = decide(ws_b, snap_b, now, pass_id="b.1")
+        assert [a.name for a in win.after if isinstance(a, A.CreateNodeClaim)] == \
+            [a.name for a in lose.after if isinstance(a, A.CreateNodeClaim)]
+        adapter.apply(ws, win.before)
+        adapter.persist(ws, win.status)
+        other.apply(ws_b, lose.before)
+        with pytest.raises(Conflict):
+            other.persist(ws_b, lose.status)
+        other.abandoned(ws_b, lose.after)  # what the old runner did after a 409: it must not matter
+        ws_b, snap_b = wait(lambda: (lambda o: o[0] is not None and o[0].status.condition("workspace-fsm/Lifecycle")
+                                     and o[1].absent and o)(other.observe("default/race")),
+                            "b to see a's record and confirm its names absent")
+        assert snap_b.refused  # b remembers its own pass's names...
+        again = decide(ws_b, snap_b, now, pass_id="b.2")
+        assert not [a for a in again.after if isinstance(a, A.CreateNodeClaim)]  # ...but they are a's to send
+        adapter.apply(ws, [a for a in win.after if isinstance(a, A.CreateNodeClaim)])
+        assert len(custom.list_cluster_custom_object("karpenter.sh", "v1", "nodeclaims")["items"]) == 1
+    finally:
+        other.stop()
