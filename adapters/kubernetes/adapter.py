@@ -152,9 +152,11 @@ class KubernetesAdapter:
         # event race, and an overlay for a version the cache already has (or has passed) would hide newer ones.
         self._delivered: dict[str, deque[str]] = {}
         self._known: set[str] = set()  # "Kind/name" this process created or saw: no GET needed to know it exists
-        # Workspace key -> "NodeClaim/<name>" whose create the server refused outright (nothing stored);
-        # pruned to what the record still asks about on every observe, dropped with the Workspace.
-        self._refused: dict[str, set[str]] = {}
+        # Workspace key -> {"NodeClaim/<name>": the pass that recorded it} for creates this process never sent
+        # or the server refused outright (nothing stored). It speaks for this process's own requests only:
+        # decide takes it only where the record says that very pass recorded the name. Pruned to what the
+        # record still asks about on every observe, dropped with the Workspace.
+        self._refused: dict[str, dict[str, str]] = {}
         self._event_seq = itertools.count(int(datetime.now(timezone.utc).timestamp() * 1000))
         sel = LABEL_WORKSPACE
         san = api_client.sanitize_for_serialization
@@ -316,12 +318,13 @@ class KubernetesAdapter:
         if job is not None:
             visible.add("Job/" + name)
         absent = self._absent(ws, ns, visible)
-        refused: frozenset[str] = frozenset()
+        refused: dict[str, str] = {}
         with self._lock:
             mine = self._refused.get(key)
             if mine:
-                mine &= absent  # only what the record still asks about and is confirmed absent
-                refused = frozenset(mine)
+                for n in [n for n in mine if n not in absent]:
+                    del mine[n]  # only what the record still asks about and is confirmed absent
+                refused = dict(mine)
                 if not mine:
                     del self._refused[key]
         return ws, Snapshot(tuple(claims), nodes, workload, job, frozenset(absent), refused)
@@ -426,7 +429,7 @@ class KubernetesAdapter:
                            ok=(409,))
             except AdapterError as exc:
                 if exc.refused:  # nothing was stored and nothing can be later: the machine may replace it now
-                    self._not_applied(ws, a.name)
+                    self._not_applied(ws, a)
                 raise
             self._known.add("NodeClaim/" + a.name)
         elif isinstance(a, A.DeleteNodeClaim):
@@ -466,16 +469,19 @@ class KubernetesAdapter:
         else:  # pragma: no cover - a new action type without an executor is a bug
             raise AdapterError(f"no executor for action {type(a).__name__}")
 
-    def _not_applied(self, ws: Workspace, name: str) -> None:
+    def _not_applied(self, ws: Workspace, a: A.CreateNodeClaim) -> None:
+        if not a.claim:
+            return  # no pass id: nothing could tie the hint to the record that holds the name
         with self._lock:
             if ws.key in self._delivered:  # a deleted Workspace leaves nothing behind
-                self._refused.setdefault(ws.key, set()).add("NodeClaim/" + name)
+                self._refused.setdefault(ws.key, {})["NodeClaim/" + a.name] = a.claim
 
     def abandoned(self, ws: Workspace, actions: Sequence[A.Action]) -> None:
-        """The runner stopped its pass before sending these: none of their creates can ever be applied."""
+        """The runner stopped its pass before sending these: none of *its* creates of them can ever be applied
+        (another runner may have recorded and sent the same names: the pass id tells them apart)."""
         for a in actions:
             if isinstance(a, A.CreateNodeClaim):
-                self._not_applied(ws, a.name)
+                self._not_applied(ws, a)
 
     def _patch_finalizers(self, ws: Workspace, a: A.AddFinalizer | A.RemoveFinalizer) -> None:
         key = ws.key
