@@ -79,9 +79,21 @@ def guard_inputs(draw):
                                      failed_permanently=st.booleans(), deleting=st.booleans()))
     absent = draw(st.frozensets(st.sampled_from(["Job/ws", "Workload/ws", "NodeClaim/a"])))
     nodes_ready = draw(st.booleans())
+    from datetime import datetime, timedelta, timezone
+
+    from workspace_fsm.lifecycle import DEFAULT_CONFIG
+    from workspace_fsm.model import NodeClaim
+
+    epoch = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    claims = tuple(NodeClaim(name=f"c{i}", workspace_key="default/ws", instance_type="x", deleting=d)
+                   for i, d in enumerate(draw(st.lists(st.booleans(), max_size=2))))
     return SimpleNamespace(
         ws=ws, snap=SimpleNamespace(workload=workload, job=job, absent=absent),
-        rec=SimpleNamespace(revision=draw(st.none() | _revisions)), revision=draw(_revisions),
+        rec=SimpleNamespace(revision=draw(st.none() | _revisions),
+                            entered_at=draw(st.none() | st.just(epoch))),
+        now=epoch + timedelta(seconds=draw(st.sampled_from([0, 5, 10, 60]))), config=DEFAULT_CONFIG,
+        claims=claims, gone=draw(st.sampled_from([frozenset(), frozenset({"c9"})])),
+        revision=draw(_revisions),
         nodes_ready=nodes_ready, gpus_ready=nodes_ready and draw(st.booleans()), is_tuning=draw(st.booleans()))
 
 

@@ -345,3 +345,50 @@ def test_grace_and_kills_two_runners_story():
     assert len(c.claims(key)) == 1
     c.converge()
     assert c.entries[key].max_claims == 1
+
+
+# ----------------------------------------------------------------------------- no false flaps
+
+
+def _to_plugins_ready(c: Cluster, key: str) -> None:
+    """Runner a takes the Workspace to PluginsReady on a fresh snapshot."""
+    for _ in range(4):
+        run_through(c, "a", key) if c.step_of("a", key) else None
+        c.begin_at("a", key)
+        run_through(c, "a", key)
+        for x in c.claims(key):
+            if x.phase != "Ready":
+                c.make_ready(x.name, gpu=False)
+        if c.state(key) == "PluginsReady":
+            return
+    raise AssertionError(c.state(key))
+
+
+def test_a_runner_whose_caches_lag_does_not_flap_a_state_another_runner_entered():
+    """Seen with 2 runners before: PluginsReady -> NodesProvisioning -> PluginsReady within one second, because
+    the second runner's NodeClaim cache still showed them not Ready. Readiness missing is a loss only once
+    the state has been held for Config.loss_settle; then it is acted on."""
+    c = Cluster()
+    key = c.add(inference_ws("flap", 2))
+    c.add_decider("b")  # its caches are at version 0: no NodeClaim Ready
+    c.add_decider("a")
+    _to_plugins_ready(c, key)
+    stale = c.begin_at("b", key, lag=10_000)
+    d = stale.p.decision
+    assert d.state == "PluginsReady" and not d.transitions
+    assert d.wake.after is not None and d.wake.after <= c.config.loss_settle  # looked at again by then
+    run_through(c, "b", key)
+    c.advance(c.config.loss_settle)
+    # still not Ready to b once the state has been held that long: a real loss, acted on
+    later = c.begin_at("b", key, lag=10_000).p.decision
+    assert [(h.source, h.dest) for h in later.transitions] == [("PluginsReady", "NodesProvisioning")]
+
+
+def test_a_nodeclaim_being_deleted_is_a_loss_at_once():
+    c = Cluster()
+    key = c.add(inference_ws("lost-now", 2))
+    c.add_decider("a")
+    _to_plugins_ready(c, key)
+    c.node_terminated(c.claims(key)[0].name)
+    d = c.begin_at("a", key).p.decision
+    assert [(h.source, h.dest) for h in d.transitions] == [("PluginsReady", "NodesProvisioning")]

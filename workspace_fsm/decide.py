@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 import attrs
 
 from . import actions as A
-from .lifecycle import DEFAULT_CONFIG, STATES, Config, Facts, edge_guard_name, step
+from .lifecycle import DEFAULT_CONFIG, STATES, Config, Facts, edge_guard_name, nodes_lost, step
 from .model import (LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, Condition,
                     Workspace, WorkspaceStatus, Snapshot, format_time, whole_seconds)
 from .persist import LIFECYCLE_CONDITION, HistoryEntry, Lifecycle, read_lifecycle
@@ -544,6 +544,13 @@ def _build_status(ws: Workspace, f: Facts | None, state: str, rec: Lifecycle, st
 
 # ----------------------------------------------------------------------------- wake-up
 
+_LOSS_HELD = frozenset({"PluginsReady", "WorkloadDeploying", "Ready"})
+
+
+def _workload_is_ready(f: Facts) -> bool:
+    w = f.snap.workload
+    return w is not None and w.revision == f.revision and w.is_ready
+
 
 def _wake(state: str, f: Facts, rec: Lifecycle, config: Config) -> A.WakeUp:
     spec = STATES[state]
@@ -557,6 +564,12 @@ def _wake(state: str, f: Facts, rec: Lifecycle, config: Config) -> A.WakeUp:
     if state == "PluginsReady" or (state == "NodesProvisioning" and byo):
         if best is None or config.gpu_recheck < best.after:
             best = A.WakeUp(config.gpu_recheck, "re-check node GPU capacity (Nodes are not watched)")
+    if state in _LOSS_HELD and rec.entered_at is not None and f.now < rec.entered_at + config.loss_settle \
+            and ((not f.nodes_ready and not nodes_lost(f)) or (state == "Ready" and not _workload_is_ready(f))):
+        # A loss seen too soon after entering: looked at again once Config.loss_settle has passed.
+        left = rec.entered_at + config.loss_settle - f.now
+        if best is None or left < best.after:
+            best = A.WakeUp(left, f"{state}: nodes or replicas look lost; confirmed after {config.loss_settle} in the state")
     if f.in_flight and f.grace_ends is not None:
         # Confirmed absent but its create may still be applied: look again once that can no longer happen.
         left = max(f.grace_ends - f.now, timedelta(0))

@@ -42,6 +42,12 @@ class Config:
         """Recorded-to-landed bound of a create: send window + request timeout + the record's 1 s resolution."""
         return self.create_send_window + self.api_request_timeout + timedelta(seconds=1)
     finalizer: str = "workspace.kaito.io/finalizer"
+    # A state entered on another runner's snapshot may be read by a runner whose caches of NodeClaims, Nodes
+    # and workloads still lag its Workspace cache: to it, Ready nodes look not Ready yet. A loss seen only
+    # as missing readiness therefore moves the machine back only once the state has been held this long
+    # (a real loss is acted on this much later; a stale cache has caught up by then). Deletions, spec changes
+    # and confirmed absence are acted on at once.
+    loss_settle: timedelta = timedelta(seconds=10)
 
     def deadline(self, state: str) -> timedelta | None:
         if state in self.deadlines:
@@ -132,9 +138,21 @@ def nodes_ready(f: Facts) -> bool:
     return f.nodes_ready
 
 
+def loss_settled(f: Facts) -> bool:
+    """The state has been held for Config.loss_settle: a loss seen now is not a lagging cache's echo."""
+    entered = f.rec.entered_at
+    return entered is None or f.now >= entered + f.config.loss_settle
+
+
 def nodes_lost(f: Facts) -> bool:
-    """Fewer ready nodes than targetNodeCount: a node or its NodeClaim went away."""
-    return not f.nodes_ready
+    """Fewer ready nodes than targetNodeCount: a NodeClaim deleted, failed or gone, or unready past loss_settle.
+
+    Readiness alone counts only once the state has been held for Config.loss_settle, so that a cache lagging
+    the runner that entered the state cannot flap it back."""
+    if f.nodes_ready:
+        return False
+    # Positive evidence of a loss is acted on at once: a NodeClaim being deleted or failed, or one known gone.
+    return loss_settled(f) or bool(f.gone) or any(c.deleting or c.failed for c in f.claims)
 
 
 def gpus_ready_inference(f: Facts) -> bool:
@@ -154,8 +172,13 @@ def workload_ready(f: Facts) -> bool:
 
 
 def workload_unready_or_stale(f: Facts) -> bool:
-    """Replicas are no longer ready, or the workload was built from an older spec (exactly not workload_ready)."""
-    return not workload_ready(f)
+    """The workload was built from an older spec, or its replicas are unready past Config.loss_settle in Ready.
+
+    A lagging cache's echo of the rollout is not a loss: readiness counts once Ready has been held that long."""
+    w = f.snap.workload
+    if w is not None and w.revision != f.revision:
+        return True
+    return not workload_ready(f) and loss_settled(f)
 
 
 def job_stale(f: Facts) -> bool:
