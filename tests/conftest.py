@@ -70,3 +70,16 @@ def apps(api_server_client):
     from kubernetes import client
 
     return client.AppsV1Api(api_server_client)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _kubectl_cache_in_a_temporary_directory(tmp_path_factory):
+    """kubectl keeps discovery and HTTP caches under ~/.kube/cache: the suite's kubectl runs keep theirs in a
+    temporary directory instead, so the test run leaves nothing behind in the user's home."""
+    old = os.environ.get("KUBECACHEDIR")
+    os.environ["KUBECACHEDIR"] = str(tmp_path_factory.mktemp("kube-cache"))
+    yield
+    if old is None:
+        os.environ.pop("KUBECACHEDIR", None)
+    else:
+        os.environ["KUBECACHEDIR"] = old
