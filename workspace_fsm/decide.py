@@ -110,16 +110,17 @@ def _merge_claims(rec: Lifecycle, f: Facts, cap: int | None = None,
     finalizer stays until each is gone.
     """
     gone = f.gone
-    keep = [n for n in rec.nodeclaims if n not in gone]
+    keep = [n for n in rec.nodeclaims if n not in gone] if gone else rec.nodeclaims
     known = set(keep)
-    if cap is None:
-        extra = sorted(c.name for c in f.claims if c.name not in known)
-    else:
+    extra = sorted(c.name for c in f.claims if c.name not in known)
+    if extra and cap is not None:
         marked = set(rec.deleted)
         room = cap - sum(1 for n in keep if "NodeClaim/" + n not in marked)
-        extra = sorted(c.name for c in f.claims
-                       if c.name not in known and not c.deleting and c.name not in skip)[:max(room, 0)]
-    return tuple(keep + extra) if extra or len(keep) != len(rec.nodeclaims) else rec.nodeclaims
+        deleting = {c.name for c in f.claims if c.deleting}
+        extra = [n for n in extra if n not in deleting and n not in skip][:max(room, 0)]
+    if not extra and len(keep) == len(rec.nodeclaims):
+        return rec.nodeclaims
+    return tuple(keep) + tuple(extra)
 
 
 def _above_target(f: Facts, deleted: set[str]) -> list[str]:
@@ -128,9 +129,11 @@ def _above_target(f: Facts, deleted: set[str]) -> list[str]:
     asked to go; recorded ones not yet in the cache count too, but only ones the cache shows can be chosen.
     Chosen in order: not Ready before Ready, then the newest; one that backs a worker node (a Ready claim
     whose Node serves the Workspace) goes only when no other can."""
+    if len(f.claims) + len(f.unseen) <= f.target or f.target <= 0:
+        return []  # the common case, decided without building anything
     live = [c for c in f.claims if not c.deleting and ("NodeClaim/" + c.name) not in deleted]
     over = len(live) + sum(1 for n in f.unseen if ("NodeClaim/" + n) not in deleted) - f.target
-    if over <= 0 or f.target <= 0:
+    if over <= 0:
         return []
     workers = set(f.ws.status.worker_nodes or ()) | set(f.ready_nodes)
     far_future = 1e18
