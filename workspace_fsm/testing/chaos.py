@@ -12,13 +12,19 @@ What a run does, all of it drawn from ``seed``:
   (the next request is never sent), *in flight* (sent, applied, unanswered) and *in a status write*
   (the status PUT is stored, the runner never hears back), plus at random moments in between; a supervisor
   starts it again each time, as a Deployment would;
+- with ``runners=N``, runs N runner processes at once against the one API server (a rollout's overlap, or
+  a second runner started by mistake), each under its own supervisor with its own log directory; each kill
+  picks one of them (drawn from the seed), and a kill at an API call waits for that runner's next call.
+  The Workspaces are then created once every runner watches, so that they all see each one arrive;
 - optionally serves the runner (only the runner: faults match its User-Agent) 409s, 500s, 429s with
   Retry-After, dropped watches, forced 410s, latency spikes and a watch cache that lags by seconds.
 
 The invariants are checked on every change the API server stores (a listener on its store, so no
 transient state escapes between two samples) and on every status write the runner makes:
 
-- no Workspace ever has more NodeClaims than its target;
+- no Workspace ever has more NodeClaims than its target. A NodeClaim counts from the change that stores it
+  (ADDED) to the one that removes it (DELETED): one being deleted (``deletionTimestamp`` set, Karpenter's
+  finalizer still on it) still counts, as KAITO counts it and as its VM still runs;
 - no two Jobs of one Workspace exist at once, and nothing (NodeClaim, workload, Job of a revision) is
   created twice;
 - no workload or Job is created before the Workspace's nodes are Ready with GPU capacity;
@@ -62,6 +68,7 @@ INSTANCE = "Standard_NC24ads_A100_v4"
 KILL_MODES = ("between-calls", "in-flight", "in-status-write", "create-held")
 NAMED_VERBS = frozenset({"get", "update", "patch", "delete"})
 MAX_LISTED = 50  # violations listed in full; all are counted
+STORED_AFTER_KEPT = 8  # per Workspace: the objects stored by its last writes, by the version each was based on
 
 
 @dataclass(frozen=True)
@@ -77,9 +84,16 @@ class FaultRates:
     latency: float = 0.0  # requests delayed by latency_s
     latency_s: float = 1.0
     lag_s: float = 0.0  # the runner's watches deliver every event this many seconds late
+    # The runner's creates of these kinds delayed by slow_create_s, as admission webhooks (Karpenter's on
+    # NodeClaims) delay them on a real cluster; reads and status writes are not. With several runners, this
+    # widens the window in which a NodeClaim one runner has recorded is not yet stored when another looks.
+    slow_create: float = 0.0
+    slow_create_s: float = 0.3
+    slow_create_resources: tuple[str, ...] = ("nodeclaims",)  # also: deployments, statefulsets, jobs
 
     def any(self) -> bool:
-        return any(v for k, v in asdict(self).items() if k not in ("retry_after", "latency_s"))
+        return any(v for k, v in asdict(self).items() if k not in ("retry_after", "latency_s", "slow_create_s",
+                                                                  "slow_create_resources"))
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,10 @@ class ChaosConfig:
     job_failure_rate: float = 0.0  # share of tuning Jobs the simulated cluster fails for good
     time_scale: float = 300.0  # the simulated cluster's speed-up (a 240 s NodeClaim takes 0.8 s)
     workers: int = 5
+    # Runner processes at once, each under its own Supervisor. With more than one, the Workspaces are
+    # created once every runner watches (with one, before it starts, as always) and kills are spread
+    # over the runners.
+    runners: int = 1
     action_window_s: float = 8.0  # user actions and kills happen in this window after the start
     settle_timeout_s: float = 180.0
     # What the runner is told of the API server's request timeout (--api-request-timeout), as an operator
@@ -107,7 +125,9 @@ class ChaosConfig:
     def request_timeout(self) -> float:
         if self.api_request_timeout_s is not None:
             return self.api_request_timeout_s
-        return (self.faults.latency_s if self.faults.latency else 0.0) + 8.0  # the server enforces it too
+        slow = (self.faults.latency_s if self.faults.latency else 0.0) \
+            + (self.faults.slow_create_s if self.faults.slow_create else 0.0)
+        return slow + 8.0  # the server enforces it too
 
 
 @dataclass
@@ -117,7 +137,9 @@ class ChaosReport:
     spec_changes: int = 0
     deletions: int = 0
     kills: dict[str, int] = field(default_factory=dict)
+    kills_per_runner: list[int] = field(default_factory=list)  # every kind of kill, by runner
     runner_starts: int = 0
+    runner_starts_per_runner: list[int] = field(default_factory=list)
     unexpected_exits: int = 0
     runner_tracebacks: int = 0
     faults_injected: dict[str, int] = field(default_factory=dict)
@@ -224,7 +246,15 @@ class _Ws:
 
 
 class Invariants:
-    """Checks every change the API server stores. Called by the store, under its lock: kept cheap."""
+    """Checks every change the API server stores. Called by the store, under its lock: kept cheap.
+
+    NodeClaims over target: a Workspace's NodeClaims are the ones carrying its labels, counted from the
+    change that stores one (ADDED) to the change that removes it (DELETED). A NodeClaim being deleted
+    (``deletionTimestamp`` set, Karpenter's finalizer still on it) counts: its VM still runs, and KAITO counts
+    deleting NodeClaims as existing too. The count is compared with the target on every NodeClaim change,
+    so a NodeClaim too many is caught however briefly it exists, whichever runner (or how many runners)
+    made it.
+    """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -238,6 +268,9 @@ class Invariants:
         self.job_failed: dict[str, str] = {}  # Workspace key -> why its current Job failed for good
         self.creations: Counter = Counter()  # (kind, owner, name, revision) -> ADDED count
         self.last_ws: dict[str, dict[str, Any]] = {}
+        # Workspace key -> {resourceVersion -> the object stored by the write based on it}, the last few:
+        # a status write is compared with what *it* stored, even when another runner wrote right after.
+        self.stored_after: dict[str, dict[str, dict[str, Any]]] = {}
         self.violations: list[str] = []
         self.count = 0
         self.over_target_max = 0
@@ -291,6 +324,7 @@ class Invariants:
         if ev.type == "DELETED":
             w.gone_at = now
             self.last_ws.pop(key, None)
+            self.stored_after.pop(key, None)
             return
         prev = ev.previous
         if prev is not None:
@@ -307,6 +341,13 @@ class Invariants:
                     self.lost += 1
                     self.violate(f"{key}: the record's generation went back from {before.get('gen')} to {after.get('gen')}")
         self.last_ws[key] = obj
+        if prev is not None:
+            base = (prev.get("metadata") or {}).get("resourceVersion")
+            if base:
+                after = self.stored_after.setdefault(key, {})
+                after[str(base)] = obj
+                if len(after) > STORED_AFTER_KEPT:
+                    del after[next(iter(after))]
         gen = int(meta.get("generation") or 1)
         if gen != w.generation:
             w.generation = gen
@@ -409,13 +450,17 @@ class Invariants:
         if req.status_code != 200:
             return
         try:
-            written = json.loads(req.body).get("status") or {}
+            body = json.loads(req.body)
+            written = body.get("status") or {}
+            base = str((body.get("metadata") or {}).get("resourceVersion") or "")
         except (ValueError, AttributeError):
             return
         key = f"{req.namespace}/{req.name}"
         with self.lock:
             self.status_writes += 1
-            stored = self.last_ws.get(key)
+            stored = self.stored_after.get(key, {}).get(base) if base else None
+            if stored is None:
+                stored = self.last_ws.get(key)
             if stored is None:
                 return
             miss = _missing(written, stored.get("status") or {})
@@ -427,11 +472,55 @@ class Invariants:
 # --------------------------------------------------------------------------- the runner process
 
 
-class Supervisor(threading.Thread):
-    """Starts the runner, and starts it again whenever it dies (as a Deployment's ReplicaSet would)."""
+def _client_pid(thread: threading.Thread, server_port: int, pids: dict[int, Any]) -> int | None:
+    """The process among ``pids`` at the client end of the connection ``thread`` serves (Linux), else None.
 
-    def __init__(self, kubeconfig: Path, workdir: Path, workers: int, api_request_timeout_s: float = 60.0) -> None:
-        super().__init__(name="runner-supervisor", daemon=True)
+    ``socketserver.ThreadingMixIn`` starts each connection's thread with ``(socket, client_address)`` as
+    its arguments; the client's port and the server's identify the client's socket in ``/proc/net/tcp``."""
+    client = next((a for a in getattr(thread, "_args", ()) if isinstance(a, tuple) and len(a) >= 2), None)
+    if client is None or not pids:
+        return None
+    port = int(client[1])
+    inode = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    cols = line.split()
+                    if int(cols[1].rsplit(":", 1)[1], 16) == port and int(cols[2].rsplit(":", 1)[1], 16) == server_port:
+                        inode = cols[9]
+                        break
+        except (OSError, IndexError, ValueError):
+            continue
+        if inode is not None:
+            break
+    if inode is None or inode == "0":
+        return None
+    want = f"socket:[{inode}]"
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == want:
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+class Supervisor(threading.Thread):
+    """Starts the runner, and starts it again whenever it dies (as a Deployment's ReplicaSet would).
+
+    Its logs are ``workdir/runner-NNN.log``, one per start. Several supervisors, each with a workdir of its
+    own, run several runners at once against one API server."""
+
+    def __init__(self, kubeconfig: Path, workdir: Path, workers: int, api_request_timeout_s: float = 60.0, *,
+                 name: str = "runner-supervisor") -> None:
+        super().__init__(name=name, daemon=True)
         self.cmd = [sys.executable, "-m", "workspace_fsm.cli", "run", "--kubeconfig", str(kubeconfig),
                     "--health-port", "0", "--log-level", "warning", "--workers", str(workers),
                     "--api-request-timeout", f"{api_request_timeout_s:g}"]
@@ -471,12 +560,27 @@ class Supervisor(threading.Thread):
         p.wait()
         return True
 
-    def stop(self) -> None:
+    def pid(self) -> int | None:
+        """The runner process now running (None between a death and the next start)."""
         with self.lock:
+            p = self.proc
+        return p.pid if p is not None and p.poll() is None and p.pid not in self.killed else None
+
+    def terminate(self) -> None:
+        """Stop restarting, and send SIGTERM (``stop`` then waits): several runners stop in parallel."""
+        with self.lock:
+            if self.stopping.is_set():
+                return
             self.stopping.set()
             p = self.proc
         if p is not None and p.poll() is None:
             p.send_signal(signal.SIGTERM)
+
+    def stop(self) -> None:
+        self.terminate()
+        with self.lock:
+            p = self.proc
+        if p is not None and p.poll() is None:
             try:
                 p.wait(20)
             except subprocess.TimeoutExpired:
@@ -491,19 +595,31 @@ class Supervisor(threading.Thread):
 
 class ChaosRun:
     def __init__(self, config: ChaosConfig, *, progress: Any = None) -> None:
+        if config.runners < 1:
+            raise ValueError(f"runners must be at least 1, not {config.runners}")
         self.cfg = config
         self.rng = random.Random(config.seed)
         self.inv = Invariants()
         self.progress = progress or (lambda msg: None)
         self.kills: Counter = Counter()
+        self.kills_per_runner = [0] * config.runners
         self.requests = 0
-        self._kill_points: list[tuple[int, str]] = []
-        self._armed_status_kill = False
-        self._armed_create_kill = False
-        self._throttled: dict[str, float] = {}  # Workspace key -> not before (monotonic)
+        self._kill_points: list[tuple[int, str, int]] = []  # (runner requests so far, mode, runner)
+        self._pending_kill: dict[int, str] = {}  # runner -> a kill at its next call (between calls, in flight)
+        self._armed_status: set[int] = set()  # runners to kill inside their next stored status write
+        self._armed_create: set[int] = set()  # runners to kill as they send their next NodeClaim create
+        self._throttled: dict[tuple[int, str], float] = {}  # (runner, Workspace key) -> not before (monotonic)
+        self._watching: list[set[str]] = [set() for _ in range(config.runners)]
         self.early_retries = 0
         self._req_lock = threading.Lock()
         self.rules: dict[str, list[Any]] = {}
+        self.sups: list[Supervisor] = []
+        self._server_port = 0
+
+    @property
+    def sup(self) -> Supervisor:
+        """The first (with ``runners=1``, the only) runner's supervisor."""
+        return self.sups[0]
 
     # ------------------------------------------------------------------ request hooks
 
@@ -516,37 +632,69 @@ class ChaosRun:
             return self.inv.claims.get(req.name)
         return None
 
+    def _runner_of(self, req: Any) -> int | None:
+        """Which runner sent the request (called in the request's thread); None: a process no longer alive.
+
+        With one runner, always that one. With several, all send the same User-Agent, so the connection
+        tells: the server serves each connection in a thread of its own, whose client port leads to the
+        socket's inode (``/proc/net/tcp``) and that to the runner process holding it (``/proc/PID/fd``).
+        A connection keeps its runner, so the answer is kept on the thread."""
+        if len(self.sups) <= 1:
+            return 0
+        thread = threading.current_thread()
+        known = getattr(thread, "_chaos_runner", None)
+        if known is not None:
+            return known
+        pids = {}
+        for i, sup in enumerate(self.sups):
+            pid = sup.pid()
+            if pid is not None:
+                pids[pid] = i
+        pid = _client_pid(thread, self._server_port, pids)
+        if pid is None:
+            return None
+        thread._chaos_runner = pids[pid]  # type: ignore[attr-defined]
+        return pids[pid]
+
     def _before(self, req: Any) -> str | None:
         """Every request of the runner but watches: count it, check Retry-After, maybe kill it here."""
+        me = self._runner_of(req)
         if req.verb == "watch":
+            if me is not None:
+                self._watching[me].add(req.resource)
             return None
         key = self._ws_of(req)
         kill = None
         with self._req_lock:
             self.requests += 1
-            if key is not None:
-                until = self._throttled.get(key)
+            if key is not None and me is not None:
+                until = self._throttled.get((me, key))
                 if until is not None:
                     if time.monotonic() < until:
                         self.early_retries += 1
                         with self.inv.lock:
                             self.inv.violate(f"{key}: {req.verb} {req.resource_path} {req.name} came "
-                                             f"{until - time.monotonic():.2f}s before the Retry-After it was given")
+                                             f"{until - time.monotonic():.2f}s before the Retry-After it was given"
+                                             + (f" (runner {me})" if len(self.sups) > 1 else ""))
                     else:
-                        del self._throttled[key]
+                        del self._throttled[(me, key)]
             while self._kill_points and self._kill_points[0][0] <= self.requests:
-                _, mode = self._kill_points.pop(0)
+                _, mode, runner = self._kill_points.pop(0)
                 if mode == "in-status-write":
-                    self._armed_status_kill = True
+                    self._armed_status.add(runner)
                 elif mode == "create-held":
-                    self._armed_create_kill = True
-                elif kill is None:
-                    kill = mode
-            if kill is None and self._armed_create_kill and req.verb == "create" and req.resource == "nodeclaims":
-                self._armed_create_kill = False
-                kill = "create-held"
-        if kill is not None and self.sup.kill():
+                    self._armed_create.add(runner)
+                elif runner not in self._pending_kill:
+                    self._pending_kill[runner] = mode
+            if me is not None:
+                if me in self._pending_kill:
+                    kill = self._pending_kill.pop(me)
+                elif me in self._armed_create and req.verb == "create" and req.resource == "nodeclaims":
+                    self._armed_create.discard(me)
+                    kill = "create-held"
+        if kill is not None and self.sups[me].kill():
             self.kills[kill] += 1
+            self.kills_per_runner[me] += 1
             if kill == "create-held":
                 # Applied just inside the server's request timeout (which it enforces): as late as a real
                 # server may apply a dead client's request, and after the next runner has observed.
@@ -556,25 +704,32 @@ class ChaosRun:
 
     def _after_status(self, req: Any) -> str | None:
         self.inv.on_status_write(req)
+        me = self._runner_of(req)
+        if me is None:
+            return None
         with self._req_lock:
-            armed, self._armed_status_kill = self._armed_status_kill, False
-        if armed and req.status_code == 200 and self.sup.kill():
+            armed = me in self._armed_status
+            self._armed_status.discard(me)
+        if armed and req.status_code == 200 and self.sups[me].kill():
             self.kills["in-status-write"] += 1
+            self.kills_per_runner[me] += 1
             return "abort"
         if armed:
             with self._req_lock:
-                self._armed_status_kill = True  # not a stored write: wait for the next one
+                self._armed_status.add(me)  # not a stored write: wait for the next one
         return None
 
     def _throttle_fired(self, req: Any) -> None:
         key = self._ws_of(req)
-        if key is not None:
+        me = self._runner_of(req)
+        if key is not None and me is not None:
             with self._req_lock:
-                self._throttled[key] = time.monotonic() + self.cfg.faults.retry_after
+                self._throttled[(me, key)] = time.monotonic() + self.cfg.faults.retry_after
 
-    def _runner_started(self) -> None:
+    def _runner_started(self, runner: int = 0) -> None:
         with self._req_lock:
-            self._throttled.clear()  # a new process was never told to wait
+            for k in [k for k in self._throttled if k[0] == runner]:
+                del self._throttled[k]  # a new process was never told to wait
 
     # ------------------------------------------------------------------ setup
 
@@ -601,14 +756,22 @@ class ChaosRun:
         if f.latency:
             self.rules["latency spike"] = [faults.latency(f.latency_s, verbs=calls, rate=f.latency, seed=seed + 7,
                                                           user_agent=ua)]
+        if f.slow_create:
+            self.rules["slow create"] = [faults.latency(f.slow_create_s, verbs=["create"],
+                                                        resources=list(f.slow_create_resources),
+                                                        rate=f.slow_create, seed=seed + 8, user_agent=ua)]
         if f.lag_s:
             self.rules["watch lag"] = [faults.watch_lag(f.lag_s, user_agent=ua)]
 
     def _plan_kills(self, est_requests: int) -> None:
-        points = sorted(self.rng.randint(8, max(9, est_requests)) for _ in range(self.cfg.request_kills))
-        self._kill_points = [(p, KILL_MODES[i % len(KILL_MODES)]) for i, p in enumerate(points)]
-        self.rng.shuffle(self._kill_points)
-        self._kill_points.sort(key=lambda kp: kp[0])
+        """Kill points among the runners' requests from now on; with several runners, each picks one."""
+        n, offset = self.cfg.runners, self.requests
+        points = sorted(offset + self.rng.randint(8, max(9, est_requests)) for _ in range(self.cfg.request_kills))
+        planned = [(p, KILL_MODES[i % len(KILL_MODES)]) for i, p in enumerate(points)]
+        self.rng.shuffle(planned)
+        planned.sort(key=lambda kp: kp[0])
+        # Drawn after the points, and only with several runners: one runner's plan stays as it always was.
+        self._kill_points = [(p, mode, self.rng.randrange(n) if n > 1 else 0) for p, mode in planned]
 
     def _plan_actions(self, names: list[str]) -> list[tuple[float, str, str]]:
         window = self.cfg.action_window_s
@@ -618,7 +781,9 @@ class ChaosRun:
         changed = pool[self.cfg.deletions:self.cfg.deletions + self.cfg.spec_changes]
         plan = [(self.rng.uniform(0.3, window), "delete", n) for n in deleted]
         plan += [(self.rng.uniform(0.3, window), "change", n) for n in changed]
-        plan += [(self.rng.uniform(0.5, window), "kill", "") for _ in range(self.cfg.timer_kills)]
+        kills = [self.rng.uniform(0.5, window) for _ in range(self.cfg.timer_kills)]
+        n = self.cfg.runners
+        plan += [(at, "kill", str(self.rng.randrange(n)) if n > 1 else "") for at in kills]  # the runner killed
         return sorted(plan)
 
     # ------------------------------------------------------------------ the run
@@ -642,27 +807,61 @@ class ChaosRun:
         server = cluster.server
         server.store.on_change.append(self.inv.on_event)
         user = k8s.CustomObjectsApi(api_client(str(kubeconfig), user_agent=USER_AGENT))
-        self.sup = Supervisor(kubeconfig, workdir, cfg.workers, cfg.request_timeout())
-        self.sup.on_start.append(self._runner_started)
+        self._server_port = server.port
+        for i in range(cfg.runners):
+            # One runner: its logs in workdir, as always. Several: a directory each.
+            own = workdir if cfg.runners == 1 else workdir / f"runner-{i}"
+            own.mkdir(parents=True, exist_ok=True)
+            sup = Supervisor(kubeconfig, own, cfg.workers, cfg.request_timeout(),
+                             name="runner-supervisor" if cfg.runners == 1 else f"runner-supervisor-{i}")
+            sup.on_start.append(lambda i=i: self._runner_started(i))
+            self.sups.append(sup)
         server.faults.intercept(self._before, user_agent=RUNNER_AGENT)
         server.faults.intercept(self._after_status, when="after", verbs=["update"], resources=["workspaces/status"],
                                 user_agent=RUNNER_AGENT)
         self._install_faults(server)
         try:
+            if cfg.runners > 1:
+                # Several runners already run when the Workspaces arrive, so that each sees each one come.
+                for sup in self.sups:
+                    sup.start()
+                self._wait_watching(60.0)
             names = self._create(user)
             report.workspaces = len(names)
+            # Runners at once share the work: passes but one that lose a write race are cheap, so the requests
+            # do not grow with the runners; kill points are spread over about as many as one runner makes.
             self._plan_kills(est_requests=10 * len(names))
             actions = self._plan_actions(names)
-            self.sup.start()
+            if cfg.runners == 1:
+                self.sup.start()
             self._act(user, actions, report)
             report.settled = self._settle(report)
+            if cfg.runners > 1 and report.settled:
+                # Every stored change counts until the end: a create another runner sent (or a dead one's,
+                # held in the server) may land up to one request timeout after all reached their goal.
+                time.sleep(cfg.request_timeout())
         finally:
-            self.sup.stop()
+            for sup in self.sups:
+                sup.terminate()
+            for sup in self.sups:
+                if sup.is_alive() or sup.proc is not None:
+                    sup.stop()
             for n, rules in self.rules.items():
                 report.faults_injected[n] = sum(r.hits for r in rules)
             cluster.stop()
         self._finish(report, started)
         return report
+
+    def _wait_watching(self, timeout: float) -> None:
+        """Until every runner has listed and watches Workspaces and NodeClaims (its watch requests came)."""
+        deadline = time.monotonic() + timeout
+        want = {"workspaces", "nodeclaims"}
+        while time.monotonic() < deadline:
+            if all(want <= seen for seen in self._watching):
+                self.progress(f"{self.cfg.runners} runners watch")
+                return
+            time.sleep(0.05)
+        self.progress(f"not every runner watched after {timeout:.0f} s: {[sorted(w) for w in self._watching]}")
 
     def _create(self, user: Any) -> list[str]:
         names: list[str] = []
@@ -690,8 +889,10 @@ class ChaosRun:
                 time.sleep(delay)
             key = f"{NS}/{name}"
             if what == "kill":
-                if self.sup.kill():
+                runner = int(name or 0)
+                if self.sups[runner].kill():
                     self.kills["at a random moment"] += 1
+                    self.kills_per_runner[runner] += 1
             elif what == "delete":
                 with self.inv.lock:
                     self.inv.ws[key].delete_requested = time.monotonic()
@@ -731,11 +932,17 @@ class ChaosRun:
             pending = self._pending()
             if not pending and not self._kill_points:
                 return True
-            if not self._kill_points or self.requests > 40 * report.workspaces:
+            if not pending and self.cfg.runners > 1:
+                # Several runners go quiet together once all is done: a kill point left could wait forever.
+                with self._req_lock:
+                    self._kill_points = []
+                    self._pending_kill.clear()
+                continue
+            if not self._kill_points or self.requests > 40 * report.workspaces * self.cfg.runners:
                 self._kill_points = []  # the run went on long enough: no kill left to aim
             if time.monotonic() - last_note > 5:
                 last_note = time.monotonic()
-                self.progress(f"waiting for {len(pending)} Workspaces; {self.sup.starts} runner starts, "
+                self.progress(f"waiting for {len(pending)} Workspaces; {sum(s.starts for s in self.sups)} runner starts, "
                               f"{sum(self.kills.values())} kills, {self.requests} runner requests")
             time.sleep(0.2)
         report.stuck = self._pending()[:MAX_LISTED]
@@ -744,12 +951,16 @@ class ChaosRun:
     def _finish(self, report: ChaosReport, started: float) -> None:
         inv = self.inv
         report.kills = dict(self.kills)
-        report.runner_starts = self.sup.starts
-        report.unexpected_exits = len(self.sup.unexpected)
+        report.kills_per_runner = list(self.kills_per_runner)
+        report.runner_starts_per_runner = [s.starts for s in self.sups]
+        report.runner_starts = sum(report.runner_starts_per_runner)
+        unexpected = [u if len(self.sups) == 1 else f"runner {i}: {u}" for i, s in enumerate(self.sups)
+                      for u in s.unexpected]
+        report.unexpected_exits = len(unexpected)
         report.runner_requests = self.requests
         report.early_retries = self.early_retries
         tracebacks = 0
-        for p in Path(report.logs).glob("runner-*.log"):
+        for p in Path(report.logs).rglob("runner-*.log"):  # with several runners, in a directory each
             text = p.read_text(errors="replace")
             tracebacks += text.count("Traceback (most recent call last)")
         report.runner_tracebacks = tracebacks
@@ -759,7 +970,7 @@ class ChaosRun:
             report.nodeclaims_over_target_max = inv.over_target_max
             report.duplicates = inv.duplicates
             report.lost = inv.lost
-            report.violations = list(inv.violations) + [f"runner: {u}" for u in self.sup.unexpected]
+            report.violations = list(inv.violations) + [f"runner: {u}" for u in unexpected]
             report.violation_count = inv.count
             outcomes: Counter = Counter()
             times = []
