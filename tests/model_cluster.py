@@ -134,6 +134,22 @@ def no_clock_no_network() -> Iterator[None]:
             setattr(obj, name, value)
 
 
+@contextlib.contextmanager
+def no_sleep_no_sockets() -> Iterator[None]:
+    """For a whole test module: sleeping and sockets fail loudly (hypothesis and the model need neither).
+    The wall clock is forbidden only while decide runs (:func:`pure_decide`), as hypothesis reads it."""
+    saved = [(time, "sleep", time.sleep), (socket.socket, "connect", socket.socket.connect),
+             (socket, "create_connection", socket.create_connection)]
+    time.sleep = _forbidden("time.sleep()")
+    socket.socket.connect = _forbidden("socket.connect()")
+    socket.create_connection = _forbidden("socket.create_connection()")
+    try:
+        yield
+    finally:
+        for obj, name, value in saved:
+            setattr(obj, name, value)
+
+
 def pure_decide(ws: Workspace, snapshot: Snapshot, now: datetime, config: Config = DEFAULT_CONFIG, *,
                 pass_id: str = "") -> Decision:
     """``decide`` with the clock, sleep, sockets and files forbidden while it runs."""
@@ -496,9 +512,9 @@ class Cluster:
 
     def decide(self, key: str, version: int) -> Decision:
         """decide on the newest persisted Workspace, checking (d): the persisted form decides the same."""
-        ws = self.ws(key)
-        snap = self.snapshot(key, version)
-        pass_id = f"m.{self.passes + 1:x}"
+        return self._decide_checked(key, self.ws(key), self.snapshot(key, version), f"m.{self.passes + 1:x}")
+
+    def _decide_checked(self, key: str, ws: Workspace, snap: Snapshot, pass_id: str) -> Decision:
         d = pure_decide(ws, snap, self.now, self.config, pass_id=pass_id)
         again = pure_decide(reparse(ws) if self.full_reparse else reparse_status(ws), snap, self.now, self.config,
                             pass_id=pass_id)
@@ -799,12 +815,7 @@ class Cluster:
         dc.passes += 1
         self.passes += 1
         pass_id = f"{decider}-{dc.incarnation}.{dc.passes:x}"
-        d = pure_decide(ws, snap, self.now, self.config, pass_id=pass_id)
-        again = pure_decide(reparse(ws) if self.full_reparse else reparse_status(ws), snap, self.now, self.config,
-                            pass_id=pass_id)
-        if again != d:
-            self.fail(f"(d) {key}: decide on the Workspace rebuilt from its persisted form differs:\n"
-                      f"  in memory: {d}\n  reparsed:  {again}")
+        d = self._decide_checked(key, ws, snap, pass_id)
         rec = read_lifecycle(ws.status)
         entry_key = (ws.metadata.uid, rec.state, rec.entered_at, rec.attempts) if rec else (ws.metadata.uid,)
         p = Pass(key, d, e.foreign, version, self.now, entry_key, ws.status)

@@ -40,12 +40,7 @@ PROPS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthC
 
 @pytest.fixture(autouse=True, scope="module")
 def _no_sleep_no_network():
-    """For the whole module: sleeping and sockets fail loudly (hypothesis needs neither).
-    The wall clock is forbidden only while decide runs (``pure_decide``), as hypothesis reads it."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(time, "sleep", mc._forbidden("time.sleep()"))
-        mp.setattr(socket.socket, "connect", mc._forbidden("socket.connect()"))
-        mp.setattr(socket, "create_connection", mc._forbidden("socket.create_connection()"))
+    with mc.no_sleep_no_sockets():
         yield
 
 

@@ -10,8 +10,6 @@ each the smallest story that showed it.
 from __future__ import annotations
 
 import json
-import socket
-import time
 from datetime import timedelta
 
 import attrs
@@ -30,11 +28,7 @@ FINALIZER = DEFAULT_CONFIG.finalizer
 
 @pytest.fixture(autouse=True, scope="module")
 def _no_sleep_no_network():
-    """Sleeping and sockets fail loudly in this module; the clock is forbidden inside decide itself."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(time, "sleep", mc._forbidden("time.sleep()"))
-        mp.setattr(socket.socket, "connect", mc._forbidden("socket.connect()"))
-        mp.setattr(socket, "create_connection", mc._forbidden("socket.create_connection()"))
+    with mc.no_sleep_no_sockets():
         yield
 
 

@@ -10,8 +10,6 @@ deleted included, than the Workspace's targetNodeCount.
 
 from __future__ import annotations
 
-import socket
-import time
 from datetime import timedelta
 
 import attrs
@@ -31,10 +29,7 @@ from workspace_fsm.persist import read_lifecycle
 
 @pytest.fixture(autouse=True, scope="module")
 def _no_sleep_no_network():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(time, "sleep", mc._forbidden("time.sleep()"))
-        mp.setattr(socket.socket, "connect", mc._forbidden("socket.connect()"))
-        mp.setattr(socket, "create_connection", mc._forbidden("socket.create_connection()"))
+    with mc.no_sleep_no_sockets():
         yield
 
 

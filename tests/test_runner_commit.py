@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from model_cluster import inference_ws
+from test_runner import _run_pass
 from workspace_fsm import actions as A
 from workspace_fsm.adapter import AdapterError, Conflict
 from workspace_fsm.model import Snapshot
@@ -36,12 +37,7 @@ class WriteAdapter:
 
 
 def _run(reconciler, key="default/w"):
-    gen = reconciler.reconcile(key)
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        return stop.value
+    return _run_pass(reconciler, key)
 
 
 def test_a_pass_that_loses_the_409_logs_counts_and_reports_nothing(caplog):
