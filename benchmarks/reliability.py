@@ -1,7 +1,8 @@
 """Reliability runs at full size: crash-restart and API faults, with the figures for docs/reliability.md.
 
-    .venv/bin/python benchmarks/reliability.py                    # every row (about 12 minutes)
+    .venv/bin/python benchmarks/reliability.py                    # every row (about 13 minutes)
     .venv/bin/python benchmarks/reliability.py --rows crash       # one row
+    .venv/bin/python benchmarks/reliability.py --rows multi       # 3 runners at once, with kills (about 80 s)
     .venv/bin/python benchmarks/reliability.py --quick            # every row, small (about 2 minutes)
 
 Each row is one seeded run of workspace_fsm.testing.chaos (the runner as a separate process against the
@@ -30,6 +31,11 @@ FAULT_ROWS: dict[str, FaultRates] = {
     "latency spikes of 2 s (10% of requests)": FaultRates(latency=0.10, latency_s=2.0),
     "cache lag 20 s (every watch event)": FaultRates(lag_s=20.0),
 }
+# Several runners at once race on every new Workspace; NodeClaim creates slowed as admission webhooks slow
+# them on a real cluster keep open the window between one runner's status write and its creates landing.
+MULTI_FAULTS = FaultRates(slow_create=1.0, slow_create_s=0.5)
+MULTI_RUNNERS = 3
+MULTI_WORKERS = 20  # per runner: one that lost a write race looks again at once, not behind slow creates
 ALL_FAULTS = FaultRates(conflict=0.05, error=0.05, throttle=0.05, retry_after=1, drop_watch=0.2, compaction=0.05,
                         latency=0.05, latency_s=1.0, lag_s=5.0)
 
@@ -59,6 +65,9 @@ def rows(args: argparse.Namespace) -> list[tuple[str, str, ChaosConfig]]:
                         replace(base, faults=f, api_request_timeout_s=60.0)))
     out.append(("all", "every fault kind at once, plus SIGKILLs, spec changes and deletions",
                 replace(crash, seed=args.seed + 2, faults=ALL_FAULTS)))
+    out.append(("multi", f"{MULTI_RUNNERS} runners at once, with kills (NodeClaim creates take "
+                         f"{MULTI_FAULTS.slow_create_s:g} s, {MULTI_WORKERS} workers each)",
+                replace(crash, seed=args.seed + 3, runners=MULTI_RUNNERS, workers=MULTI_WORKERS, faults=MULTI_FAULTS)))
     chosen = [r for r in out if r[0] in args.rows and (not args.match or args.match in r[1]
                                                        or (r[0] == "faults" and not r[2].faults.any()))]
     return chosen
@@ -66,9 +75,10 @@ def rows(args: argparse.Namespace) -> list[tuple[str, str, ChaosConfig]]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", default="crash,faults,all", help="comma-separated: crash, faults, all")
+    p.add_argument("--rows", default="crash,faults,all,multi", help="comma-separated: crash, faults, all, multi")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--workspaces", type=int, default=300, help="Workspaces in the crash and all-faults rows")
+    p.add_argument("--workspaces", type=int, default=300,
+                   help="Workspaces in the crash, all-faults and several-runners rows")
     p.add_argument("--quick", action="store_true", help="small runs (the size CI uses, about 2 minutes)")
     p.add_argument("--match", default="", help="only rows whose label contains this (fault rows keep their baseline)")
     p.add_argument("--markdown", action="store_true", help="print the Markdown table instead of JSON")
@@ -93,8 +103,9 @@ def main() -> int:
             d["degradation"] = {k: round(d["time_to_goal_s"][k] / baseline["time_to_goal_s"][k], 2)
                                 for k in ("p50", "p90", "max")}
             d["degradation"]["makespan"] = round(d["makespan_s"] / baseline["makespan_s"], 2)
+        per_runner = f" {report.kills_per_runner} by runner" if len(report.kills_per_runner) > 1 else ""
         print(f"   {'ok' if report.ok else 'INVARIANT BROKEN'}: {report.workspaces} Workspaces, "
-              f"kills {sum(report.kills.values())}, faults {sum(report.faults_injected.values())}, "
+              f"kills {sum(report.kills.values())}{per_runner}, faults {sum(report.faults_injected.values())}, "
               f"time to goal p50 {d['time_to_goal_s'].get('p50')} s, violations {report.violation_count}, "
               f"wall {report.wall_s} s", file=sys.stderr, flush=True)
         results.append(d)
@@ -116,6 +127,9 @@ def markdown(results: list[dict], args: argparse.Namespace) -> str:
         k = r["kills"]
         kills = "/".join(str(k.get(m, 0)) for m in ("between-calls", "in-flight", "in-status-write",
                                                      "create-held", "at a random moment")) if k else "0"
+        by_runner = r.get("kills_per_runner") or []
+        if len(by_runner) > 1:
+            kills += f" (by runner: {'/'.join(str(n) for n in by_runner)})"
         faults = ", ".join(f"{n}: {v}" for n, v in r["faults_injected"].items()) or "none"
         outcomes = ", ".join(f"{v} {n}" for n, v in sorted(r["outcomes"].items()))
         ttg = r["time_to_goal_s"]
