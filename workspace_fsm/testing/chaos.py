@@ -261,6 +261,7 @@ class Invariants:
         self.ws: dict[str, _Ws] = {}
         self.claims: dict[str, str] = {}  # NodeClaim name -> Workspace key
         self.claims_of: dict[str, set[str]] = {}
+        self.workloads_of: dict[str, set[str]] = {}  # Workspace key -> "deployments/<name>", "statefulsets/<name>"
         self.claim_ready: dict[str, bool] = {}
         self.claim_node: dict[str, str] = {}
         self.node_gpu: dict[str, bool] = {}
@@ -340,6 +341,16 @@ class Invariants:
                 if int(after.get("gen", 0)) < int(before.get("gen", 0)):
                     self.lost += 1
                     self.violate(f"{key}: the record's generation went back from {before.get('gen')} to {after.get('gen')}")
+            # KAITO's conditions too: an observedGeneration going back is a stale writer's status.
+            was = _conditions(prev)
+            for ctype, cond in _conditions(obj).items():
+                old_cond = was.get(ctype)
+                if old_cond is None:
+                    continue
+                a, b = old_cond.get("observedGeneration"), cond.get("observedGeneration")
+                if isinstance(a, int) and isinstance(b, int) and b < a:
+                    self.lost += 1
+                    self.violate(f"{key}: condition {ctype}'s observedGeneration went back from {a} to {b}")
         self.last_ws[key] = obj
         if prev is not None:
             base = (prev.get("metadata") or {}).get("resourceVersion")
@@ -412,6 +423,12 @@ class Invariants:
         if key is None:
             return
         name = meta.get("name", "")
+        if plural != "jobs":  # kept per owner for the orphan count, as Jobs are below
+            mine = self.workloads_of.setdefault(key, set())
+            if ev.type == "DELETED":
+                mine.discard(f"{plural}/{name}")
+            else:
+                mine.add(f"{plural}/{name}")
         if plural == "jobs":
             jobs = self.jobs_of.setdefault(key, set())
             if ev.type == "DELETED":
@@ -991,7 +1008,9 @@ class ChaosRun:
                     if w.changed_at is None:
                         times.append(goal - w.created_at)
             # Orphans: NodeClaims of Workspaces that are gone, or that nothing expects.
-            report.orphans = sum(len(names) for key, names in inv.claims_of.items()
+            # Workloads and Jobs too: the garbage collector removes them with their Workspace.
+            report.orphans = sum(len(names) for owned in (inv.claims_of, inv.workloads_of, inv.jobs_of)
+                                 for key, names in owned.items()
                                  if names and (key not in inv.ws or inv.ws[key].gone_at is not None))
             report.outcomes = dict(outcomes)
             if times:
@@ -1016,7 +1035,13 @@ class ChaosRun:
                 return f"Failed, but the message {msg!r} does not give the Job's reason {self.inv.job_failed[key]}"
             return None
         if reason == "TuningJobDeadlineExceeded":
-            return None  # the record's history names the deadline that fired
+            # The record's history must name the deadline that fired: the last entry into Failed.
+            rec = _record(self.inv.last_ws.get(key) or {}) or {}
+            into = [h for h in rec.get("history") or () if isinstance(h, list) and len(h) >= 4 and h[1] == "Failed"]
+            if not into or not str(into[-1][3]).startswith("deadline:"):
+                return ("Failed with TuningJobDeadlineExceeded, but the record's history names no deadline "
+                        f"({into[-1][3] if into else 'no entry into Failed'})")
+            return None
         return f"Failed with an unspecific or unexpected reason {reason!r}"
 
 
