@@ -1150,6 +1150,15 @@ class Cluster:
         return rounds
 
 
+def to_ready(c: Cluster, key: str) -> None:
+    """Happy rounds until the Workspace is where it ends (Ready or Succeeded)."""
+    for _ in range(6):
+        c.run_pass(key)
+        c.settle(key)
+    c.run_pass(key)
+    assert c.state(key) in ("Ready", "Succeeded"), c.state(key)
+
+
 # ============================================================================ hostile lifecycle records
 
 

@@ -16,7 +16,7 @@ import attrs
 import pytest
 
 import model_cluster as mc
-from model_cluster import EPOCH, Cluster, inference_ws, pure_decide, reparse, spec_revision, tuning_ws
+from model_cluster import EPOCH, Cluster, inference_ws, pure_decide, reparse, spec_revision, to_ready, tuning_ws
 from workspace_fsm import actions as A
 from workspace_fsm.decide import KAITO_CONDITIONS, nodeclaim_name
 from workspace_fsm.lifecycle import DEFAULT_CONFIG
@@ -51,15 +51,6 @@ def cond(c: Cluster, key: str, type_: str) -> Condition:
     found = c.ws(key).status.condition(type_)
     assert found is not None, f"{type_} missing from {c.ws(key).status}"
     return found
-
-
-def to_ready(c: Cluster, key: str) -> None:
-    """Happy rounds until the Workspace is where it ends (Ready or Succeeded)."""
-    for _ in range(6):
-        c.run_pass(key)
-        c.settle(key)
-    c.run_pass(key)
-    assert c.state(key) in ("Ready", "Succeeded"), c.state(key)
 
 
 # ---------------------------------------------------------------------------- inference

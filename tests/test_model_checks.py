@@ -28,7 +28,7 @@ import attrs
 import pytest
 
 import model_cluster as mc
-from model_cluster import Cluster, inference_ws, spec_revision, tuning_ws
+from model_cluster import Cluster, inference_ws, spec_revision, to_ready, tuning_ws
 from workspace_fsm import actions as A
 from workspace_fsm.decide import nodeclaim_name
 from workspace_fsm.errors import Problem
@@ -64,14 +64,6 @@ def provisioning(name: str = "w", count: int = 1) -> tuple[Cluster, str]:
     assert r.persisted and c.state(key) == "NodesProvisioning"
     assert len(c.claims(key)) == count
     return c, key
-
-
-def ready(c: Cluster, key: str) -> None:
-    for _ in range(6):
-        c.run_pass(key)
-        c.settle(key)
-    c.run_pass(key)
-    assert c.state(key) in ("Ready", "Succeeded"), c.state(key)
 
 
 def workload_for(c: Cluster, key: str) -> A.CreateWorkload:
@@ -259,7 +251,7 @@ def test_converge_is_given_too_few_rounds():
 
 def test_a_decide_that_keeps_asking_once_finished_is_not_quiet():
     c = RestlessCluster()
-    key = c.add(inference_ws("restless", 1))
+    c.add(inference_ws("restless", 1))
     with pytest.raises(mc.Violation, match=r"\(f\) default/restless: finished in Ready, but the next pass on a settled "
                                            r"cluster still moves.*DeleteNodeClaim"):
         c.converge()
@@ -339,7 +331,7 @@ def test_the_same_steps_done_right_raise_nothing():
     c.advance(timedelta(hours=1))
     apply_pass(c, take(c, key))  # one deadline firing, committed once
     c.settle(key)
-    ready(c, key)
+    to_ready(c, key)
     assert c.converge() >= 1
 
 

@@ -42,6 +42,14 @@ def run_through(c: Cluster, decider: str, key: str) -> None:
         c.step_once(decider, key)
 
 
+def through_status_write(c: Cluster, decider: str, key: str):
+    """``decider`` decides on ``key`` and gets as far as its status write (the finalizer, the write)."""
+    st_ = c.begin_at(decider, key)
+    for _ in range(len(st_.p.decision.before) + 1):
+        c.step_once(decider, key)
+    return st_
+
+
 def _race(c: Cluster, key: str) -> str:
     """Runners a and b decide on the same version; a's status write wins and it is about to send its
     creates; b's write loses the 409. Returns the first name a recorded."""
@@ -98,9 +106,7 @@ def test_a_refused_create_of_one_s_own_pass_is_still_replaced_at_once():
     c = Cluster()
     key = c.add(inference_ws("refused", 1))
     c.add_decider("a")
-    st_ = c.begin_at("a", key)
-    for _ in range(len(st_.p.decision.before) + 1):
-        c.step_once("a", key)
+    through_status_write(c, "a", key)
     c.step_once("a", key, outcome="refused")  # the create: 429
     assert c.step_of("a", key) is None and c.claims(key) == []
     (first,) = read_lifecycle(c.ws(key).status).nodeclaims
@@ -114,9 +120,7 @@ def test_another_runner_does_not_take_a_refusal_it_did_not_see():
     key = c.add(inference_ws("refused", 1))
     c.add_decider("a")
     c.add_decider("b")
-    st_ = c.begin_at("a", key)
-    for _ in range(len(st_.p.decision.before) + 1):
-        c.step_once("a", key)
+    through_status_write(c, "a", key)
     c.step_once("a", key, outcome="refused")
     assert not kinds(c.begin_at("b", key).p.decision, A.CreateNodeClaim)  # b knows nothing of it: it waits
 
@@ -210,8 +214,15 @@ def test_tuning_workspaces_in_a_terminal_state_are_trimmed_too():
 def test_byo_nodes_and_an_empty_snapshot_delete_nothing():
     c = Cluster()
     key = c.add(inference_ws("fresh", 2))
-    d = pure_decide(c.ws(key), Snapshot(), c.now)
-    assert not kinds(d, A.DeleteNodeClaim)
+    assert not kinds(pure_decide(c.ws(key), Snapshot(), c.now), A.DeleteNodeClaim)
+    # Bring-your-own nodes: the machine creates no NodeClaims, so it deletes none either, even labelled ones.
+    byo = c.ws(key)
+    byo = attrs.evolve(byo, resource=attrs.evolve(byo.resource, instance_type=None))
+    assert byo.resource.byo_nodes
+    labelled = tuple(attrs.evolve(_claim(f"byo-{i}", created=i), workspace_key=key) for i in range(3))
+    assert not kinds(pure_decide(byo, Snapshot(nodeclaims=labelled), c.now), A.DeleteNodeClaim)
+    # and the same three on the machine's own Workspace: one goes (the control)
+    assert len(kinds(pure_decide(c.ws(key), Snapshot(nodeclaims=labelled), c.now), A.DeleteNodeClaim)) == 1
 
 
 # ----------------------------------------------------------------------------- the stateful model
@@ -328,9 +339,7 @@ def test_grace_and_kills_two_runners_story():
     key = c.add(inference_ws("killed", 1))
     c.add_decider("a")
     c.add_decider("b")
-    st_ = c.begin_at("a", key)
-    for _ in range(len(st_.p.decision.before) + 1):
-        c.step_once("a", key)
+    through_status_write(c, "a", key)
     c.kill("a", queue_creates=True)
     assert len(c.queued) == 1
     c.advance(timedelta(seconds=30))

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 import attrs
 
 from . import actions as A
-from .lifecycle import DEFAULT_CONFIG, STATES, Config, Facts, edge_guard_name, nodes_lost, step
+from .lifecycle import DEFAULT_CONFIG, STATES, Config, Facts, edge_guard_name, nodes_lost, step, workload_ready
 from .model import (LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, Condition,
                     Workspace, WorkspaceStatus, Snapshot, format_time, whole_seconds)
 from .persist import LIFECYCLE_CONDITION, HistoryEntry, Lifecycle, read_lifecycle
@@ -101,20 +101,20 @@ def workload_kind(target: int) -> str:
 
 
 def _merge_claims(rec: Lifecycle, f: Facts, cap: int | None = None,
-                  skip: frozenset[str] | set[str] = frozenset()) -> tuple[str, ...]:
+                  skip: frozenset[str] | set[str] = frozenset(), marked: set[str] | None = None) -> tuple[str, ...]:
     """The NodeClaims the machine knows of: recorded ones not known gone, plus observed ones with its labels.
 
     With ``cap`` (the target), an observed NodeClaim the record does not hold is adopted only while the
     record holds fewer live ones than that, and never one being deleted or in ``skip`` (chosen to go): the
     record never adopts a NodeClaim above target. Without it (deletion), every one is adopted, so the
-    finalizer stays until each is gone.
+    finalizer stays until each is gone. ``marked``: this pass's deletion marks (default: the record's).
     """
     gone = f.gone
     keep = [n for n in rec.nodeclaims if n not in gone] if gone else rec.nodeclaims
     known = set(keep)
     extra = sorted(c.name for c in f.claims if c.name not in known)
     if extra and cap is not None:
-        marked = set(rec.deleted)
+        marked = set(rec.deleted) if marked is None else marked
         room = cap - sum(1 for n in keep if "NodeClaim/" + n not in marked)
         deleting = {c.name for c in f.claims if c.deleting}
         extra = [n for n in extra if n not in deleting and n not in skip][:max(room, 0)]
@@ -123,18 +123,19 @@ def _merge_claims(rec: Lifecycle, f: Facts, cap: int | None = None,
     return tuple(keep) + tuple(extra)
 
 
-def _above_target(f: Facts, deleted: set[str]) -> list[str]:
+def _above_target(f: Facts, deleted: set[str]) -> tuple[list[str], int]:
     """NodeClaims to delete because more are live than targetNodeCount, however they came to exist (another
     writer, a hand-made one with the Workspace's labels, an older runner). Live: not being deleted and not
     asked to go; recorded ones not yet in the cache count too, but only ones the cache shows can be chosen.
     Chosen in order: not Ready before Ready, then the newest; one that backs a worker node (a Ready claim
     whose Node serves the Workspace) goes only when no other can."""
     if len(f.claims) + len(f.unseen) <= f.target or f.target <= 0:
-        return []  # the common case, decided without building anything
+        return [], 0  # the common case, decided without building anything
     live = [c for c in f.claims if not c.deleting and ("NodeClaim/" + c.name) not in deleted]
-    over = len(live) + sum(1 for n in f.unseen if ("NodeClaim/" + n) not in deleted) - f.target
+    total = len(live) + sum(1 for n in f.unseen if ("NodeClaim/" + n) not in deleted)
+    over = total - f.target
     if over <= 0:
-        return []
+        return [], total
     workers = set(f.ws.status.worker_nodes or ()) | set(f.ready_nodes)
     far_future = 1e18
 
@@ -143,14 +144,12 @@ def _above_target(f: Facts, deleted: set[str]) -> list[str]:
         backs = c.is_ready and c.node_name in workers
         return (backs, c.is_ready, -created, tuple(-ord(ch) for ch in c.name))
 
-    return [c.name for c in sorted(live, key=order)[:over]]
+    return [c.name for c in sorted(live, key=order)[:over]], total
 
 
 def _remove_above_target(f: Facts, deleted: set[str], out: list) -> set[str]:
-    victims = _above_target(f, deleted)
+    victims, live = _above_target(f, deleted)
     if victims:
-        live = sum(1 for c in f.claims if not c.deleting and ("NodeClaim/" + c.name) not in deleted) + \
-            sum(1 for n in f.unseen if ("NodeClaim/" + n) not in deleted)
         for name in victims:
             out.append(A.DeleteNodeClaim(name, ABOVE_TARGET))
             deleted.add("NodeClaim/" + name)
@@ -240,8 +239,7 @@ def _ensure_nodeclaims(f: Facts, rec: Lifecycle, out: list, create: bool = True)
             deleted.add("NodeClaim/" + c.name)
             failures += 1
     victims = _remove_above_target(f, deleted, out)
-    claims = _merge_claims(attrs.evolve(rec, deleted=tuple(deleted)) if len(deleted) != len(rec.deleted) else rec,
-                           f, cap=f.target, skip=victims)
+    claims = _merge_claims(rec, f, cap=f.target, skip=victims, marked=deleted)
     missing = f.target - f.existing
     seq = rec.next_seq
     if create and missing > 0 and failures < f.config.max_nodeclaim_failures:
@@ -550,11 +548,6 @@ def _build_status(ws: Workspace, f: Facts | None, state: str, rec: Lifecycle, st
 _LOSS_HELD = frozenset({"PluginsReady", "WorkloadDeploying", "Ready"})
 
 
-def _workload_is_ready(f: Facts) -> bool:
-    w = f.snap.workload
-    return w is not None and w.revision == f.revision and w.is_ready
-
-
 def _wake(state: str, f: Facts, rec: Lifecycle, config: Config) -> A.WakeUp:
     spec = STATES[state]
     best: A.WakeUp | None = None
@@ -568,7 +561,7 @@ def _wake(state: str, f: Facts, rec: Lifecycle, config: Config) -> A.WakeUp:
         if best is None or config.gpu_recheck < best.after:
             best = A.WakeUp(config.gpu_recheck, "re-check node GPU capacity (Nodes are not watched)")
     if state in _LOSS_HELD and rec.entered_at is not None and f.now < rec.entered_at + config.loss_settle \
-            and ((not f.nodes_ready and not nodes_lost(f)) or (state == "Ready" and not _workload_is_ready(f))):
+            and ((not f.nodes_ready and not nodes_lost(f)) or (state == "Ready" and not workload_ready(f))):
         # A loss seen too soon after entering: looked at again once Config.loss_settle has passed.
         left = rec.entered_at + config.loss_settle - f.now
         if best is None or left < best.after:
