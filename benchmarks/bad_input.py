@@ -30,14 +30,14 @@ from typing import Any
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from workspace_fsm import actions as A
-from workspace_fsm.decide import WORKSPACE_SUCCEEDED, decide
-from workspace_fsm.embedded import EmbeddedCluster
-from workspace_fsm.errors import InvalidWorkspace
-from workspace_fsm.model import FINALIZER, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, Snapshot, parse_workspace
+from workspace_fsm.kaito import actions as A
+from workspace_fsm.kaito.decide import WORKSPACE_SUCCEEDED, decide
+from workspace_fsm.cli.embedded import EmbeddedCluster
+from workspace_fsm.kaito.errors import InvalidWorkspace
+from workspace_fsm.kaito.model import FINALIZER, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, Snapshot, parse_workspace
 from workspace_fsm.testing.strategies import (API_UNSENDABLE, CATEGORIES, BadWorkspace, RandomChooser, at_goal, dump_yaml,
                                               invalid_condition, make_bad, make_valid)
-from workspace_fsm.validation import check_document, validate_files
+from workspace_fsm.kaito.validation import check_document, validate_files
 
 CREATING = (A.CreateNodeClaim, A.CreateWorkload, A.UpdateWorkload, A.CreateJob, A.AddFinalizer)
 GROUP, VERSION, PLURAL = "kaito.sh", "v1beta1", "workspaces"

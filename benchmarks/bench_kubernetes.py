@@ -19,10 +19,10 @@ from pathlib import Path
 
 from kubernetes import client as k8s
 
-from workspace_fsm.embedded import EmbeddedCluster
-from workspace_fsm.persist import read_lifecycle
-from workspace_fsm.model import WorkspaceStatus
-from workspace_fsm.run_cli import build_runner
+from workspace_fsm.cli.embedded import EmbeddedCluster
+from workspace_fsm.kaito.persist import read_lifecycle
+from workspace_fsm.kaito.model import WorkspaceStatus
+from workspace_fsm.cli.run import build_runner
 
 
 def workspace(i: int) -> dict:

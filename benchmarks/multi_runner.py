@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-LABEL_WORKSPACE = "kaito.sh/workspace"  # workspace_fsm.model.LABEL_WORKSPACE, as KAITO labels its NodeClaims
+LABEL_WORKSPACE = "kaito.sh/workspace"  # workspace_fsm.kaito.model.LABEL_WORKSPACE, as KAITO labels its NodeClaims
 LABEL_WORKSPACE_NAMESPACE = "kaito.sh/workspacenamespace"
 NAMESPACE = "default"
 PRESET = "phi-4"

@@ -46,7 +46,7 @@ NS = "default"
 INSTANCE = "Standard_NC24ads_A100_v4"
 INFERENCE_PRESET = "phi-4-mini-instruct"
 TUNING_PRESET = "phi-3-mini-128k-instruct"
-LABEL_WORKSPACE = "kaito.sh/workspace"  # workspace_fsm.model.LABEL_WORKSPACE
+LABEL_WORKSPACE = "kaito.sh/workspace"  # workspace_fsm.kaito.model.LABEL_WORKSPACE
 INFORMERS = ("workspaces", "nodeclaims", "nodes", "deployments", "statefulsets", "jobs")
 MIB = 1024 * 1024
 
@@ -449,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     warmup = duration / 4 if args.warmup is None else args.warmup
 
     from workspace_fsm.adapters.kubernetes.client import api_client
-    from workspace_fsm.embedded import EmbeddedCluster
+    from workspace_fsm.cli.embedded import EmbeddedCluster
 
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="workspace-fsm-soak-"))

@@ -50,19 +50,19 @@ from typing import Any
 
 import attrs
 
-from workspace_fsm import actions as A
-from workspace_fsm import decide as decide_module
-from workspace_fsm import lifecycle as lifecycle_module
-from workspace_fsm import model as model_module
-from workspace_fsm import persist as persist_module
-from workspace_fsm.decide import Decision, decide, target_node_count
-from workspace_fsm.lifecycle import DEFAULT_CONFIG, STATE_TABLE, Config
-from workspace_fsm.model import (LABEL_ACCELERATOR, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, DataDestination,
+from workspace_fsm.kaito import actions as A
+from workspace_fsm.kaito import decide as decide_module
+from workspace_fsm.kaito import lifecycle as lifecycle_module
+from workspace_fsm.kaito import model as model_module
+from workspace_fsm.kaito import persist as persist_module
+from workspace_fsm.kaito.decide import Decision, decide, target_node_count
+from workspace_fsm.kaito.lifecycle import DEFAULT_CONFIG, STATE_TABLE, Config
+from workspace_fsm.kaito.model import (LABEL_ACCELERATOR, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, DataDestination,
                                  DataSource, InferenceSpec, Job, LabelSelector, Node, NodeClaim, ObjectMeta,
                                  PresetSpec, ResourceSpec, Snapshot, TuningSpec, Workload, Workspace,
                                  WorkspaceStatus, parse_workspace)
-from workspace_fsm.decide import confirmations
-from workspace_fsm.persist import Lifecycle, read_lifecycle
+from workspace_fsm.kaito.decide import confirmations
+from workspace_fsm.kaito.persist import Lifecycle, read_lifecycle
 
 EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
 INSTANCE_TYPE = "Standard_NC24ads_A100_v4"

@@ -17,7 +17,7 @@ from workspace_fsm.testing import TestAPIServer
 
 G, V, NS, WS = "kaito.sh", "v1beta1", "default", "workspaces"
 ApiException = client.exceptions.ApiException
-KAITO_CRD = Path(workspace_fsm.__file__).parent / "data" / "kaito.sh_workspaces.yaml"
+KAITO_CRD = Path(workspace_fsm.__file__).parent / "kaito" / "data" / "kaito.sh_workspaces.yaml"
 
 
 def workspace(name: str) -> dict:

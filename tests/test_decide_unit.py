@@ -17,11 +17,11 @@ import pytest
 
 import model_cluster as mc
 from model_cluster import EPOCH, Cluster, inference_ws, pure_decide, reparse, spec_revision, to_ready, tuning_ws
-from workspace_fsm import actions as A
-from workspace_fsm.decide import KAITO_CONDITIONS, nodeclaim_name
-from workspace_fsm.lifecycle import DEFAULT_CONFIG
-from workspace_fsm.model import Condition, Snapshot, WorkspaceStatus, parse_workspace
-from workspace_fsm.persist import LIFECYCLE_CONDITION, read_lifecycle
+from workspace_fsm.kaito import actions as A
+from workspace_fsm.kaito.decide import KAITO_CONDITIONS, nodeclaim_name
+from workspace_fsm.kaito.lifecycle import DEFAULT_CONFIG
+from workspace_fsm.kaito.model import Condition, Snapshot, WorkspaceStatus, parse_workspace
+from workspace_fsm.kaito.persist import LIFECYCLE_CONDITION, read_lifecycle
 
 FINALIZER = DEFAULT_CONFIG.finalizer
 
@@ -427,8 +427,8 @@ def test_invalid_document_is_reported_once_and_nothing_is_created(edit, reason):
 
 
 def test_persisted_status_survives_the_crds_structural_pruning():
-    from workspace_fsm.schema import prune
-    from workspace_fsm.validation import workspace_schema
+    from workspace_fsm.engine.schema import prune
+    from workspace_fsm.kaito.validation import workspace_schema
 
     c = Cluster()
     inf, tun = c.add(inference_ws("p", 2)), c.add(tuning_ws("q"))

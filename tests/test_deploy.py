@@ -39,5 +39,5 @@ def test_rbac_binds_the_runners_service_account():
 
 
 def test_deployed_crd_is_the_one_the_package_validates_with():
-    shipped = Path(__file__).resolve().parents[1] / "workspace_fsm" / "data" / "kaito.sh_workspaces.yaml"
+    shipped = Path(__file__).resolve().parents[1] / "workspace_fsm" / "kaito" / "data" / "kaito.sh_workspaces.yaml"
     assert (DEPLOY / "crd-workspaces.yaml").read_bytes() == shipped.read_bytes()

@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from workspace_fsm.adapter import Conflict
+from workspace_fsm.engine.adapter import Conflict
 from workspace_fsm.adapters.kubernetes.adapter import KubernetesAdapter
-from workspace_fsm.catalogue import Catalogue
-from workspace_fsm.model import WorkspaceStatus
+from workspace_fsm.kaito.catalogue import Catalogue
+from workspace_fsm.kaito.model import WorkspaceStatus
 
 G, V, NS, WS = "kaito.sh", "v1beta1", "default", "workspaces"
 
@@ -71,8 +71,8 @@ def test_an_overlay_the_watch_will_never_deliver_is_dropped_at_the_first_refused
 
 
 def test_a_workspace_deleted_under_a_pass_stops_the_pass_before_anything_is_created(adapter, custom):
-    from workspace_fsm import actions as A
-    from workspace_fsm.model import FINALIZER
+    from workspace_fsm.kaito import actions as A
+    from workspace_fsm.kaito.model import FINALIZER
 
     ws, _ = admitted(adapter, custom, "gone")
     custom.delete_namespaced_custom_object(G, V, NS, WS, "gone")  # no finalizer yet: gone at once
@@ -93,9 +93,9 @@ def test_a_refused_create_is_replaced_at_once_an_ambiguous_one_waits_out_the_gra
     have been stored, or be stored later, so the machine waits."""
     from datetime import datetime, timezone
 
-    from workspace_fsm import actions as A
-    from workspace_fsm.adapter import AdapterError
-    from workspace_fsm.decide import decide
+    from workspace_fsm.kaito import actions as A
+    from workspace_fsm.engine.adapter import AdapterError
+    from workspace_fsm.kaito.decide import decide
 
     ws, snap = admitted(adapter, custom, "r")
     now = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
@@ -137,8 +137,8 @@ def test_two_adapters_a_lost_409_never_makes_the_winner_s_creates_look_refused(a
     finds the names absent, and it creates nothing: the winner's creates are in flight."""
     from datetime import datetime, timezone
 
-    from workspace_fsm import actions as A
-    from workspace_fsm.decide import decide
+    from workspace_fsm.kaito import actions as A
+    from workspace_fsm.kaito.decide import decide
 
     other = KubernetesAdapter(api_server_client, catalogue=Catalogue.default())
     other.start()
@@ -146,6 +146,8 @@ def test_two_adapters_a_lost_409_never_makes_the_winner_s_creates_look_refused(a
         assert other.wait_synced(10)
         ws, snap = admitted(adapter, custom, "race")
         ws_b, snap_b = wait(lambda: other.observe("default/race")[0] and other.observe("default/race"), "b's cache")
+        # The cache shows the object before its handler has run; b's memory of its own passes starts there.
+        wait(lambda: other.cache_sizes()["delivered"] >= 1, "b's watch handler to see the Workspace")
         now = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
         win = decide(ws, snap, now, pass_id="a.1")
         lose = decide(ws_b, snap_b, now, pass_id="b.1")

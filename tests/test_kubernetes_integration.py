@@ -13,11 +13,11 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from workspace_fsm.embedded import EmbeddedCluster
-from workspace_fsm.lifecycle import Config
-from workspace_fsm.model import LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE
-from workspace_fsm.persist import read_lifecycle
-from workspace_fsm.model import WorkspaceStatus
+from workspace_fsm.cli.embedded import EmbeddedCluster
+from workspace_fsm.kaito.lifecycle import Config
+from workspace_fsm.kaito.model import LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE
+from workspace_fsm.kaito.persist import read_lifecycle
+from workspace_fsm.kaito.model import WorkspaceStatus
 
 TIME_SCALE = 300.0  # a 240 s NodeClaim takes 0.8 s
 
@@ -256,7 +256,7 @@ def test_every_request_the_runner_makes_is_granted_by_deploy_rbac(cluster):
     """RBAC derived from use: a lifecycle with a multi-node Workspace, a tuning spec change and a deletion,
     and every (group, resource, verb) the adapter sent is in PERMISSIONS (which deploy/rbac.yaml equals)."""
     from workspace_fsm.adapters.kubernetes.adapter import PERMISSIONS
-    from workspace_fsm.run_cli import build_runner
+    from workspace_fsm.cli.run import build_runner
 
     ns = "rbac"
     create_namespace(cluster, ns)

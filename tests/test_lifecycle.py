@@ -10,10 +10,10 @@ from types import SimpleNamespace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workspace_fsm import lifecycle
-from workspace_fsm.diagram import lifecycle_markdown
-from workspace_fsm.model import Job, Workload
-from workspace_fsm.lifecycle import EDGES, MACHINE, STATE_TABLE, STATES, step, step_via_trigger
+from workspace_fsm.kaito import lifecycle
+from workspace_fsm.cli.diagram import lifecycle_markdown
+from workspace_fsm.kaito.model import Job, Workload
+from workspace_fsm.kaito.lifecycle import EDGES, MACHINE, STATE_TABLE, STATES, step, step_via_trigger
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,8 +81,8 @@ def guard_inputs(draw):
     nodes_ready = draw(st.booleans())
     from datetime import datetime, timedelta, timezone
 
-    from workspace_fsm.lifecycle import DEFAULT_CONFIG
-    from workspace_fsm.model import NodeClaim
+    from workspace_fsm.kaito.lifecycle import DEFAULT_CONFIG
+    from workspace_fsm.kaito.model import NodeClaim
 
     epoch = datetime(2026, 1, 1, tzinfo=timezone.utc)
     claims = tuple(NodeClaim(name=f"c{i}", workspace_key="default/ws", instance_type="x", deleting=d)

@@ -16,10 +16,10 @@ import pytest
 from kubernetes import client as k8s
 from prometheus_client.parser import text_string_to_metric_families
 
-from workspace_fsm.embedded import EmbeddedCluster
-from workspace_fsm.metrics import build_registry, render
-from workspace_fsm.model import LABEL_WORKSPACE
-from workspace_fsm.run_cli import run_against
+from workspace_fsm.cli.embedded import EmbeddedCluster
+from workspace_fsm.engine.metrics import build_registry, render
+from workspace_fsm.kaito.model import LABEL_WORKSPACE
+from workspace_fsm.cli.run import run_against
 
 NS = "default"
 TIME_SCALE = 300.0

@@ -11,11 +11,11 @@ import attrs
 import pytest
 import yaml
 
-from workspace_fsm.decide import decide
-from workspace_fsm.errors import InvalidWorkspace
-from workspace_fsm.model import Node, NodeClaim, Snapshot, Workspace, parse_workspace
-from workspace_fsm.persist import LIFECYCLE_CONDITION, Lifecycle, read_lifecycle, HistoryEntry
-from workspace_fsm.schema import crd_schema, prune
+from workspace_fsm.kaito.decide import decide
+from workspace_fsm.kaito.errors import InvalidWorkspace
+from workspace_fsm.kaito.model import Node, NodeClaim, Snapshot, Workspace, parse_workspace
+from workspace_fsm.kaito.persist import LIFECYCLE_CONDITION, Lifecycle, read_lifecycle, HistoryEntry
+from workspace_fsm.engine.schema import crd_schema, prune
 
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
 

@@ -29,11 +29,11 @@ import pytest
 
 import model_cluster as mc
 from model_cluster import Cluster, inference_ws, spec_revision, to_ready, tuning_ws
-from workspace_fsm import actions as A
-from workspace_fsm.decide import nodeclaim_name
-from workspace_fsm.errors import Problem
-from workspace_fsm.model import WorkspaceStatus
-from workspace_fsm.persist import read_lifecycle
+from workspace_fsm.kaito import actions as A
+from workspace_fsm.kaito.decide import nodeclaim_name
+from workspace_fsm.engine.problems import Problem
+from workspace_fsm.kaito.model import WorkspaceStatus
+from workspace_fsm.kaito.persist import read_lifecycle
 
 
 def apply_pass(c: Cluster, p: mc.Pass) -> None:

@@ -21,10 +21,10 @@ from hypothesis.stateful import initialize, precondition, rule
 import model_cluster as mc
 from model_cluster import Cluster, Violation, inference_ws, pure_decide
 from test_decide_properties import IDX, LAG, DecideMachine
-from workspace_fsm import actions as A
-from workspace_fsm.decide import ABOVE_TARGET
-from workspace_fsm.model import NodeClaim, Snapshot
-from workspace_fsm.persist import read_lifecycle
+from workspace_fsm.kaito import actions as A
+from workspace_fsm.kaito.decide import ABOVE_TARGET
+from workspace_fsm.kaito.model import NodeClaim, Snapshot
+from workspace_fsm.kaito.persist import read_lifecycle
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -192,7 +192,7 @@ def test_above_target_recorded_ones_are_trimmed_too_and_being_deleted_ones_do_no
     third = _claim(mc.decide_module.nodeclaim_name(ws, 7), created=40)
     rec = read_lifecycle(ws.status)
     rec3 = attrs.evolve(rec, nodeclaims=rec.nodeclaims + (third.name,))
-    from workspace_fsm.model import WorkspaceStatus
+    from workspace_fsm.kaito.model import WorkspaceStatus
     conds = tuple(x for x in ws.status.conditions if x.type != "workspace-fsm/Lifecycle") + (rec3.to_condition(c.now),)
     ws3 = ws.with_status(attrs.evolve(ws.status, conditions=conds))
     assert isinstance(ws3.status, WorkspaceStatus)

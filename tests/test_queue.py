@@ -1,4 +1,4 @@
-"""Tests for workspace_fsm.queue.WorkQueue.
+"""Tests for workspace_fsm.engine.queue.WorkQueue.
 
 The unit tests pin each rule down on a fake clock. The stateful Hypothesis machines
 check the rules against a small model over random interleavings. The get_blocking tests
@@ -20,7 +20,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from workspace_fsm.queue import NotProcessingError, WorkQueue
+from workspace_fsm.engine.queue import NotProcessingError, WorkQueue
 
 
 class FakeClock:
@@ -472,7 +472,7 @@ def test_many_keys_scale(clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> N
     # and heap work beyond O(log n) per operation shows in the heap's element comparisons and rebuilds.
     # Past its budget each counter fails at once, so a quadratic queue fails fast instead of running for
     # minutes.
-    from workspace_fsm import queue as queue_module
+    from workspace_fsm.engine import queue as queue_module
 
     n = 20_000
     per_op = 2 * math.log2(n)  # heap comparisons allowed per operation: twice a heap's depth

@@ -32,16 +32,16 @@ from hypothesis import strategies as st
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from workspace_fsm import actions as A
-from workspace_fsm import schema as k8s_schema
-from workspace_fsm.decide import WORKSPACE_SUCCEEDED, decide
-from workspace_fsm.embedded import EmbeddedCluster
-from workspace_fsm.errors import InvalidWorkspace
-from workspace_fsm.model import FINALIZER, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, Snapshot, parse_workspace
+from workspace_fsm.kaito import actions as A
+from workspace_fsm.engine import schema as k8s_schema
+from workspace_fsm.kaito.decide import WORKSPACE_SUCCEEDED, decide
+from workspace_fsm.cli.embedded import EmbeddedCluster
+from workspace_fsm.kaito.errors import InvalidWorkspace
+from workspace_fsm.kaito.model import FINALIZER, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, Snapshot, parse_workspace
 from workspace_fsm.testing.strategies import (API_UNSENDABLE, CATEGORIES, BadWorkspace, RandomChooser, at_goal,
                                               bad_workspaces, dump_yaml, invalid_condition, make_bad, make_valid,
                                               schema_documents, valid_workspaces)
-from workspace_fsm.validation import check_document, validate_files, workspace_schema
+from workspace_fsm.kaito.validation import check_document, validate_files, workspace_schema
 
 SEED = 20261124
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
@@ -304,7 +304,8 @@ def _checked_with_counts(doc: dict, monkeypatch) -> tuple[int, list[int], list, 
     and the length of every string a regular expression of the package was asked to match."""
     import re
 
-    from workspace_fsm import catalogue, decide as decide_module, lifecycle, model, persist, schema, validation
+    from workspace_fsm.engine import schema
+    from workspace_fsm.kaito import catalogue, decide as decide_module, lifecycle, model, persist, validation
 
     lengths: list[int] = []
     with monkeypatch.context() as m:

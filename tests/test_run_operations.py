@@ -204,7 +204,7 @@ def test_an_unreachable_server_is_said_once_retried_quietly_and_not_ready(procs,
 
 
 def test_a_server_that_comes_up_later_is_said_reachable_once_and_the_runner_gets_ready(procs, tmp_path):
-    from workspace_fsm.embedded import crd_paths
+    from workspace_fsm.cli.embedded import crd_paths
     from workspace_fsm.testing import TestAPIServer
 
     api_port = closed_port()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from workspace_fsm.queue import WorkQueue
-from workspace_fsm.runner import Outcome, VirtualClock, VirtualTimeRunner
+from workspace_fsm.engine.queue import WorkQueue
+from workspace_fsm.engine.runner import Outcome, VirtualClock, VirtualTimeRunner
 
 
 class NoWorld:
@@ -131,7 +131,7 @@ class SlowWriteAdapter:
         self.applied: list = []
 
     def observe(self, key):
-        from workspace_fsm.model import Snapshot
+        from workspace_fsm.kaito.model import Snapshot
 
         return self.ws, Snapshot()
 
@@ -155,9 +155,9 @@ def _run_pass(reconciler, key):
 def test_a_pass_that_reaches_its_creations_too_late_does_not_send_them():
     """A create is sent within Config.create_send_window of the pass's decision, or not at all: the machine's
     grace for a NodeClaim it finds absent (Config.create_grace) counts on it."""
-    from workspace_fsm import actions as A
-    from workspace_fsm.lifecycle import DEFAULT_CONFIG
-    from workspace_fsm.runner import FsmReconciler, StaleCreate
+    from workspace_fsm.kaito import actions as A
+    from workspace_fsm.kaito.lifecycle import DEFAULT_CONFIG
+    from workspace_fsm.engine.runner import FsmReconciler, StaleCreate
 
     window = DEFAULT_CONFIG.create_send_window.total_seconds()
     for write_s, sent in ((1.0, True), (window + 1, False)):
@@ -183,8 +183,8 @@ class FailingAdapter(SlowWriteAdapter):
         self.abandoned_names: list[str] = []
 
     def apply(self, ws, actions):
-        from workspace_fsm import actions as A
-        from workspace_fsm.adapter import AdapterError
+        from workspace_fsm.kaito import actions as A
+        from workspace_fsm.engine.adapter import AdapterError
 
         for a in actions:
             if self.fail == "create" and isinstance(a, A.CreateNodeClaim):
@@ -193,14 +193,14 @@ class FailingAdapter(SlowWriteAdapter):
         super().apply(ws, actions)
 
     def persist(self, ws, status):
-        from workspace_fsm.adapter import AdapterError
+        from workspace_fsm.engine.adapter import AdapterError
 
         if self.fail == "persist":
             raise AdapterError("writing status: API answered 500 (it may have been stored)")
         return super().persist(ws, status)
 
     def abandoned(self, ws, actions):
-        from workspace_fsm import actions as A
+        from workspace_fsm.kaito import actions as A
 
         self.abandoned_names.extend(a.name for a in actions if isinstance(a, A.CreateNodeClaim))
 
@@ -208,8 +208,8 @@ class FailingAdapter(SlowWriteAdapter):
 def test_the_runner_tells_the_adapter_which_creates_it_never_sent():
     """A create never sent can never land: the adapter reports it (Snapshot.refused) and the machine need not
     wait out the grace. The create that failed was sent, so it is not in the list."""
-    from workspace_fsm import actions as A
-    from workspace_fsm.runner import FsmReconciler
+    from workspace_fsm.kaito import actions as A
+    from workspace_fsm.engine.runner import FsmReconciler
 
     clock = VirtualClock()
     adapter = FailingAdapter(clock, "create")

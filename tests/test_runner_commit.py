@@ -6,10 +6,10 @@ import logging
 
 from model_cluster import inference_ws
 from test_runner import _run_pass
-from workspace_fsm import actions as A
-from workspace_fsm.adapter import AdapterError, Conflict
-from workspace_fsm.model import Snapshot
-from workspace_fsm.runner import FsmReconciler, VirtualClock
+from workspace_fsm.kaito import actions as A
+from workspace_fsm.engine.adapter import AdapterError, Conflict
+from workspace_fsm.kaito.model import Snapshot
+from workspace_fsm.engine.runner import FsmReconciler, VirtualClock
 
 
 class WriteAdapter:
@@ -43,7 +43,7 @@ def _run(reconciler, key="default/w"):
 def test_a_pass_that_loses_the_409_logs_counts_and_reports_nothing(caplog):
     adapter = WriteAdapter(Conflict("writing status: conflict"))
     r = FsmReconciler(adapter, VirtualClock())
-    with caplog.at_level(logging.INFO, logger="workspace_fsm.runner"):
+    with caplog.at_level(logging.INFO, logger="workspace_fsm.engine.runner"):
         outcome = _run(r)
     assert outcome.observe_again
     assert r.transitions == 0
@@ -64,7 +64,7 @@ def test_an_ambiguous_write_reports_its_unsent_creates_under_its_own_pass_id():
 def test_a_committed_pass_logs_and_counts_its_transitions_and_tags_its_creates(caplog):
     adapter = WriteAdapter(None)
     r = FsmReconciler(adapter, VirtualClock(), writer_id="w1")
-    with caplog.at_level(logging.INFO, logger="workspace_fsm.runner"):
+    with caplog.at_level(logging.INFO, logger="workspace_fsm.engine.runner"):
         _run(r)
     assert r.transitions == 1
     assert [m for m in caplog.messages if "Pending -> NodesProvisioning" in m]

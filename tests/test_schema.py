@@ -10,9 +10,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workspace_fsm import schema as s
-from workspace_fsm.errors import Problem
-from workspace_fsm.schema import (
+from workspace_fsm.engine import schema as s
+from workspace_fsm.engine.problems import Problem
+from workspace_fsm.engine.schema import (
     CRDSchemaNotFound,
     apply_defaults,
     crd_schema,
@@ -21,7 +21,7 @@ from workspace_fsm.schema import (
     validate,
 )
 
-SHIPPED_CRD = importlib.resources.files("workspace_fsm") / "data" / "kaito.sh_workspaces.yaml"
+SHIPPED_CRD = importlib.resources.files("workspace_fsm.kaito") / "data" / "kaito.sh_workspaces.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ from pathlib import Path
 import attrs
 import pytest
 
-from workspace_fsm import actions as A
-from workspace_fsm.adapter import AdapterError, Conflict
-from workspace_fsm.decide import decide
-from workspace_fsm.model import (LABEL_ACCELERATOR, LABEL_INSTANCE_TYPE, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE,
+from workspace_fsm.kaito import actions as A
+from workspace_fsm.engine.adapter import AdapterError, Conflict
+from workspace_fsm.kaito.decide import decide
+from workspace_fsm.kaito.model import (LABEL_ACCELERATOR, LABEL_INSTANCE_TYPE, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE,
                                  Condition, WorkspaceStatus)
 from workspace_fsm.adapters.simulated.cluster import EPOCH, SimCluster
 from workspace_fsm.adapters.simulated.documents import inference_document, tuning_document

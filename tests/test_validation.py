@@ -12,9 +12,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workspace_fsm.catalogue import Catalogue, CatalogueError, Preset
-from workspace_fsm.errors import InvalidWorkspace, Problem
-from workspace_fsm.validation import (
+from workspace_fsm.kaito.catalogue import Catalogue, CatalogueError, Preset
+from workspace_fsm.kaito.errors import InvalidWorkspace, Problem
+from workspace_fsm.kaito.validation import (
     MAX_NODE_COUNT,
     check_document,
     is_workspace,

@@ -1,6 +1,6 @@
 """The Kubernetes adapter: caches in, actions out, status with optimistic concurrency.
 
-It implements :class:`workspace_fsm.adapter.ClusterAdapter` over the official client:
+It implements :class:`workspace_fsm.engine.adapter.ClusterAdapter` over the official client:
 
 - **observe** reads only from list+watch caches (Workspaces; NodeClaims, Nodes, Deployments,
   StatefulSets and Jobs labelled ``kaito.sh/workspace``). The one exception is a positive check that
@@ -28,12 +28,12 @@ import urllib3
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from workspace_fsm import actions as A
-from workspace_fsm.adapter import AdapterError, Conflict
-from workspace_fsm.model import (ANNOTATION_REVISION, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, GPU_RESOURCE, Job,
+from workspace_fsm.kaito import actions as A
+from workspace_fsm.engine.adapter import AdapterError, Conflict
+from workspace_fsm.kaito.model import (ANNOTATION_REVISION, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, GPU_RESOURCE, Job,
                                  Node, NodeClaim, Snapshot, Workload, Workspace, WorkspaceStatus, format_time,
                                  parse_time, parse_workspace)
-from workspace_fsm.decide import confirmations
+from workspace_fsm.kaito.decide import confirmations
 
 from . import manifests
 from .informer import Informer, object_key

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from workspace_fsm import actions as A
-from workspace_fsm.model import (ANNOTATION_REVISION, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, Workspace,
+from workspace_fsm.kaito import actions as A
+from workspace_fsm.kaito.model import (ANNOTATION_REVISION, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, Workspace,
                                  format_time)
 
 KARPENTER_GROUP, KARPENTER_VERSION = "karpenter.sh", "v1"

@@ -1,6 +1,6 @@
 """The simulated cluster: Kubernetes + Karpenter + KAITO's GPU device plugin in memory, on a virtual clock.
 
-``SimCluster`` implements :class:`workspace_fsm.adapter.ClusterAdapter`; ``Scenario`` and ``SimParams``
+``SimCluster`` implements :class:`workspace_fsm.engine.adapter.ClusterAdapter`; ``Scenario`` and ``SimParams``
 describe what to simulate (``Scenario.from_yaml`` reads a scenario file).
 """
 

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from workspace_fsm import actions as A
-from workspace_fsm.adapter import AdapterError, Conflict
-from workspace_fsm.model import (FINALIZER, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, Condition, Snapshot,
+from workspace_fsm.kaito import actions as A
+from workspace_fsm.engine.adapter import AdapterError, Conflict
+from workspace_fsm.kaito.model import (FINALIZER, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, Condition, Snapshot,
                                  Workspace, WorkspaceStatus, whole_seconds)
-from workspace_fsm.runner import Outcome, Pass
+from workspace_fsm.engine.runner import Outcome, Pass
 
 from .cluster import SimCluster
 

@@ -44,13 +44,13 @@ from typing import Any
 
 import attrs
 
-from workspace_fsm import actions as A
-from workspace_fsm.adapter import AdapterError, Conflict
-from workspace_fsm.catalogue import Catalogue
-from workspace_fsm.model import (LABEL_ACCELERATOR, LABEL_INSTANCE_TYPE, LABEL_WORKSPACE,
+from workspace_fsm.kaito import actions as A
+from workspace_fsm.engine.adapter import AdapterError, Conflict
+from workspace_fsm.kaito.catalogue import Catalogue
+from workspace_fsm.kaito.model import (LABEL_ACCELERATOR, LABEL_INSTANCE_TYPE, LABEL_WORKSPACE,
                                  LABEL_WORKSPACE_NAMESPACE, Job, LabelSelector, Node, NodeClaim, Snapshot,
                                  Workload, Workspace, WorkspaceStatus, format_time, whole_seconds)
-from workspace_fsm.decide import confirmations
+from workspace_fsm.kaito.decide import confirmations
 
 from .documents import inference_document, to_workspace, tuning_document
 from .params import Scenario, ScenarioError, SimParams
@@ -211,7 +211,7 @@ class _Truth:
 
 
 class SimCluster:
-    """The simulated cluster; implements :class:`workspace_fsm.adapter.ClusterAdapter`.
+    """The simulated cluster; implements :class:`workspace_fsm.engine.adapter.ClusterAdapter`.
 
     ``SimCluster(scenario)`` schedules the scenario's Workspaces; ``SimCluster(params=..., seed=...)``
     starts empty (create Workspaces with :meth:`create_workspace`).

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from workspace_fsm.model import (API_VERSION, KIND, InferenceSpec, ObjectMeta, ResourceSpec, TuningSpec, Workspace,
+from workspace_fsm.kaito.model import (API_VERSION, KIND, InferenceSpec, ObjectMeta, ResourceSpec, TuningSpec, Workspace,
                                  WorkspaceStatus, parse_workspace)
 
 __all__ = ["inference_document", "tuning_document", "to_workspace"]

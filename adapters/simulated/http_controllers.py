@@ -31,7 +31,7 @@ from typing import Any
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from workspace_fsm.model import GPU_RESOURCE, format_time
+from workspace_fsm.kaito.model import GPU_RESOURCE, format_time
 
 from ..kubernetes.informer import Informer, object_key
 from .params import GPUS_PER_INSTANCE, SimParams

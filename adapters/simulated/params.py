@@ -312,7 +312,7 @@ class SimParams:
 
 def _p_presets(v: Any, key: str) -> tuple[str, ...]:
     names = _p_names(v, key)
-    from workspace_fsm.catalogue import Catalogue
+    from workspace_fsm.kaito.catalogue import Catalogue
 
     cat = Catalogue.default()
     for i, name in enumerate(names):
@@ -367,7 +367,7 @@ class Scenario:
         lo, hi = self.nodes_per_workspace
         if not 1 <= lo <= hi:
             raise ValueError(f"nodes_per_workspace: expected 1 <= lo <= hi, got [{lo}, {hi}]")
-        from workspace_fsm.catalogue import Catalogue
+        from workspace_fsm.kaito.catalogue import Catalogue
 
         unknown = [p for p in self.presets if p not in Catalogue.default()]
         if not self.presets or unknown:
@@ -378,7 +378,7 @@ class Scenario:
 
     @property
     def tuning_presets(self) -> tuple[str, ...]:
-        from workspace_fsm.catalogue import Catalogue
+        from workspace_fsm.kaito.catalogue import Catalogue
 
         cat = Catalogue.default()
         return tuple(p for p in self.presets if cat.supports_tuning(p))

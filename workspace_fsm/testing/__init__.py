@@ -11,9 +11,9 @@ What it serves and how closely it follows a real kube-apiserver is described in
 counts requests by verb and resource. Pytest fixtures: :mod:`workspace_fsm.testing.pytest_plugin`.
 """
 
-from .errors import APIError
-from .faults import Fault, Faults, RequestCounts, RequestInfo
-from .resources import ResourceInfo
-from .server import TestAPIServer
+from workspace_fsm.testing.errors import APIError
+from workspace_fsm.testing.faults import Fault, Faults, RequestCounts, RequestInfo
+from workspace_fsm.testing.resources import ResourceInfo
+from workspace_fsm.testing.server import TestAPIServer
 
 __all__ = ["APIError", "Fault", "Faults", "RequestCounts", "RequestInfo", "ResourceInfo", "TestAPIServer"]

@@ -54,8 +54,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..model import ANNOTATION_REVISION, LABEL_WORKSPACE as LABEL_WS, LABEL_WORKSPACE_NAMESPACE as LABEL_NS
-from ..persist import LIFECYCLE_CONDITION as LIFECYCLE
+from workspace_fsm.kaito.model import ANNOTATION_REVISION, LABEL_WORKSPACE as LABEL_WS, LABEL_WORKSPACE_NAMESPACE as LABEL_NS
+from workspace_fsm.kaito.persist import LIFECYCLE_CONDITION as LIFECYCLE
 
 log = logging.getLogger("workspace_fsm.chaos")
 
@@ -808,9 +808,9 @@ class ChaosRun:
     def run(self) -> ChaosReport:
         from kubernetes import client as k8s
 
-        from ..adapters.kubernetes.client import api_client
-        from ..adapters.simulated.params import SimParams
-        from ..embedded import EmbeddedCluster
+        from workspace_fsm.adapters.kubernetes.client import api_client
+        from workspace_fsm.adapters.simulated.params import SimParams
+        from workspace_fsm.cli.embedded import EmbeddedCluster
 
         cfg = self.cfg
         started = time.monotonic()

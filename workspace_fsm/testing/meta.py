@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any
 
-from ..errors import Problem
+from workspace_fsm.engine.problems import Problem
 
 __all__ = ["validate_metadata", "schema_causes", "cause"]
 

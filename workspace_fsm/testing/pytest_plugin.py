@@ -10,7 +10,7 @@ Fixtures:
   By default: the paths in the environment variable ``WORKSPACE_FSM_TEST_CRDS`` (separated by
   ``os.pathsep``) when set; else KAITO's Workspace CRD and Karpenter's NodeClaim CRD from
   ``../shared/kaito/crds`` beside the project checkout when found; else the copies shipped in this
-  package (``workspace_fsm/data/kaito.sh_workspaces.yaml``, ``workspace_fsm/testing/crds/``).
+  package (``workspace_fsm/kaito/data/kaito.sh_workspaces.yaml``, ``workspace_fsm/testing/crds/``).
 - ``api_server_options``: keyword arguments for :class:`TestAPIServer` (override to change them).
 - ``api_server``: a started server, new for every test (function scope), stopped afterwards.
   Indirect parametrization passes options too:
@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from .server import TestAPIServer
+from workspace_fsm.testing.server import TestAPIServer
 
 ENV_CRDS = "WORKSPACE_FSM_TEST_CRDS"
 

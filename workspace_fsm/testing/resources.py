@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..schema import CRDSchemaNotFound, crd_schema
+from workspace_fsm.engine.schema import CRDSchemaNotFound, crd_schema
 
 __all__ = ["ResourceInfo", "Registry", "builtin_resources", "resource_from_crd", "version_priority_key"]
 

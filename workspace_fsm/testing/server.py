@@ -21,12 +21,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from .errors import APIError, dumps
-from .faults import Faults, RequestCounts, RequestInfo
-from .resources import ResourceInfo
-from .selectors import SelectorError, parse_field_selector, parse_label_selector
-from .store import Event, Store, parse_patch_type
-from .table import partial_metadata, to_table
+from workspace_fsm.testing.errors import APIError, dumps
+from workspace_fsm.testing.faults import Faults, RequestCounts, RequestInfo
+from workspace_fsm.testing.resources import ResourceInfo
+from workspace_fsm.testing.selectors import SelectorError, parse_field_selector, parse_label_selector
+from workspace_fsm.testing.store import Event, Store, parse_patch_type
+from workspace_fsm.testing.table import partial_metadata, to_table
 
 __all__ = ["TestAPIServer"]
 

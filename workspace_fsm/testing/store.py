@@ -24,11 +24,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..schema import apply_defaults, prune, validate
-from .errors import APIError
-from .meta import cause, schema_causes, validate_metadata
-from .patch import PatchError, PatchFormatError, json_patch, merge_patch, strategic_merge_patch
-from .resources import CRDError, Registry, ResourceInfo, builtin_resources, resource_from_crd
+from workspace_fsm.engine.schema import apply_defaults, prune, validate
+from workspace_fsm.testing.errors import APIError
+from workspace_fsm.testing.meta import cause, schema_causes, validate_metadata
+from workspace_fsm.testing.patch import PatchError, PatchFormatError, json_patch, merge_patch, strategic_merge_patch
+from workspace_fsm.testing.resources import CRDError, Registry, ResourceInfo, builtin_resources, resource_from_crd
 
 __all__ = ["Store", "Event", "now_rfc3339"]
 

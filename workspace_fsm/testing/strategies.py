@@ -35,10 +35,10 @@ import attrs
 import yaml
 from hypothesis import strategies as st
 
-from ..catalogue import Catalogue
-from ..decide import WORKSPACE_SUCCEEDED
-from ..schema import format_path, json_type
-from ..validation import MAX_NODE_COUNT, PERFORMANCE_MODE_ANNOTATION, PERFORMANCE_MODES, workspace_schema
+from workspace_fsm.kaito.catalogue import Catalogue
+from workspace_fsm.kaito.decide import WORKSPACE_SUCCEEDED
+from workspace_fsm.engine.schema import format_path, json_type
+from workspace_fsm.kaito.validation import MAX_NODE_COUNT, PERFORMANCE_MODE_ANNOTATION, PERFORMANCE_MODES, workspace_schema
 
 __all__ = [
     "CATEGORIES",

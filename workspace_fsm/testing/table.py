@@ -6,8 +6,8 @@ import datetime
 import json
 from typing import Any
 
-from .jsonpath import JSONPathError, compile_path, find
-from .resources import ResourceInfo
+from workspace_fsm.testing.jsonpath import JSONPathError, compile_path, find
+from workspace_fsm.testing.resources import ResourceInfo
 
 __all__ = ["to_table", "human_duration", "partial_metadata"]
 

@@ -9,11 +9,11 @@ from collections.abc import Sequence
 
 def _cmd_diagram(args: argparse.Namespace) -> int:
     if args.markdown:
-        from .diagram import lifecycle_markdown
+        from workspace_fsm.cli.diagram import lifecycle_markdown
 
         sys.stdout.write(lifecycle_markdown())
     else:
-        from .lifecycle import mermaid
+        from workspace_fsm.kaito.lifecycle import mermaid
 
         sys.stdout.write(mermaid())
     return 0
@@ -22,8 +22,8 @@ def _cmd_diagram(args: argparse.Namespace) -> int:
 def load_catalogue(paths: Sequence[str] | None):
     """The shipped preset catalogue extended by each ``--catalogue FILE`` in order (later files win).
 
-    Raises :class:`~workspace_fsm.catalogue.CatalogueError` naming the file and the problem."""
-    from .catalogue import Catalogue
+    Raises :class:`~workspace_fsm.kaito.catalogue.CatalogueError` naming the file and the problem."""
+    from workspace_fsm.kaito.catalogue import Catalogue
 
     catalogue = Catalogue.default()
     for path in paths or ():
@@ -32,8 +32,8 @@ def load_catalogue(paths: Sequence[str] | None):
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from .catalogue import CatalogueError
-    from .validation import validate_files
+    from workspace_fsm.kaito.catalogue import CatalogueError
+    from workspace_fsm.kaito.validation import validate_files
 
     try:
         catalogue = load_catalogue(args.catalogue)
@@ -68,10 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_late_commands(sub: argparse._SubParsersAction) -> None:
     """Commands whose modules may be heavier to import: registered here, imported when run."""
-    from .run_cli import add_parser as add_run
-    from .simulate_cli import add_parser as add_simulate
+    from workspace_fsm.cli.run import add_parser as add_run
+    from workspace_fsm.cli.simulate import add_parser as add_simulate
 
-    from .embedded import add_cluster_parser
+    from workspace_fsm.cli.embedded import add_cluster_parser
 
     add_simulate(sub)
     add_run(sub)

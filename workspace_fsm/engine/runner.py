@@ -27,13 +27,13 @@ from typing import Protocol
 
 import attrs
 
-from .actions import CreateNodeClaim, DeleteNodeClaim, RecordEvent
-from .adapter import AdapterError, ClusterAdapter, Conflict, NotSynced
-from .decide import ABOVE_TARGET, decide
-from .lifecycle import DEFAULT_CONFIG, Config
-from .queue import WorkQueue
+from workspace_fsm.kaito.actions import CreateNodeClaim, DeleteNodeClaim, RecordEvent
+from workspace_fsm.engine.adapter import AdapterError, ClusterAdapter, Conflict, NotSynced
+from workspace_fsm.kaito.decide import ABOVE_TARGET, decide
+from workspace_fsm.kaito.lifecycle import DEFAULT_CONFIG, Config
+from workspace_fsm.engine.queue import WorkQueue
 
-log = logging.getLogger("workspace_fsm.runner")
+log = logging.getLogger("workspace_fsm.engine.runner")
 
 EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

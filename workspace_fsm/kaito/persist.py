@@ -27,7 +27,7 @@ from typing import Any
 
 import attrs
 
-from .model import Condition, WorkspaceStatus, format_time, parse_time
+from workspace_fsm.kaito.model import Condition, WorkspaceStatus, format_time, parse_time
 
 LIFECYCLE_CONDITION = "workspace-fsm/Lifecycle"
 RECORD_VERSION = 1

@@ -44,7 +44,7 @@ def _positive_int(text: str) -> int:
 
 
 def load_scenario(args: argparse.Namespace):
-    from .adapters.simulated.params import Scenario
+    from workspace_fsm.adapters.simulated.params import Scenario
 
     scenario = Scenario.from_yaml(args.scenario) if args.scenario else Scenario.default()
     changes: dict[str, Any] = {}
@@ -58,8 +58,8 @@ def load_scenario(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from .adapters.simulated.harness import MODES, run_mode
-    from .adapters.simulated.params import ScenarioError
+    from workspace_fsm.adapters.simulated.harness import MODES, run_mode
+    from workspace_fsm.adapters.simulated.params import ScenarioError
 
     err = Console(stderr=True, soft_wrap=True)
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 
-from .lifecycle import EDGES, STATE_TABLE, mermaid
+from workspace_fsm.kaito.lifecycle import EDGES, STATE_TABLE, mermaid
 
 HEADER = """\
 # The Workspace lifecycle

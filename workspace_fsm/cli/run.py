@@ -151,7 +151,7 @@ def serve_health(server: HealthServer, ready, alive, registry=None) -> HealthSer
     server.ready = staticmethod(ready)
     server.alive = staticmethod(alive)
     if registry is not None:
-        from .metrics import CONTENT_TYPE_LATEST, render
+        from workspace_fsm.engine.metrics import CONTENT_TYPE_LATEST, render
 
         server.metrics = staticmethod(lambda: (CONTENT_TYPE_LATEST, render(registry)))
     server.serving = True
@@ -170,14 +170,14 @@ def probes_line(server: HealthServer) -> str:
 
 
 def load_api_client(kubeconfig: str | None, context: str | None):
-    from .adapters.kubernetes.client import api_client
+    from workspace_fsm.adapters.kubernetes.client import api_client
 
     return api_client(kubeconfig, context)
 
 
 def run(args: argparse.Namespace) -> int:
-    from .catalogue import CatalogueError
-    from .cli import load_catalogue
+    from workspace_fsm.kaito.catalogue import CatalogueError
+    from workspace_fsm.cli.main import load_catalogue
 
     setup_logging(args.log_level)
     if args.health_port is None:
@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.embedded:
-            from .embedded import run_embedded
+            from workspace_fsm.cli.embedded import run_embedded
 
             return run_embedded(args, health=health, catalogue=catalogue)
         try:
@@ -216,11 +216,11 @@ def run(args: argparse.Namespace) -> int:
 def build_runner(api, *, namespace: str | None = None, workers: int = 5, byo_nodes: bool = False,
                  api_request_timeout_s: float = 60.0, catalogue=None):
     """The adapter, queue, reconciler and threaded runner for a cluster (nothing started yet)."""
-    from .adapters.kubernetes.adapter import KubernetesAdapter
-    from .catalogue import Catalogue
-    from .lifecycle import Config
-    from .queue import WorkQueue
-    from .runner import FsmReconciler, ThreadedRunner
+    from workspace_fsm.adapters.kubernetes.adapter import KubernetesAdapter
+    from workspace_fsm.kaito.catalogue import Catalogue
+    from workspace_fsm.kaito.lifecycle import Config
+    from workspace_fsm.engine.queue import WorkQueue
+    from workspace_fsm.engine.runner import FsmReconciler, ThreadedRunner
 
     adapter = KubernetesAdapter(api, namespace=namespace, catalogue=catalogue or Catalogue.default(),
                                 auto_provisioning=not byo_nodes)
@@ -241,7 +241,7 @@ def run_against(api, args: argparse.Namespace, stop: threading.Event | None = No
     ``args.health_port`` is bound here (:class:`HealthPortError` if it cannot be). /readyz answers 200
     once every cache has synced. If the API server cannot be reached, one warning says so (the informers
     keep retrying quietly) and one line says when it is reachable again."""
-    from .adapters.kubernetes.informer import Reachability
+    from workspace_fsm.adapters.kubernetes.informer import Reachability
 
     stop = stop or threading.Event()
     if health is None:
@@ -258,7 +258,7 @@ def run_against(api, args: argparse.Namespace, stop: threading.Event | None = No
         informer.reachability = reachability
     synced = lambda: all(i.synced for i in adapter.informers)  # noqa: E731
     if health is not None:
-        from .metrics import build_registry
+        from workspace_fsm.engine.metrics import build_registry
 
         serve_health(health, ready=synced, alive=lambda: not stop.is_set(),
                      registry=build_registry(adapter, queue, reconciler, workers=workers))

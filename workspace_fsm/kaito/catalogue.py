@@ -1,6 +1,6 @@
 """The preset catalogue: which model presets exist and what they support.
 
-The shipped catalogue (``workspace_fsm/data/presets.yaml``) is generated from KAITO's
+The shipped catalogue (``workspace_fsm/kaito/data/presets.yaml``) is generated from KAITO's
 ``supported_models.yaml``. A deployment may extend or override it with its own file, in either
 of two shapes::
 
@@ -207,7 +207,7 @@ class Catalogue:
 
 @functools.cache
 def _default_catalogue() -> Catalogue:
-    resource = importlib.resources.files("workspace_fsm") / "data" / "presets.yaml"
+    resource = importlib.resources.files("workspace_fsm.kaito") / "data" / "presets.yaml"
     return Catalogue.from_text(resource.read_text(encoding="utf-8"), source="presets.yaml")
 
 

@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 import attrs
 from transitions import Machine
 
-from .model import Node, NodeClaim, Snapshot, Workspace
-from .persist import Lifecycle
+from workspace_fsm.kaito.model import Node, NodeClaim, Snapshot, Workspace
+from workspace_fsm.kaito.persist import Lifecycle
 
 # ----------------------------------------------------------------------------- configuration
 

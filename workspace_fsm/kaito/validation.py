@@ -24,10 +24,10 @@ from typing import Any, TextIO
 
 import yaml
 
-from . import schema as k8s_schema
-from .catalogue import Catalogue
-from .errors import Problem
-from .schema import describe_value, format_path
+from workspace_fsm.engine import schema as k8s_schema
+from workspace_fsm.kaito.catalogue import Catalogue
+from workspace_fsm.engine.problems import Problem
+from workspace_fsm.engine.schema import describe_value, format_path
 
 __all__ = [
     "API_VERSIONS",
@@ -102,7 +102,7 @@ _METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata.google", "ins
 
 @functools.cache
 def _crd() -> Mapping[str, Any]:
-    resource = importlib.resources.files("workspace_fsm") / "data" / "kaito.sh_workspaces.yaml"
+    resource = importlib.resources.files("workspace_fsm.kaito") / "data" / "kaito.sh_workspaces.yaml"
     return yaml.safe_load(resource.read_text(encoding="utf-8"))
 
 

@@ -8,17 +8,9 @@ and a message written for the person who has to fix the manifest.
 
 from __future__ import annotations
 
-import attrs
+from workspace_fsm.engine.problems import Problem
 
-
-@attrs.frozen
-class Problem:
-    path: str
-    reason: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
+__all__ = ["InvalidWorkspace", "Problem"]
 
 
 class InvalidWorkspace(ValueError):

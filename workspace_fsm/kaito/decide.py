@@ -19,11 +19,11 @@ from datetime import datetime, timedelta
 
 import attrs
 
-from . import actions as A
-from .lifecycle import DEFAULT_CONFIG, STATES, Config, Facts, edge_guard_name, nodes_lost, step, workload_ready
-from .model import (LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, Condition,
+from workspace_fsm.kaito import actions as A
+from workspace_fsm.kaito.lifecycle import DEFAULT_CONFIG, STATES, Config, Facts, edge_guard_name, nodes_lost, step, workload_ready
+from workspace_fsm.kaito.model import (LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, Condition,
                     Workspace, WorkspaceStatus, Snapshot, format_time, whole_seconds)
-from .persist import LIFECYCLE_CONDITION, HistoryEntry, Lifecycle, read_lifecycle
+from workspace_fsm.kaito.persist import LIFECYCLE_CONDITION, HistoryEntry, Lifecycle, read_lifecycle
 
 __all__ = ["Decision", "decide", "confirmations", "nodeclaim_name", "target_node_count"]
 

@@ -9,7 +9,7 @@ Kubernetes API server does with a custom resource on write:
 - :func:`apply_defaults` fills in ``default:`` values and drops ``null`` values of fields that
   are not ``nullable`` (replacing them by the default where there is one);
 - :func:`validate` checks a document against the schema and returns every problem found as a
-  :class:`~workspace_fsm.errors.Problem`, with a path like ``resource.labelSelector.matchLabels.app``
+  :class:`~workspace_fsm.engine.problems.Problem`, with a path like ``resource.labelSelector.matchLabels.app``
   or ``tuning.input.urls[0]``.
 
 Nothing here knows about KAITO. The heavy lifting is done by ``jsonschema``'s Draft 4 validator
@@ -31,7 +31,7 @@ from typing import Any
 import jsonschema
 from jsonschema import Draft4Validator, FormatChecker, ValidationError, validators
 
-from .errors import Problem
+from workspace_fsm.engine.problems import Problem
 
 __all__ = [
     "CRDSchemaNotFound",

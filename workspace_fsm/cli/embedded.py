@@ -14,12 +14,12 @@ import threading
 from importlib import resources
 from pathlib import Path
 
-log = logging.getLogger("workspace_fsm.embedded")
+log = logging.getLogger("workspace_fsm.cli.embedded")
 
 
 def crd_paths() -> list[Path]:
     data = resources.files("workspace_fsm")
-    return [Path(str(data / "data" / "kaito.sh_workspaces.yaml")),
+    return [Path(str(data / "kaito" / "data" / "kaito.sh_workspaces.yaml")),
             Path(str(data / "testing" / "crds" / "karpenter.sh_nodeclaims.yaml"))]
 
 
@@ -33,7 +33,7 @@ class RunnerThread:
 
     def __init__(self, cluster: EmbeddedCluster, *, namespace: str | None = None, workers: int = 5,
                  byo_nodes: bool = False) -> None:
-        from .run_cli import run_against
+        from workspace_fsm.cli.run import run_against
 
         self.stop = threading.Event()
         args = argparse.Namespace(namespace=namespace, workers=workers, byo_nodes=byo_nodes, health_port=0,
@@ -52,7 +52,7 @@ class RunnerThread:
 class EmbeddedCluster:
     def __init__(self, *, time_scale: float = 60.0, seed: int = 1, port: int = 0, params=None,
                  request_timeout: float = EMBEDDED_REQUEST_TIMEOUT) -> None:
-        from .testing import TestAPIServer
+        from workspace_fsm.testing import TestAPIServer
 
         self.request_timeout = request_timeout
         self.server = TestAPIServer(crds=crd_paths(), port=port, request_timeout=request_timeout)
@@ -68,8 +68,8 @@ class EmbeddedCluster:
         return RunnerThread(self, namespace=namespace, workers=workers, byo_nodes=byo_nodes)
 
     def start(self, kubeconfig_out: str | Path) -> Path:
-        from .adapters.kubernetes.client import api_client
-        from .adapters.simulated.http_controllers import SimulatedControllers
+        from workspace_fsm.adapters.kubernetes.client import api_client
+        from workspace_fsm.adapters.simulated.http_controllers import SimulatedControllers
 
         self.server.start()
         path = Path(self.server.write_kubeconfig(kubeconfig_out))
@@ -105,7 +105,7 @@ def _wait_for_signal(stop: threading.Event) -> None:
 
 
 def run_cluster(args: argparse.Namespace) -> int:
-    from .run_cli import setup_logging
+    from workspace_fsm.cli.run import setup_logging
 
     setup_logging(args.log_level)
     cluster = EmbeddedCluster(time_scale=args.time_scale, seed=args.seed, port=args.port)
@@ -128,7 +128,7 @@ def _interrupt(*_: object) -> None:
 def run_embedded(args: argparse.Namespace, *, health=None, catalogue=None) -> int:
     """``workspace-fsm run --embedded``: the embedded cluster and the machine in this process, until SIGINT or
     SIGTERM. The kubeconfig lives in a temporary directory that is removed on the way out."""
-    from .run_cli import probes_line, run_against
+    from workspace_fsm.cli.run import probes_line, run_against
 
     # Until the runner installs its own handlers, SIGTERM unwinds like Ctrl-C so the cleanup below runs.
     previous = signal.signal(signal.SIGTERM, _interrupt)

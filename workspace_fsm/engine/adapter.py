@@ -22,8 +22,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from .actions import Action
-from .model import Snapshot, Workspace, WorkspaceStatus
+from workspace_fsm.kaito.actions import Action
+from workspace_fsm.kaito.model import Snapshot, Workspace, WorkspaceStatus
 
 
 class AdapterError(Exception):

@@ -1,0 +1,5 @@
+import sys
+
+from workspace_fsm.cli.main import main
+
+sys.exit(main())
