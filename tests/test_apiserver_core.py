@@ -408,10 +408,10 @@ def test_server_side_apply_approximation(api_server, custom):
     out = custom.patch_namespaced_custom_object(G, V, NS, WS, "ws-1", workspace(count=2), field_manager="t",
                                                 _content_type="application/apply-patch+yaml")
     assert out["resource"]["count"] == 2
-    with pytest.raises(ApiException) as err:  # apply needs a field manager
+    with pytest.raises(ApiException) as err:  # apply needs a field manager: ValidatePatchOptions, 422 Invalid
         custom.patch_namespaced_custom_object(G, V, NS, WS, "ws-1", workspace(),
                                               _content_type="application/apply-patch+yaml")
-    assert err.value.status == 400
+    assert err.value.status == 422
 
 
 # ---------------------------------------------------------------------------- CRDs through the API

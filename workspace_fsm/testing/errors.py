@@ -63,6 +63,15 @@ class APIError(Exception):
         return cls(422, "Invalid", f'{info.group_kind} "{name}" is invalid: {joined}', details)
 
     @classmethod
+    def invalid_options(cls, kind: str, causes: list[dict[str, str]]) -> APIError:
+        """422 for bad request options (``CreateOptions``, ``DeleteOptions``, ``ListOptions``...), as the
+        handlers answer ``errors.NewInvalid(GroupKind{"meta.k8s.io", kind}, "", errs)``."""
+        parts = [f"{c['field']}: {c['message']}" if c.get("field") else c["message"] for c in causes]
+        joined = parts[0] if len(parts) == 1 else "[" + ", ".join(parts) + "]"
+        return cls(422, "Invalid", f'{kind}.meta.k8s.io "" is invalid: {joined}',
+                   {"group": "meta.k8s.io", "kind": kind, "causes": causes})
+
+    @classmethod
     def bad_request(cls, message: str) -> APIError:
         return cls(400, "BadRequest", message, {})
 

@@ -18,12 +18,16 @@ Fixtures:
 - ``kubeconfig``: the path of a kubeconfig for ``api_server`` (for kubectl and
   ``kubernetes.config.load_kube_config``).
 - ``api_server_client``: a ``kubernetes.client.ApiClient`` for ``api_server``.
+- ``api_server_kubectl``: runs ``kubectl`` against ``api_server`` (skips the test when kubectl is not
+  installed): ``api_server_kubectl("get", "pods", check=False)`` returns the ``CompletedProcess``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +92,19 @@ def api_server_client(api_server: TestAPIServer) -> Iterator[Any]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture
+def api_server_kubectl(kubeconfig: Path, tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed on this machine")
+
+    def run(*args: str, stdin: str | None = None, check: bool = True, timeout: float = 60
+            ) -> subprocess.CompletedProcess:
+        cmd = [kubectl, "--kubeconfig", str(kubeconfig), "--cache-dir", str(tmp_path / "kube-cache"), *args]
+        proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+        return proc
+    return run

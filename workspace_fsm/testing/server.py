@@ -23,6 +23,7 @@ import yaml
 
 from workspace_fsm.testing.errors import APIError, dumps
 from workspace_fsm.testing.faults import Faults, RequestCounts, RequestInfo
+from workspace_fsm.testing.options import delete_options, write_options
 from workspace_fsm.testing.resources import ResourceInfo
 from workspace_fsm.testing.selectors import SelectorError, parse_field_selector, parse_label_selector
 from workspace_fsm.testing.store import Event, Store, parse_patch_type
@@ -74,6 +75,7 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     server: _HTTPServer
     intercept_after: Any = None  # (rules, request) to run once this request is handled
+    query_lists: dict[str, list[str]] = {}  # every value of every query parameter
 
     def setup(self) -> None:
         super().setup()
@@ -310,7 +312,8 @@ class TestAPIServer:
     def _handle(self, h: _Handler, method: str) -> None:
         h.intercept_after = None
         url = urlsplit(h.path)
-        query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        h.query_lists = parse_qs(url.query, keep_blank_values=True)
+        query = {k: v[-1] for k, v in h.query_lists.items()}
         try:
             body = self._read_body(h)
         except (OSError, ValueError):
@@ -764,24 +767,14 @@ class TestAPIServer:
             raise APIError.bad_request(f"the body of the request could not be decoded: {exc}") from None
 
     @staticmethod
-    def _write_opts(query: dict[str, str]) -> tuple[bool, str | None]:
-        dry = query.get("dryRun", "")
-        if dry and dry != "All":
-            raise APIError.bad_request(f'dryRun: Unsupported value: "{dry}": supported values: "All"')
-        fv = query.get("fieldValidation") or None
-        if fv not in (None, "Ignore", "Warn", "Strict"):
-            raise APIError.bad_request(f'fieldValidation: Unsupported value: "{fv}": supported values: "Ignore", '
-                                       '"Warn", "Strict"')
-        return dry == "All", fv
-
-    @staticmethod
     def _warning_headers(warnings: list[str]) -> dict[str, str]:
         if not warnings:
             return {}
         return {"Warning": ", ".join('299 - ' + json.dumps(w) for w in warnings[:20])}
 
     def _do_create(self, h: _Handler, route: _Route, query: dict[str, str], body: bytes, plan: Any) -> None:
-        dry, fv = self._write_opts(query)
+        opts = write_options("CreateOptions", h.query_lists)
+        dry, fv = opts.dry_run, opts.field_validation
         doc = self._parse_body(h, body)
         warnings: list[str] = []
         obj = self.store.create(route.info, route.version, route.namespace or "", doc, dry_run=dry,
@@ -789,7 +782,8 @@ class TestAPIServer:
         self._send(h, 201, obj, self._warning_headers(warnings))
 
     def _do_update(self, h: _Handler, route: _Route, query: dict[str, str], body: bytes, plan: Any) -> None:
-        dry, fv = self._write_opts(query)
+        opts = write_options("UpdateOptions", h.query_lists)
+        dry, fv = opts.dry_run, opts.field_validation
         doc = self._parse_body(h, body)
         warnings: list[str] = []
         obj = self.store.update(route.info, route.version, route.namespace or "", route.name or "", doc,
@@ -797,17 +791,15 @@ class TestAPIServer:
         self._send(h, 200, obj, self._warning_headers(warnings))
 
     def _do_patch(self, h: _Handler, route: _Route, query: dict[str, str], body: bytes, plan: Any) -> None:
-        dry, fv = self._write_opts(query)
         patch_type = parse_patch_type(h.headers.get("Content-Type"))
         accepted = ["application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml"]
         if not route.info.custom:
             accepted.insert(2, "application/strategic-merge-patch+json")
         if patch_type is None:
             raise APIError.unsupported_media_type(h.headers.get("Content-Type") or "", accepted)
+        opts = write_options("PatchOptions", h.query_lists, patch_type=patch_type)
+        dry, fv = opts.dry_run, opts.field_validation
         if patch_type == "apply":
-            if not query.get("fieldManager"):
-                raise APIError.bad_request("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: "
-                                           "is required for apply patch")
             try:
                 patch = yaml.safe_load(body) if body else None
             except yaml.YAMLError as exc:
@@ -827,21 +819,6 @@ class TestAPIServer:
                                         field_validation=fv, warnings=warnings)
         self._send(h, 201 if created else 200, obj, self._warning_headers(warnings))
 
-    def _delete_options(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-        opts: dict[str, Any] = {}
-        if body:
-            try:
-                parsed = json.loads(body)
-            except ValueError as exc:
-                raise APIError.bad_request(f"the body of the request could not be decoded: {exc}") from None
-            if isinstance(parsed, dict):
-                opts.update(parsed)
-        if query.get("propagationPolicy"):
-            opts["propagationPolicy"] = query["propagationPolicy"]
-        if query.get("orphanDependents"):
-            opts["orphanDependents"] = query["orphanDependents"].lower() == "true"
-        return opts
-
     def _deleted_response(self, route: _Route, obj: dict[str, Any], gone: bool) -> dict[str, Any]:
         if gone and not route.info.return_deleted_object:
             details = {"name": obj["metadata"]["name"], "kind": route.info.plural,
@@ -852,16 +829,17 @@ class TestAPIServer:
         return obj
 
     def _do_delete(self, h: _Handler, route: _Route, query: dict[str, str], body: bytes, plan: Any) -> None:
-        dry, _ = self._write_opts(query)
-        opts = self._delete_options(body, query)
+        opts = delete_options(body, h.query_lists)
+        dry = bool(opts.get("dryRun"))
         obj, gone = self.store.delete(route.info, route.version, route.namespace or "", route.name or "", opts,
                                       dry_run=dry)
         self._send(h, 200, self._deleted_response(route, obj, gone))
 
     def _do_deletecollection(self, h: _Handler, route: _Route, query: dict[str, str], body: bytes,
                              plan: Any) -> None:
-        dry, _ = self._write_opts(query)
-        opts = self._delete_options(body, query)
+        match, _ = self._matcher(route, query)  # ListOptions first, as the handler decodes them first
+        opts = delete_options(body, h.query_lists)
+        dry = bool(opts.get("dryRun"))
         match, _ = self._matcher(route, query)
         deleted = []
         with self.store.lock:
