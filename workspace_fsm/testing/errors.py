@@ -19,9 +19,13 @@ class APIError(Exception):
         self.message = message
         self.details = details
         self.headers = headers or {}
+        self.list_continue: str | None = None  # a Status's ListMeta.continue (an expired continue token)
 
     def body(self) -> dict[str, Any]:
-        return status_body(self.code, self.reason, self.message, self.details)
+        body = status_body(self.code, self.reason, self.message, self.details)
+        if self.list_continue:
+            body["metadata"] = {"continue": self.list_continue}
+        return body
 
     # ------------------------------------------------------------ constructors
 

@@ -23,6 +23,8 @@ import yaml
 
 from workspace_fsm.testing.errors import APIError, dumps
 from workspace_fsm.testing.faults import Faults, RequestCounts, RequestInfo
+from workspace_fsm.testing.listing import (EXPIRED_LIST, INCONSISTENT_CONTINUE, encode_continue, parse_list_request,
+                                           storage_key, too_large_rv)
 from workspace_fsm.testing.options import delete_options, write_options
 from workspace_fsm.testing.resources import ResourceInfo
 from workspace_fsm.testing.selectors import SelectorError, parse_field_selector, parse_label_selector
@@ -140,6 +142,8 @@ class TestAPIServer:
     many seconds of its arrival (an injected latency) is answered 504 and never applied. That is stricter
     than a real server, whose storage write may still finish; it makes "a create lands within the request
     timeout or never" a property of this server that tests can rely on.
+    ``too_large_rv_wait``: how long a get or list asking for a resourceVersion newer than the store waits for
+    it before the 504 "Too large resource version" (the watch cache waits 3 s).
 
     Use as a context manager or with :meth:`start`/:meth:`stop`.
     """
@@ -149,7 +153,7 @@ class TestAPIServer:
     def __init__(self, crds: Iterable[Mapping[str, Any] | str | os.PathLike[str]] = (), *, host: str = "127.0.0.1",
                  port: int = 0, history: int = 1000, seed: int | None = None, gc: bool = True,
                  gc_delay: float = 0.02, bookmark_interval: float = 5.0, max_watch_seconds: float = 1800.0,
-                 request_timeout: float | None = 60.0,
+                 request_timeout: float | None = 60.0, too_large_rv_wait: float = 3.0,
                  namespaces: Iterable[str] = ("default", "kube-system", "kube-public", "kube-node-lease")) -> None:
         self.store = Store(history=history, seed=seed, gc=gc, gc_delay=gc_delay, namespaces=namespaces)
         self.faults = Faults()
@@ -158,6 +162,7 @@ class TestAPIServer:
         self.bookmark_interval = float(bookmark_interval)
         self.max_watch_seconds = float(max_watch_seconds)
         self.request_timeout = request_timeout
+        self.too_large_rv_wait = float(too_large_rv_wait)
         self._host = host
         self._port = port
         self._httpd: _HTTPServer | None = None
@@ -575,20 +580,61 @@ class TestAPIServer:
         self._send(h, 200, data)
 
     def _do_list(self, h: _Handler, route: _Route, query: dict[str, str], body: bytes, plan: Any) -> None:
-        match, _ = self._matcher(route, query)
-        with self.store.lock:
-            items, revision = self.store.list(route.info, route.namespace, match)
+        match, filtered = self._matcher(route, query)
+        req = parse_list_request(query)
+        store = self.store
+        if req.not_older_than is not None and store.revision < req.not_older_than:
+            if not store.wait_for_revision(req.not_older_than, self.too_large_rv_wait):
+                raise too_large_rv(req.not_older_than, store.revision)
+        with store.lock:
+            revision = store.revision
+            if req.revision is not None and req.revision > revision:
+                raise too_large_rv(req.revision, revision)
+            if req.revision is None:
+                bucket = store.objects.get(route.info.key(), {})
+            else:
+                bucket = store.snapshot_at(route.info, req.revision)
+                if bucket is None:
+                    if req.from_continue:
+                        err = APIError(410, "Expired", INCONSISTENT_CONTINUE, None)
+                        err.list_continue = encode_continue(req.start or "", -1)
+                        raise err
+                    raise APIError(410, "Expired", EXPIRED_LIST, None)
+                revision = req.revision
+            keys = sorted(((storage_key(k[0], k[1]) if route.namespace is None else k[1]), k)
+                          for k in bucket if route.namespace is None or k[0] == route.namespace)
+            if req.start is not None:
+                keys = [(sk, k) for sk, k in keys if sk >= req.start]
+            items: list[dict[str, Any]] = []
+            cont = None
+            remaining = None
+            for i, (sk, k) in enumerate(keys):
+                obj = bucket[k]
+                if not match(obj):
+                    continue
+                items.append(obj)
+                if req.limit and len(items) >= req.limit:
+                    if i + 1 < len(keys):  # more keys after this one (matching or not), as etcd's "more"
+                        cont = encode_continue(sk + "\x00", revision)
+                        if not filtered:
+                            remaining = len(keys) - i - 1
+                    break
             views = [self._view(route, o) for o in items]
+            list_meta: dict[str, Any] = {"resourceVersion": str(revision)}
+            if cont is not None:
+                list_meta["continue"] = cont
+                if remaining is not None:
+                    list_meta["remainingItemCount"] = remaining
             accept = h.headers.get("Accept", "")
             if _is_table(accept):
                 doc = to_table(route.info, route.version, views, str(revision), query.get("includeObject", "Metadata"))
+                doc["metadata"] = list_meta
             elif _is_partial(accept):
-                doc = {"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
-                       "metadata": {"resourceVersion": str(revision)},
+                doc = {"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta,
                        "items": [partial_metadata(v) for v in views]}
             else:
                 doc = {"kind": route.info.list_kind, "apiVersion": route.info.api_version(route.version),
-                       "metadata": {"resourceVersion": str(revision)}, "items": views}
+                       "metadata": list_meta, "items": views}
             data = dumps(doc)
         self._send(h, 200, data)
 

@@ -74,6 +74,12 @@ def _key_of(obj: dict[str, Any]) -> Key:
     return (m.get("namespace") or "", m.get("name") or "")
 
 
+def _storage_order(item: tuple[Key, Any]) -> str:
+    """etcd keeps objects under ``<prefix>/<namespace>/<name>`` and lists them in byte order of that key."""
+    ns, name = item[0]
+    return f"{ns}/{name}" if ns else name
+
+
 def _strip(obj: dict[str, Any], *, status: bool) -> dict[str, Any]:
     out = {k: v for k, v in obj.items() if k not in ("metadata", "apiVersion", "kind")}
     if status:
@@ -188,12 +194,42 @@ class Store:
 
     def list(self, info: ResourceInfo, namespace: str | None,
              match: Callable[[dict[str, Any]], bool] | None = None) -> tuple[list[dict[str, Any]], int]:
-        """Stored objects (not copies) in key order, and the revision they are current at."""
+        """Stored objects (not copies) in storage-key order, and the revision they are current at."""
         with self.lock:
             bucket = self.objects.get(info.key(), {})
-            items = [o for k, o in sorted(bucket.items())
+            items = [o for k, o in sorted(bucket.items(), key=_storage_order)
                      if (not namespace or k[0] == namespace) and (match is None or match(o))]
             return items, self.revision
+
+    def snapshot_at(self, info: ResourceInfo, revision: int) -> dict[Key, dict[str, Any]] | None:
+        """The resource's objects as they were at ``revision`` (rolled back through the event history),
+        or None when that revision is older than the history kept (compacted). Lock held."""
+        if revision < self.floor:
+            return None
+        bucket = dict(self.objects.get(info.key(), {}))
+        rkey = info.key()
+        for ev in reversed(self.events):
+            if ev.revision <= revision:
+                break
+            if ev.resource != rkey:
+                continue
+            key = _key_of(ev.object)
+            if ev.previous is None:
+                bucket.pop(key, None)
+            else:
+                bucket[key] = ev.previous
+        return bucket
+
+    def wait_for_revision(self, revision: int, timeout: float) -> bool:
+        """Block until the store's revision reaches ``revision`` (True) or ``timeout`` passes (False)."""
+        end = time.monotonic() + timeout
+        with self.cond:
+            while self.revision < revision:
+                left = end - time.monotonic()
+                if left <= 0 or self.closed:
+                    return False
+                self.cond.wait(timeout=min(left, 0.1))
+            return True
 
     # ------------------------------------------------------------------ admission helpers
 
