@@ -31,7 +31,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from workspace_fsm.kaito import actions as A
-from workspace_fsm.kaito.decide import WORKSPACE_SUCCEEDED, decide
+from workspace_fsm.kaito.workspace import WORKSPACE_SUCCEEDED, decide
 from workspace_fsm.cli.embedded import EmbeddedCluster
 from workspace_fsm.kaito.errors import InvalidWorkspace
 from workspace_fsm.kaito.model import FINALIZER, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, Snapshot, parse_workspace

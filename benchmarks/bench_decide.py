@@ -22,7 +22,7 @@ from datetime import datetime, timedelta, timezone
 import attrs
 
 from workspace_fsm.kaito import actions as A
-from workspace_fsm.kaito.decide import decide
+from workspace_fsm.kaito.workspace import decide
 from workspace_fsm.kaito.model import (Job, Node, NodeClaim, ObjectMeta, PresetSpec, DataSource, DataDestination,
                                  InferenceSpec, LabelSelector, ResourceSpec, Snapshot, TuningSpec, Workload,
                                  Workspace)

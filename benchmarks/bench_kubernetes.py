@@ -20,7 +20,7 @@ from pathlib import Path
 from kubernetes import client as k8s
 
 from workspace_fsm.cli.embedded import EmbeddedCluster
-from workspace_fsm.kaito.persist import read_lifecycle
+from workspace_fsm.kaito.workspace import read_lifecycle
 from workspace_fsm.kaito.model import WorkspaceStatus
 from workspace_fsm.cli.run import build_runner
 

@@ -28,7 +28,7 @@ While it does so it checks, at every change, the safety properties the tests are
 (d) ``decide`` on the Workspace rebuilt from its persisted form equals ``decide`` on the in-memory one;
 (e) a deadline's Warning event is committed at most once per state entry (persisted record);
 (g) nothing exists that the persisted record does not hold: every NodeClaim in the truth labelled for a
-    Workspace is in that Workspace's persisted lifecycle record (``read_lifecycle(ws.status).nodeclaims``)
+    Workspace is in that Workspace's persisted lifecycle record (``read_lifecycle(ws.status).data.nodeclaims``)
     or being deleted (checked at every change of the truth and at every status write);
 plus: lastTransitionTime moves only when a condition's status moves, every status key survives the
 CRD's structural pruning, and ``converge`` checks liveness.
@@ -51,25 +51,28 @@ from typing import Any
 import attrs
 
 from workspace_fsm.kaito import actions as A
-from workspace_fsm.kaito import decide as decide_module
-from workspace_fsm.kaito import lifecycle as lifecycle_module
+from workspace_fsm.engine import declare as declare_module
+from workspace_fsm.engine import interpret as interpret_module
+from workspace_fsm.engine import record as record_module
 from workspace_fsm.kaito import model as model_module
-from workspace_fsm.kaito import persist as persist_module
-from workspace_fsm.kaito.decide import Decision, decide, target_node_count
-from workspace_fsm.kaito.lifecycle import DEFAULT_CONFIG, STATE_TABLE, Config
+from workspace_fsm.kaito import nodeclaims as nodeclaims_module
+from workspace_fsm.kaito import workspace as decide_module
+from workspace_fsm.kaito.workspace import Decision, decide, target_node_count
+from workspace_fsm.kaito.workspace import DEFAULT_CONFIG, STATE_TABLE, Config
 from workspace_fsm.kaito.model import (LABEL_ACCELERATOR, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, DataDestination,
                                  DataSource, InferenceSpec, Job, LabelSelector, Node, NodeClaim, ObjectMeta,
                                  PresetSpec, ResourceSpec, Snapshot, TuningSpec, Workload, Workspace,
                                  WorkspaceStatus, parse_workspace)
-from workspace_fsm.kaito.decide import confirmations
-from workspace_fsm.kaito.persist import Lifecycle, read_lifecycle
+from workspace_fsm.kaito.workspace import confirmations
+from workspace_fsm.engine.record import Record
+from workspace_fsm.kaito.workspace import WorkspaceBook, read_lifecycle
 
 EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
 INSTANCE_TYPE = "Standard_NC24ads_A100_v4"
 INFERENCE_PRESET = "phi-4"
 TUNING_PRESET = "phi-3-mini-128k-instruct"
 STATUS_KEYS = frozenset({"conditions", "state", "targetNodeCount", "workerNodes", "performance"})
-DEADLINE_REASONS = frozenset(s.deadline_reason for s in STATE_TABLE if s.deadline is not None)
+DEADLINE_REASONS = frozenset(s.deadline.reason for s in STATE_TABLE if s.deadline is not None)
 
 
 # ============================================================================ purity guard
@@ -101,7 +104,7 @@ class _NoClockDatetime(datetime, metaclass=_AnyDatetime):
     today = classmethod(_forbidden("datetime.today()"))
 
 
-_CORE_MODULES = (decide_module, lifecycle_module, model_module, persist_module)
+_CORE_MODULES = (decide_module, nodeclaims_module, model_module, declare_module, interpret_module, record_module)
 
 
 @contextlib.contextmanager
@@ -388,7 +391,7 @@ class Cluster:
     def live_keys(self) -> list[str]:
         return [k for k in self.keys() if not self.entries[k].gone]
 
-    def record(self, key: str) -> Lifecycle | None:
+    def record(self, key: str) -> Record[WorkspaceBook] | None:
         return read_lifecycle(self.ws(key).status)
 
     def state(self, key: str) -> str | None:
@@ -467,7 +470,7 @@ class Cluster:
     def _check_recorded(self, key: str, w: World) -> None:
         """(g) every NodeClaim labelled for ``key`` that is not being deleted is in its persisted record."""
         rec = read_lifecycle(self.entries[key].ws.status)
-        held = rec.nodeclaims if rec is not None else ()
+        held = rec.data.nodeclaims if rec is not None else ()
         stray = sorted(c.name for c in w.claims_of(key) if not c.deleting and c.name not in held)
         if stray:
             self.fail(f"(g) {key}: NodeClaims {stray} exist in the truth and are not being deleted, but the "
@@ -708,6 +711,8 @@ class Cluster:
             if a.propagation != "Background":
                 self.fail(f"{key}: DeleteJob with propagation {a.propagation}")
             j = self.world.jobs.get(key)
+            if j is not None and a.revision and j.revision != a.revision:
+                return True  # the precondition: the Job there now is not the one meant (409, counted as done)
             with self.change() as w:
                 if j is None:
                     w.mark_gone(key, "Job/" + a.name)
@@ -809,7 +814,8 @@ class Cluster:
         mine = {n: t for n, t in dc.refused.get(key, {}).items() if n in absent}
         if self.forge_refusals:
             # What a runner must not do: take its memory of its own requests as if it spoke for the record's.
-            by = (read_lifecycle(ws.status) or Lifecycle()).claimed_by or ""
+            rec = read_lifecycle(ws.status)
+            by = (rec.data.claimed_by if rec is not None else None) or ""
             mine = {n: by for n in mine}
         snap = attrs.evolve(snap, absent=absent, refused=mine)
         dc.passes += 1
@@ -1086,7 +1092,7 @@ class Cluster:
         rec = self.record(key)
         if rec is None:
             return "no lifecycle record"
-        if rec.claim_failures >= self.config.max_nodeclaim_failures and rec.state == "NodesProvisioning":
+        if rec.data.claim_failures >= self.config.max_nodeclaim_failures and rec.state == "NodesProvisioning":
             return None  # by design: it gave up creating NodeClaims and says so
         if e.ws.is_tuning:
             j = self.job(key)

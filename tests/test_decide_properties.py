@@ -25,12 +25,12 @@ import model_cluster as mc
 from model_cluster import (EPOCH, Cluster, inference_ws, pure_decide, reparse, reparse_status,
                            spec_revision, tuning_ws)
 from workspace_fsm.kaito import actions as A
-from workspace_fsm.kaito.decide import WORKSPACE_SUCCEEDED, nodeclaim_name
+from workspace_fsm.kaito.workspace import WORKSPACE_SUCCEEDED, nodeclaim_name
 from workspace_fsm.engine.problems import Problem
-from workspace_fsm.kaito.lifecycle import STATES
+from workspace_fsm.kaito.workspace import STATES
 from workspace_fsm.kaito.model import (Condition, Job, LabelSelector, Node, NodeClaim, ResourceSpec,
                                  Snapshot, Workload, Workspace, WorkspaceStatus, parse_workspace)
-from workspace_fsm.kaito.persist import LIFECYCLE_CONDITION
+from workspace_fsm.kaito.workspace import LIFECYCLE_CONDITION
 
 PROPS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -45,7 +45,7 @@ def _no_sleep_no_network():
 
 
 def test_the_purity_guard_catches_clock_sleep_network_and_files():
-    from workspace_fsm.kaito import decide as decide_module
+    from workspace_fsm.kaito import workspace as decide_module
 
     with pytest.raises(AssertionError, match="sleep"):
         time.sleep(0)

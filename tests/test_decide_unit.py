@@ -18,10 +18,10 @@ import pytest
 import model_cluster as mc
 from model_cluster import EPOCH, Cluster, inference_ws, pure_decide, reparse, spec_revision, to_ready, tuning_ws
 from workspace_fsm.kaito import actions as A
-from workspace_fsm.kaito.decide import KAITO_CONDITIONS, nodeclaim_name
-from workspace_fsm.kaito.lifecycle import DEFAULT_CONFIG
+from workspace_fsm.kaito.workspace import KAITO_CONDITIONS, nodeclaim_name
+from workspace_fsm.kaito.workspace import DEFAULT_CONFIG
 from workspace_fsm.kaito.model import Condition, Snapshot, WorkspaceStatus, parse_workspace
-from workspace_fsm.kaito.persist import LIFECYCLE_CONDITION, read_lifecycle
+from workspace_fsm.kaito.workspace import LIFECYCLE_CONDITION, RECORD, read_lifecycle
 
 FINALIZER = DEFAULT_CONFIG.finalizer
 
@@ -594,7 +594,7 @@ def test_a_record_saying_deleting_on_a_workspace_nobody_deletes_starts_over_and_
     ws = c.ws(key)
     rec = read_lifecycle(ws.status)
     odd = attrs.evolve(rec, state="Deleting")
-    conds = tuple(odd.to_condition(EPOCH) if x.type == LIFECYCLE_CONDITION else x for x in ws.status.conditions)
+    conds = tuple(RECORD.to_condition(odd, EPOCH) if x.type == LIFECYCLE_CONDITION else x for x in ws.status.conditions)
     d = pure_decide(ws.with_status(attrs.evolve(ws.status, conditions=conds)), c.snapshot(key), c.now)
     assert not kinds(d, A.RemoveFinalizer)
     assert d.transitions[0].source == "Deleting" and d.transitions[0].dest == "Pending"
@@ -645,7 +645,7 @@ def test_a_create_that_never_lands_is_replaced_once_the_grace_is_over():
     c.advance(timedelta(seconds=2))
     d = c.run_pass(key).decision
     (replacement,) = kinds(d, A.CreateNodeClaim)
-    assert replacement.name != name and read_lifecycle(c.ws(key).status).nodeclaims == (replacement.name,)
+    assert replacement.name != name and read_lifecycle(c.ws(key).status).data.nodeclaims == (replacement.name,)
     c.converge()
     assert c.state(key) == "Ready"
 
@@ -660,7 +660,7 @@ def test_a_create_the_server_refused_outright_is_replaced_at_once():
     assert "NodeClaim/" + name in snap.absent
     waits = pure_decide(c.ws(key), snap, c.now)
     assert not kinds(waits, A.CreateNodeClaim)
-    by = read_lifecycle(c.ws(key).status).claimed_by
+    by = read_lifecycle(c.ws(key).status).data.claimed_by
     assert by  # the pass that recorded the name
     d = pure_decide(c.ws(key), attrs.evolve(snap, refused={"NodeClaim/" + name: by}), c.now)
     (replacement,) = kinds(d, A.CreateNodeClaim)
@@ -676,7 +676,7 @@ def test_a_refusal_another_pass_reports_is_not_taken_for_the_recording_pass_s_ow
     name = _crash_with_create_queued(c, key)
     snap = c.snapshot(key)
     assert "NodeClaim/" + name in snap.absent
-    for other in ("loser.1", "", read_lifecycle(c.ws(key).status).claimed_by + "x"):
+    for other in ("loser.1", "", read_lifecycle(c.ws(key).status).data.claimed_by + "x"):
         d = pure_decide(c.ws(key), attrs.evolve(snap, refused={"NodeClaim/" + name: other}), c.now)
         assert not kinds(d, A.CreateNodeClaim), other
         assert d.wake.after is not None and "in flight" in d.wake.reason
@@ -718,6 +718,6 @@ def test_the_in_flight_marker_costs_no_status_write_of_its_own():
     c = Cluster()
     key = c.add(inference_ws("marker", 2))
     c.converge()
-    assert read_lifecycle(c.ws(key).status).claimed_at is None
+    assert read_lifecycle(c.ws(key).status).data.claimed_at is None
     d = c.run_pass(key).decision
     assert not d.status_changed

@@ -95,7 +95,7 @@ def test_a_refused_create_is_replaced_at_once_an_ambiguous_one_waits_out_the_gra
 
     from workspace_fsm.kaito import actions as A
     from workspace_fsm.engine.adapter import AdapterError
-    from workspace_fsm.kaito.decide import decide
+    from workspace_fsm.kaito.workspace import decide
 
     ws, snap = admitted(adapter, custom, "r")
     now = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
@@ -138,7 +138,7 @@ def test_two_adapters_a_lost_409_never_makes_the_winner_s_creates_look_refused(a
     from datetime import datetime, timezone
 
     from workspace_fsm.kaito import actions as A
-    from workspace_fsm.kaito.decide import decide
+    from workspace_fsm.kaito.workspace import decide
 
     other = KubernetesAdapter(api_server_client, catalogue=Catalogue.default())
     other.start()
@@ -169,3 +169,29 @@ def test_two_adapters_a_lost_409_never_makes_the_winner_s_creates_look_refused(a
         assert len(custom.list_cluster_custom_object("karpenter.sh", "v1", "nodeclaims")["items"]) == 1
     finally:
         other.stop()
+
+
+def test_a_stale_job_delete_never_deletes_the_current_job_of_the_same_name(adapter, custom):
+    """Found by the several-writers model: a runner whose Job cache still shows the tuning Job of the old spec
+    deletes it by name, after another runner has replaced it with the Job of the new spec (same name). The
+    delete carries the stale Job's uid as a precondition: the server refuses it (409), the current Job stays,
+    and the adapter counts the stale one as gone."""
+    from workspace_fsm.kaito import actions as A
+
+    batch = ("batch", "v1", NS, "jobs")
+    ws, _ = admitted(adapter, custom, "tune")
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "tune"},
+           "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "t", "image": "x"}]}}}}
+    old = custom.create_namespaced_custom_object(*batch, job)
+    custom.delete_namespaced_custom_object(*batch, "tune", body={"propagationPolicy": "Background"})
+    wait(lambda: not custom.list_namespaced_custom_object(*batch)["items"], "the old Job to be gone")
+    new = custom.create_namespaced_custom_object(*batch, job)
+    assert new["metadata"]["uid"] != old["metadata"]["uid"]
+    adapter.apply(ws, [A.DeleteJob("tune", "old-revision", "Background", uid=old["metadata"]["uid"])])
+    (left,) = custom.list_namespaced_custom_object(*batch)["items"]
+    assert left["metadata"]["uid"] == new["metadata"]["uid"] and "deletionTimestamp" not in left["metadata"]
+    # Without the precondition the same request would have deleted the current Job: the control.
+    adapter.apply(ws, [A.DeleteJob("tune", "old-revision", "Background")])
+    assert wait(lambda: not custom.list_namespaced_custom_object(*batch)["items"]
+                or custom.list_namespaced_custom_object(*batch)["items"][0]["metadata"].get("deletionTimestamp"),
+                "the unconditioned delete to take effect")

@@ -14,9 +14,9 @@ import yaml
 from kubernetes import client as k8s
 
 from workspace_fsm.cli.embedded import EmbeddedCluster
-from workspace_fsm.kaito.lifecycle import Config
+from workspace_fsm.kaito.workspace import Config
 from workspace_fsm.kaito.model import LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE
-from workspace_fsm.kaito.persist import read_lifecycle
+from workspace_fsm.kaito.workspace import read_lifecycle
 from workspace_fsm.kaito.model import WorkspaceStatus
 
 TIME_SCALE = 300.0  # a 240 s NodeClaim takes 0.8 s

@@ -10,10 +10,10 @@ from types import SimpleNamespace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workspace_fsm.kaito import lifecycle
+from workspace_fsm.kaito import workspace as lifecycle
 from workspace_fsm.cli.diagram import lifecycle_markdown
 from workspace_fsm.kaito.model import Job, Workload
-from workspace_fsm.kaito.lifecycle import EDGES, MACHINE, STATE_TABLE, STATES, step, step_via_trigger
+from workspace_fsm.kaito.workspace import EDGES, MACHINE, STATE_TABLE, STATES, step, step_via_trigger
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_docs_lifecycle_md_is_generated_from_the_live_table():
     on_disk = (ROOT / "docs" / "lifecycle.md").read_text()
     assert on_disk == lifecycle_markdown(), (
-        "docs/lifecycle.md drifted from workspace_fsm/lifecycle.py; regenerate it with "
+        "docs/lifecycle.md drifted from the Workspace lifecycle (workspace_fsm/kaito/workspace.py); regenerate it with "
         "`workspace-fsm diagram --markdown > docs/lifecycle.md`")
 
 
@@ -30,7 +30,8 @@ def test_diagram_names_every_state_and_guard():
     for s in STATE_TABLE:
         assert f'state "{s.name}"' in text
     for e in EDGES:
-        assert f"{e.source} --> {e.dest}: [{e.guard.__name__}]" in text
+        for source in e.sources:
+            assert f"{source} --> {e.dest}: [{e.guard.__name__}]" in text
 
 
 def test_diagram_command_prints_mermaid():
@@ -42,14 +43,14 @@ def test_diagram_command_prints_mermaid():
 def test_machine_holds_exactly_the_table():
     assert list(MACHINE.states) == [s.name for s in STATE_TABLE]
     edges = [(t.source, t.dest) for ts in MACHINE.events[lifecycle.TRIGGER].transitions.values() for t in ts]
-    assert sorted(edges) == sorted((e.source, e.dest) for e in EDGES)
+    assert sorted(edges) == sorted((source, e.dest) for e in EDGES for source in e.sources)
 
 
 def test_every_waiting_state_has_a_deadline_and_a_consequence():
     waiting = {"NodesProvisioning", "PluginsReady", "WorkloadDeploying", "JobRunning", "JobReplacing", "Deleting"}
     for name in waiting:
         s = STATES[name]
-        assert s.deadline is not None and s.on_deadline and s.deadline_reason, name
+        assert s.deadline is not None and s.deadline.then is not None and s.deadline.reason, name
 
 
 def test_every_state_is_reachable_from_pending():
@@ -57,7 +58,7 @@ def test_every_state_is_reachable_from_pending():
     while todo:
         cur = todo.pop()
         for e in EDGES:
-            if e.source == cur and e.dest not in seen:
+            if cur in e.sources and e.dest not in seen:
                 seen.add(e.dest)
                 todo.append(e.dest)
     assert seen == set(STATES)
@@ -69,8 +70,12 @@ _revisions = st.sampled_from(["r1", "r2"])
 @st.composite
 def guard_inputs(draw):
     """Just the attributes the guards read, drawn freely (including combinations no cluster produces)."""
-    ws = SimpleNamespace(valid=draw(st.booleans()), deleting=draw(st.booleans()),
-                         metadata=SimpleNamespace(name="ws"))
+    from datetime import datetime as _dt, timezone as _tz
+
+    deleting = draw(st.booleans())
+    ws = SimpleNamespace(valid=draw(st.booleans()), deleting=deleting,
+                         metadata=SimpleNamespace(name="ws", deletion_timestamp=_dt(2026, 1, 1, tzinfo=_tz.utc)
+                                                  if deleting else None))
     workload = draw(st.none() | st.builds(Workload, kind=st.just("Deployment"), name=st.just("ws"),
                                            replicas=st.integers(1, 3), ready_replicas=st.integers(0, 3),
                                            updated_replicas=st.integers(0, 3), revision=_revisions,
@@ -81,15 +86,15 @@ def guard_inputs(draw):
     nodes_ready = draw(st.booleans())
     from datetime import datetime, timedelta, timezone
 
-    from workspace_fsm.kaito.lifecycle import DEFAULT_CONFIG
+    from workspace_fsm.kaito.workspace import DEFAULT_CONFIG
     from workspace_fsm.kaito.model import NodeClaim
 
     epoch = datetime(2026, 1, 1, tzinfo=timezone.utc)
     claims = tuple(NodeClaim(name=f"c{i}", workspace_key="default/ws", instance_type="x", deleting=d)
                    for i, d in enumerate(draw(st.lists(st.booleans(), max_size=2))))
     return SimpleNamespace(
-        ws=ws, snap=SimpleNamespace(workload=workload, job=job, absent=absent),
-        rec=SimpleNamespace(revision=draw(st.none() | _revisions),
+        ws=ws, obj=ws, snap=SimpleNamespace(workload=workload, job=job, absent=absent),
+        rec=SimpleNamespace(data=SimpleNamespace(revision=draw(st.none() | _revisions)),
                             entered_at=draw(st.none() | st.just(epoch))),
         now=epoch + timedelta(seconds=draw(st.sampled_from([0, 5, 10, 60]))), config=DEFAULT_CONFIG,
         claims=claims, gone=draw(st.sampled_from([frozenset(), frozenset({"c9"})])),

@@ -11,10 +11,11 @@ import attrs
 import pytest
 import yaml
 
-from workspace_fsm.kaito.decide import decide
+from workspace_fsm.kaito.workspace import decide
 from workspace_fsm.kaito.errors import InvalidWorkspace
 from workspace_fsm.kaito.model import Node, NodeClaim, Snapshot, Workspace, parse_workspace
-from workspace_fsm.kaito.persist import LIFECYCLE_CONDITION, Lifecycle, read_lifecycle, HistoryEntry
+from workspace_fsm.engine.record import Record
+from workspace_fsm.kaito.workspace import LIFECYCLE_CONDITION, RECORD, HistoryEntry, WorkspaceBook, read_lifecycle
 from workspace_fsm.engine.schema import crd_schema, prune
 
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
@@ -86,20 +87,21 @@ def test_lifecycle_record_survives_structural_pruning_with_kaitos_crd(kaito_dir)
     back = parse_workspace(pruned)
     assert back.status == d.status
     rec = read_lifecycle(back.status)
-    assert rec.state == d.state == "WorkloadDeploying" and set(rec.nodeclaims) == set(names)
+    assert rec.state == d.state == "WorkloadDeploying" and set(rec.data.nodeclaims) == set(names)
     # A status field outside KAITO's schema would be silently dropped: that is why none is used.
     _, removed = prune({**written, "status": {**written["status"], "fsm": {"state": "x"}}}, schema)
     assert removed == ["status.fsm"]
 
 
 def test_lifecycle_record_fits_the_condition_message_limit():
-    rec = Lifecycle(state="NodesProvisioning", entered_at=T0, nodeclaims=tuple(f"w{'x' * 40}-abcdef-{i}" for i in range(100)),
-                    deleted=tuple(f"NodeClaim/w{'x' * 40}-abcdef-{i}" for i in range(100)), next_seq=500,
+    book = WorkspaceBook(nodeclaims=tuple(f"w{'x' * 40}-abcdef-{i}" for i in range(100)),
+                         deleted=tuple(f"NodeClaim/w{'x' * 40}-abcdef-{i}" for i in range(100)), next_seq=500)
+    rec = Record(state="NodesProvisioning", data=book, entered_at=T0,
                     history=tuple(HistoryEntry("NodesProvisioning", "PluginsReady", "2026-03-01T00:00:00Z", "nodes_ready")
                                   for _ in range(16)))
-    cond = rec.to_condition(T0)
+    cond = RECORD.to_condition(rec, T0)
     assert cond.type == LIFECYCLE_CONDITION and len(cond.message) <= 32768
-    assert Lifecycle.from_json(cond.message, since=T0) == attrs.evolve(rec, since=T0)
+    assert RECORD.decode(cond.message, since=T0) == attrs.evolve(rec, since=T0)
 
 
 def test_validate_command(kaito_dir, tmp_path):

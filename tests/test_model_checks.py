@@ -30,10 +30,10 @@ import pytest
 import model_cluster as mc
 from model_cluster import Cluster, inference_ws, spec_revision, to_ready, tuning_ws
 from workspace_fsm.kaito import actions as A
-from workspace_fsm.kaito.decide import nodeclaim_name
+from workspace_fsm.kaito.workspace import nodeclaim_name
 from workspace_fsm.engine.problems import Problem
 from workspace_fsm.kaito.model import WorkspaceStatus
-from workspace_fsm.kaito.persist import read_lifecycle
+from workspace_fsm.kaito.workspace import read_lifecycle
 
 
 def apply_pass(c: Cluster, p: mc.Pass) -> None:
@@ -263,7 +263,7 @@ def test_a_decide_that_keeps_asking_once_finished_is_not_quiet():
 def test_a_status_write_that_drops_a_live_nodeclaim_from_the_record():
     """(g) at the status write: the record forgets a NodeClaim that exists and is not being deleted."""
     c, key = provisioning("forget", 1)
-    assert read_lifecycle(c.ws(key).status).nodeclaims
+    assert read_lifecycle(c.ws(key).status).data.nodeclaims
     p = take(c, key)
     blank = WorkspaceStatus()
     with pytest.raises(mc.Violation, match=r"\(g\) default/forget: NodeClaims \[.*\] exist in the truth.*holds only \[\]"):
@@ -355,3 +355,19 @@ def test_actions_the_api_would_treat_differently_are_flagged(bad, message):
     c.make_ready(claim.name, gpu=True)  # nodes Ready, nothing created on them yet
     with pytest.raises(mc.Violation, match=r"default/apps: " + message):
         c.apply(key, bad(c, key), take(c, key))
+
+
+def test_a_delete_of_the_stale_job_leaves_the_current_one_of_the_same_name():
+    """The model applies DeleteJob as the adapters do, with the revision (the uid over HTTP) as its precondition:
+    a runner whose cache still shows the old Job cannot delete the new one, which has the same name."""
+    c = Cluster()
+    key = c.add(tuning_ws("tune2"))
+    for _ in range(4):
+        c.run_pass(key)
+        c.settle(key)
+        if c.job(key) is not None:
+            break
+    old = c.job(key)
+    p = take(c, key)
+    assert c.apply(key, A.DeleteJob(name=old.name, revision="some-older-revision"), p)
+    assert c.job(key) == old and not c.job(key).deleting

@@ -22,9 +22,9 @@ import model_cluster as mc
 from model_cluster import Cluster, Violation, inference_ws, pure_decide
 from test_decide_properties import IDX, LAG, DecideMachine
 from workspace_fsm.kaito import actions as A
-from workspace_fsm.kaito.decide import ABOVE_TARGET
+from workspace_fsm.kaito.workspace import ABOVE_TARGET
 from workspace_fsm.kaito.model import NodeClaim, Snapshot
-from workspace_fsm.kaito.persist import read_lifecycle
+from workspace_fsm.kaito.workspace import RECORD, read_lifecycle
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -109,7 +109,7 @@ def test_a_refused_create_of_one_s_own_pass_is_still_replaced_at_once():
     through_status_write(c, "a", key)
     c.step_once("a", key, outcome="refused")  # the create: 429
     assert c.step_of("a", key) is None and c.claims(key) == []
-    (first,) = read_lifecycle(c.ws(key).status).nodeclaims
+    (first,) = read_lifecycle(c.ws(key).status).data.nodeclaims
     again = c.begin_at("a", key)
     (new,) = kinds(again.p.decision, A.CreateNodeClaim)
     assert new.name != first and new.claim.startswith("a-0.")
@@ -160,8 +160,8 @@ def test_nodeclaims_above_target_are_deleted_not_ready_first_then_newest_never_a
     (ev,) = [e for e in kinds(d, A.RecordEvent) if e.reason == ABOVE_TARGET]
     assert ev.type == "Warning" and "5 live NodeClaims for a targetNodeCount of 2" in ev.message
     rec = read_lifecycle(d.status)
-    assert set(rec.nodeclaims) == {x.name for x in mine}  # never adopted
-    assert {"NodeClaim/" + x.name for x in deletes} <= set(rec.deleted)  # asked once, not every pass
+    assert set(rec.data.nodeclaims) == {x.name for x in mine}  # never adopted
+    assert {"NodeClaim/" + x.name for x in deletes} <= set(rec.data.deleted)  # asked once, not every pass
     again = pure_decide(ws.with_status(d.status), attrs.evolve(snap, nodeclaims=tuple(mine) + extras), c.now)
     assert not kinds(again, A.DeleteNodeClaim)
 
@@ -191,9 +191,9 @@ def test_above_target_recorded_ones_are_trimmed_too_and_being_deleted_ones_do_no
     # a record that holds three for a target of two (an older runner's): the newest not-Ready one goes
     third = _claim(mc.decide_module.nodeclaim_name(ws, 7), created=40)
     rec = read_lifecycle(ws.status)
-    rec3 = attrs.evolve(rec, nodeclaims=rec.nodeclaims + (third.name,))
+    rec3 = attrs.evolve(rec, data=attrs.evolve(rec.data, nodeclaims=rec.data.nodeclaims + (third.name,)))
     from workspace_fsm.kaito.model import WorkspaceStatus
-    conds = tuple(x for x in ws.status.conditions if x.type != "workspace-fsm/Lifecycle") + (rec3.to_condition(c.now),)
+    conds = tuple(x for x in ws.status.conditions if x.type != "workspace-fsm/Lifecycle") + (RECORD.to_condition(rec3, c.now),)
     ws3 = ws.with_status(attrs.evolve(ws.status, conditions=conds))
     assert isinstance(ws3.status, WorkspaceStatus)
     d = pure_decide(ws3, attrs.evolve(snap, nodeclaims=snap.nodeclaims + (third,)), c.now)

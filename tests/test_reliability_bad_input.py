@@ -34,7 +34,7 @@ from kubernetes.client.exceptions import ApiException
 
 from workspace_fsm.kaito import actions as A
 from workspace_fsm.engine import schema as k8s_schema
-from workspace_fsm.kaito.decide import WORKSPACE_SUCCEEDED, decide
+from workspace_fsm.kaito.workspace import WORKSPACE_SUCCEEDED, decide
 from workspace_fsm.cli.embedded import EmbeddedCluster
 from workspace_fsm.kaito.errors import InvalidWorkspace
 from workspace_fsm.kaito.model import FINALIZER, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, Snapshot, parse_workspace
@@ -305,11 +305,12 @@ def _checked_with_counts(doc: dict, monkeypatch) -> tuple[int, list[int], list, 
     import re
 
     from workspace_fsm.engine import schema
-    from workspace_fsm.kaito import catalogue, decide as decide_module, lifecycle, model, persist, validation
+    from workspace_fsm.engine import interpret, record
+    from workspace_fsm.kaito import catalogue, model, nodeclaims, validation, workspace
 
     lengths: list[int] = []
     with monkeypatch.context() as m:
-        for module in (validation, schema, model, decide_module, persist, lifecycle, catalogue):
+        for module in (validation, schema, model, workspace, nodeclaims, interpret, record, catalogue):
             for name, value in list(vars(module).items()):
                 if isinstance(value, re.Pattern):
                     m.setattr(module, name, _CountingPattern(value, lengths))

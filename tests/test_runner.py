@@ -156,7 +156,7 @@ def test_a_pass_that_reaches_its_creations_too_late_does_not_send_them():
     """A create is sent within Config.create_send_window of the pass's decision, or not at all: the machine's
     grace for a NodeClaim it finds absent (Config.create_grace) counts on it."""
     from workspace_fsm.kaito import actions as A
-    from workspace_fsm.kaito.lifecycle import DEFAULT_CONFIG
+    from workspace_fsm.kaito.workspace import DEFAULT_CONFIG
     from workspace_fsm.engine.runner import FsmReconciler, StaleCreate
 
     window = DEFAULT_CONFIG.create_send_window.total_seconds()

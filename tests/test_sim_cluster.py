@@ -13,7 +13,7 @@ import pytest
 
 from workspace_fsm.kaito import actions as A
 from workspace_fsm.engine.adapter import AdapterError, Conflict
-from workspace_fsm.kaito.decide import decide
+from workspace_fsm.kaito.workspace import decide
 from workspace_fsm.kaito.model import (LABEL_ACCELERATOR, LABEL_INSTANCE_TYPE, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE,
                                  Condition, WorkspaceStatus)
 from workspace_fsm.adapters.simulated.cluster import EPOCH, SimCluster

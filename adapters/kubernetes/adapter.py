@@ -33,7 +33,7 @@ from workspace_fsm.engine.adapter import AdapterError, Conflict
 from workspace_fsm.kaito.model import (ANNOTATION_REVISION, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, GPU_RESOURCE, Job,
                                  Node, NodeClaim, Snapshot, Workload, Workspace, WorkspaceStatus, format_time,
                                  parse_time, parse_workspace)
-from workspace_fsm.kaito.decide import confirmations
+from workspace_fsm.kaito.workspace import confirmations
 
 from . import manifests
 from .informer import Informer, object_key
@@ -117,7 +117,8 @@ def to_job(obj: dict[str, Any]) -> Job:
                active=int(status.get("active") or 0), succeeded=int(status.get("succeeded") or 0),
                failed=int(status.get("failed") or 0), complete=conds.get("Complete", {}).get("status") == "True",
                failed_permanently=failed.get("status") == "True", deleting=meta.get("deletionTimestamp") is not None,
-               failure_reason=failed.get("reason") if failed.get("status") == "True" else None)
+               failure_reason=failed.get("reason") if failed.get("status") == "True" else None,
+               uid=str(meta.get("uid") or ""))
 
 
 def _owner_key(obj: dict[str, Any]) -> str | None:
@@ -457,10 +458,14 @@ class KubernetesAdapter:
                                                                            _request_timeout=t), ok=(409,))
             self._known.add(f"Job/{ns}/{a.name}")
         elif isinstance(a, A.DeleteJob):
-            opts = {"propagationPolicy": a.propagation}
+            opts: dict[str, Any] = {"propagationPolicy": a.propagation}
+            if a.uid:
+                # Only the Job the pass saw: a 409 means the one there now is another (the current one, created
+                # after it), which is not to be deleted; the stale one is gone.
+                opts["preconditions"] = {"uid": a.uid}
             self._call("delete", "Job", f"deleting stale Job {ns}/{a.name}",
                        lambda: self.custom.delete_namespaced_custom_object("batch", "v1", ns, "jobs", a.name, body=opts,
-                                                                           _request_timeout=t), ok=(404,))
+                                                                           _request_timeout=t), ok=(404, 409))
             self._known.discard(f"Job/{ns}/{a.name}")
         elif isinstance(a, (A.AddFinalizer, A.RemoveFinalizer)):
             self._patch_finalizers(ws, a)

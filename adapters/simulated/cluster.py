@@ -50,7 +50,7 @@ from workspace_fsm.kaito.catalogue import Catalogue
 from workspace_fsm.kaito.model import (LABEL_ACCELERATOR, LABEL_INSTANCE_TYPE, LABEL_WORKSPACE,
                                  LABEL_WORKSPACE_NAMESPACE, Job, LabelSelector, Node, NodeClaim, Snapshot,
                                  Workload, Workspace, WorkspaceStatus, format_time, whole_seconds)
-from workspace_fsm.kaito.decide import confirmations
+from workspace_fsm.kaito.workspace import confirmations
 
 from .documents import inference_document, to_workspace, tuning_document
 from .params import Scenario, ScenarioError, SimParams

@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from workspace_fsm.kaito.lifecycle import DEFAULT_CONFIG, Config
+from workspace_fsm.kaito.workspace import DEFAULT_CONFIG, Config
 from workspace_fsm.engine.queue import WorkQueue
 from workspace_fsm.engine.runner import FsmReconciler, VirtualClock, VirtualTimeRunner
 
@@ -139,7 +139,7 @@ def run_mode(scenario: Scenario, mode: str, workers: int = 5, *, config: Config 
 
 def histories(cluster: SimCluster) -> dict[str, list[tuple[str, float, float]]]:
     """Per Workspace, (state, from, to) in virtual seconds, read back from the persisted lifecycle record."""
-    from workspace_fsm.kaito.persist import read_lifecycle
+    from workspace_fsm.kaito.workspace import read_lifecycle
 
     out: dict[str, list[tuple[str, float, float]]] = {}
     end = cluster.now

@@ -13,7 +13,7 @@ def _cmd_diagram(args: argparse.Namespace) -> int:
 
         sys.stdout.write(lifecycle_markdown())
     else:
-        from workspace_fsm.kaito.lifecycle import mermaid
+        from workspace_fsm.kaito.workspace import mermaid
 
         sys.stdout.write(mermaid())
     return 0

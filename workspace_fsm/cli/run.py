@@ -218,7 +218,7 @@ def build_runner(api, *, namespace: str | None = None, workers: int = 5, byo_nod
     """The adapter, queue, reconciler and threaded runner for a cluster (nothing started yet)."""
     from workspace_fsm.adapters.kubernetes.adapter import KubernetesAdapter
     from workspace_fsm.kaito.catalogue import Catalogue
-    from workspace_fsm.kaito.lifecycle import Config
+    from workspace_fsm.kaito.workspace import Config
     from workspace_fsm.engine.queue import WorkQueue
     from workspace_fsm.engine.runner import FsmReconciler, ThreadedRunner
 

@@ -27,8 +27,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from workspace_fsm.kaito.lifecycle import STATES
-from workspace_fsm.kaito.persist import LIFECYCLE_CONDITION
+from workspace_fsm.kaito.workspace import STATES
+from workspace_fsm.kaito.workspace import LIFECYCLE_CONDITION
 
 __all__ = ["CONTENT_TYPE_LATEST", "RunnerCollector", "build_registry", "render", "WORKER_THREAD_PREFIX"]
 

@@ -29,8 +29,8 @@ import attrs
 
 from workspace_fsm.kaito.actions import CreateNodeClaim, DeleteNodeClaim, RecordEvent
 from workspace_fsm.engine.adapter import AdapterError, ClusterAdapter, Conflict, NotSynced
-from workspace_fsm.kaito.decide import ABOVE_TARGET, decide
-from workspace_fsm.kaito.lifecycle import DEFAULT_CONFIG, Config
+from workspace_fsm.kaito.workspace import ABOVE_TARGET, decide
+from workspace_fsm.kaito.workspace import DEFAULT_CONFIG, Config
 from workspace_fsm.engine.queue import WorkQueue
 
 log = logging.getLogger("workspace_fsm.engine.runner")

@@ -1,4 +1,4 @@
-"""What ``decide`` may ask an adapter to do.
+"""What KAITO's lifecycles may ask an adapter to do, besides the engine's generic actions.
 
 Actions are values. An adapter applies them in order and stops at the first failure (the pass is then
 retried with backoff, and the next ``decide`` asks again for whatever is still missing). Every action
@@ -8,20 +8,14 @@ AlreadyExists and a repeated delete meets NotFound, and both count as success.
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Union
+from typing import ClassVar, Union
 
 import attrs
 
+from workspace_fsm.engine.actions import AddFinalizer, RecordEvent, RemoveFinalizer, WakeUp
 
-@attrs.frozen
-class AddFinalizer:
-    finalizer: str
-
-
-@attrs.frozen
-class RemoveFinalizer:
-    finalizer: str
+__all__ = ["Action", "AddFinalizer", "CreateJob", "CreateNodeClaim", "CreateWorkload", "DeleteJob", "DeleteNodeClaim",
+           "RecordEvent", "RemoveFinalizer", "UpdateWorkload", "WakeUp"]
 
 
 @attrs.frozen
@@ -34,12 +28,16 @@ class CreateNodeClaim:
     # The pass that recorded this name (Lifecycle.claimed_by): an adapter that learns this create was never
     # sent or was refused reports it under this token, so only that pass's own record can be taken at its word.
     claim: str = ""
+    phase: ClassVar[str] = "create"
+    # A fresh name (a replacement gets a new one): sent only within Config.create_send_window of the pass.
+    send_window: ClassVar[bool] = True
 
 
 @attrs.frozen
 class DeleteNodeClaim:
     name: str
     reason: str
+    phase: ClassVar[str] = "before"
 
 
 @attrs.frozen
@@ -52,6 +50,7 @@ class CreateWorkload:
     revision: str
     preset: str
     node_names: tuple[str, ...]
+    phase: ClassVar[str] = "create"
 
 
 @attrs.frozen
@@ -62,6 +61,7 @@ class UpdateWorkload:
     revision: str
     preset: str
     node_names: tuple[str, ...]
+    phase: ClassVar[str] = "create"
 
 
 @attrs.frozen
@@ -73,6 +73,7 @@ class CreateJob:
     preset: str
     method: str
     node_names: tuple[str, ...]
+    phase: ClassVar[str] = "create"
 
 
 @attrs.frozen
@@ -83,31 +84,11 @@ class DeleteJob:
     name: str
     revision: str
     propagation: str = "Background"
-
-
-@attrs.frozen
-class RecordEvent:
-    """A Kubernetes Event on the Workspace: ``type`` is Normal or Warning."""
-
-    type: str
-    reason: str
-    message: str
+    # The Job meant (its uid, when known): sent as a precondition, so that a runner whose cache still shows
+    # the stale Job never deletes the current one, which has the same name.
+    uid: str = ""
+    phase: ClassVar[str] = "before"
 
 
 Action = Union[AddFinalizer, RemoveFinalizer, CreateNodeClaim, DeleteNodeClaim, CreateWorkload,
                UpdateWorkload, CreateJob, DeleteJob, RecordEvent]
-
-
-@attrs.frozen
-class WakeUp:
-    """When to look at the Workspace again if no watch event comes first.
-
-    ``after`` None means: only on the next event. Waiting is never done inside a pass.
-    """
-
-    after: timedelta | None
-    reason: str
-
-    @classmethod
-    def on_event(cls, reason: str = "waiting for the next watch event") -> WakeUp:
-        return cls(None, reason)

@@ -541,6 +541,7 @@ class Job:
     failed_permanently: bool = False  # condition Failed=True (backoffLimit or deadline exceeded)
     deleting: bool = False
     failure_reason: str | None = None
+    uid: str = ""  # which Job this is: a Job of the same name created later has another
 
 
 @attrs.frozen

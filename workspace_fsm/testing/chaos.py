@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from workspace_fsm.kaito.model import ANNOTATION_REVISION, LABEL_WORKSPACE as LABEL_WS, LABEL_WORKSPACE_NAMESPACE as LABEL_NS
-from workspace_fsm.kaito.persist import LIFECYCLE_CONDITION as LIFECYCLE
+from workspace_fsm.kaito.workspace import LIFECYCLE_CONDITION as LIFECYCLE
 
 log = logging.getLogger("workspace_fsm.chaos")
 

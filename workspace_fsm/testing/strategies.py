@@ -36,7 +36,7 @@ import yaml
 from hypothesis import strategies as st
 
 from workspace_fsm.kaito.catalogue import Catalogue
-from workspace_fsm.kaito.decide import WORKSPACE_SUCCEEDED
+from workspace_fsm.kaito.workspace import WORKSPACE_SUCCEEDED
 from workspace_fsm.engine.schema import format_path, json_type
 from workspace_fsm.kaito.validation import MAX_NODE_COUNT, PERFORMANCE_MODE_ANNOTATION, PERFORMANCE_MODES, workspace_schema
 

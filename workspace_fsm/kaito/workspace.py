@@ -1,0 +1,630 @@
+"""KAITO's Workspace (kaito.sh/v1beta1) as a lifecycle on the engine's public API.
+
+Read the table at the bottom (:data:`WORKSPACE`): every state with what it ensures, its deadline, its timers
+and what it shows in KAITO's conditions, then the guarded edges in order. Everything above it is the pieces
+the rows name: the pass's facts, the guards, the steps that ask for actions, the status projections. The
+NodeClaim part is the shared building block :mod:`workspace_fsm.kaito.nodeclaims`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+import attrs
+
+from workspace_fsm.engine import (Config as EngineConfig, ConditionStore, Deadline, Edge, GoTo, Kind, Lifecycle,
+                                  Owns, RecordFormat, Report, Run, State, WakeUp, Watches, by_labels,
+                                  by_owner_reference, guard)
+from workspace_fsm.engine.interpret import Decision
+from workspace_fsm.engine.record import HistoryEntry, Record
+from workspace_fsm.kaito import actions as A
+from workspace_fsm.kaito import nodeclaims as nc
+from workspace_fsm.kaito.model import (FINALIZER, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, Snapshot, Workspace,
+                                       WorkspaceStatus, parse_workspace)
+from workspace_fsm.kaito.nodeclaims import ABOVE_TARGET, NodeClaimBook, NodeFacts
+
+__all__ = ["ABOVE_TARGET", "Config", "DEFAULT_CONFIG", "Decision", "KAITO_CONDITIONS", "LIFECYCLE_CONDITION",
+           "WORKSPACE", "WORKSPACE_SUCCEEDED", "WorkspaceBook", "WorkspaceFacts", "confirmations", "decide",
+           "nodeclaim_name", "read_lifecycle", "target_node_count"]
+
+# KAITO's condition types.
+NODECLAIM_READY = "NodeClaimReady"
+NODES_READY = "NodesReady"
+RESOURCE_READY = "ResourceReady"
+INFERENCE_READY = "InferenceReady"
+JOB_STARTED = "JobStarted"
+WORKSPACE_SUCCEEDED = "WorkspaceSucceeded"
+WORKSPACE_DELETING = "WorkspaceDeleting"
+KAITO_CONDITIONS = (NODECLAIM_READY, NODES_READY, RESOURCE_READY, INFERENCE_READY, JOB_STARTED,
+                    WORKSPACE_SUCCEEDED, WORKSPACE_DELETING)
+LIFECYCLE_CONDITION = "workspace-fsm/Lifecycle"
+
+# ----------------------------------------------------------------------------- configuration
+
+
+@attrs.frozen
+class Config(EngineConfig):
+    """Knobs of the Workspace machine. Defaults follow KAITO's behaviour; durations are simulated or real time."""
+
+    auto_provisioning: bool = True  # KAITO's node auto-provisioning; False = bring-your-own nodes
+    max_nodeclaim_failures: int = 6  # failed launches + deadline replacements before giving up
+    gpu_recheck: timedelta = timedelta(seconds=5)  # Nodes are not watched: GPU capacity is re-checked on a timer
+    finalizer: str = FINALIZER
+    # A state entered on another runner's snapshot may be read by a runner whose caches of NodeClaims, Nodes
+    # and workloads still lag its Workspace cache: to it, Ready nodes look not Ready yet. A loss seen only
+    # as missing readiness therefore moves the machine back only once the state has been held this long.
+    # Deletions, spec changes and confirmed absence are acted on at once.
+    loss_settle: timedelta = timedelta(seconds=10)
+
+    def deadline(self, state: str) -> timedelta | None:
+        return WORKSPACE.deadline(state, self)
+
+
+DEFAULT_CONFIG = Config()
+
+# ----------------------------------------------------------------------------- record
+
+
+@attrs.frozen
+class WorkspaceBook(NodeClaimBook):
+    """The Workspace's bookkeeping: its NodeClaims (see NodeClaimBook) and the revision it deployed."""
+
+    revision: str | None = None  # spec revision of the workload or Job it created
+
+    def to_json(self) -> dict[str, Any]:
+        body = super().to_json()
+        if self.revision is not None:
+            body["rev"] = self.revision
+        return body
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> WorkspaceBook:
+        return cls(**cls.fields_from_json(body), revision=None if body.get("rev") is None else str(body["rev"]))
+
+
+# Version 1 since the first release: the engine's members plus these, in one JSON object (a runner of any
+# release reads any other's, which a rolling update needs).
+RECORD = RecordFormat(data=WorkspaceBook, version=1, store=ConditionStore(LIFECYCLE_CONDITION))
+
+
+def read_lifecycle(status: WorkspaceStatus) -> Record[WorkspaceBook] | None:
+    """The persisted record on a Workspace status, or None (none yet, or unreadable: start from Pending)."""
+    return RECORD.read(_StatusOnly(status))
+
+
+class _StatusOnly:
+    __slots__ = ("status",)
+
+    def __init__(self, status: WorkspaceStatus) -> None:
+        self.status = status
+
+
+# ----------------------------------------------------------------------------- facts
+
+
+def target_node_count(ws: Workspace) -> int:
+    """How many GPU nodes the Workspace needs: computed once, then kept in status.targetNodeCount."""
+    if ws.status.target_node_count:
+        return ws.status.target_node_count
+    if ws.resource is None:
+        return 0
+    return max(1, ws.resource.count or 1)
+
+
+def nodeclaim_name(ws: Workspace, seq: int) -> str:
+    """Deterministic: a stale cache then yields AlreadyExists, never a duplicate NodeClaim."""
+    return nc.nodeclaim_name(ws.metadata, seq)
+
+
+def workload_kind(target: int) -> str:
+    return "Deployment" if target <= 1 else "StatefulSet"
+
+
+class WorkspaceFacts(NodeFacts):
+    """What the guards read, derived once per pass from (workspace, snapshot, record, now)."""
+
+    __slots__ = ("ws", "revision")
+
+    def __init__(self, ws: Workspace, snap: Snapshot, now: datetime, config: Config, rec: Record[WorkspaceBook],
+                 pass_id: str = "") -> None:
+        super().__init__(ws, snap, now, config, rec, pass_id)
+        self.ws = ws
+        spec = ws.tuning if ws.tuning is not None else ws.inference
+        self.revision = spec.revision if spec is not None else ""
+        r = ws.resource
+        m = ws.metadata
+        self.observe_nodes(target=target_node_count(ws), has_compute=r is not None, byo=r is not None and r.byo_nodes,
+                           selector=r.label_selector if r is not None else None,
+                           instance_type=(r.instance_type or "") if r is not None else "",
+                           owner_labels=((LABEL_WORKSPACE, m.name), (LABEL_WORKSPACE_NAMESPACE, m.namespace)),
+                           worker_nodes=ws.status.worker_nodes)
+
+    @property
+    def is_tuning(self) -> bool:
+        return self.ws.tuning is not None
+
+
+# ----------------------------------------------------------------------------- guards
+# Each guard is named for what it checks; the name is what the diagram, the history and explain show.
+
+
+def _problems_shown(f: WorkspaceFacts) -> str:
+    return "the spec is valid" if f.ws.valid else "; ".join(str(p) for p in f.ws.problems)
+
+
+@guard(shows=_problems_shown)
+def spec_accepted(f: WorkspaceFacts) -> bool:
+    """The spec passed validation: the machine may create things for it."""
+    return f.ws.valid
+
+
+nodes_ready = nc.nodes_ready
+nodes_lost = nc.nodes_lost
+loss_settled = nc.loss_settled
+
+
+@guard(shows=nc._gpus_shown)
+def gpus_ready_inference(f: WorkspaceFacts) -> bool:
+    """Every node advertises nvidia.com/gpu capacity (the device plugin is up); inference Workspace."""
+    return f.gpus_ready and not f.is_tuning
+
+
+@guard(shows=nc._gpus_shown)
+def gpus_ready_tuning(f: WorkspaceFacts) -> bool:
+    """Every node advertises nvidia.com/gpu capacity (the device plugin is up); tuning Workspace."""
+    return f.gpus_ready and f.is_tuning
+
+
+def _workload_shown(f: WorkspaceFacts) -> str:
+    w = f.snap.workload
+    if w is None:
+        return f"no workload {f.ws.metadata.name} in the cache"
+    return (f"{w.kind} {w.name}: {w.ready_replicas}/{w.replicas} ready, {w.updated_replicas} updated, revision "
+            f"{w.revision or '-'} (spec: {f.revision})" + (f", {w.problem}" if w.problem else ""))
+
+
+@guard(shows=_workload_shown)
+def workload_ready(f: WorkspaceFacts) -> bool:
+    """The workload has the current revision and all its replicas are ready."""
+    w = f.snap.workload
+    return w is not None and w.revision == f.revision and w.is_ready
+
+
+@guard(shows=_workload_shown)
+def workload_unready_or_stale(f: WorkspaceFacts) -> bool:
+    """The workload was built from an older spec, or its replicas are unready past Config.loss_settle in Ready.
+
+    A lagging cache's echo of the rollout is not a loss: readiness counts once Ready has been held that long."""
+    w = f.snap.workload
+    if w is not None and w.revision != f.revision:
+        return True
+    return not workload_ready(f) and loss_settled(f)
+
+
+def _job_shown(f: WorkspaceFacts) -> str:
+    j = f.snap.job
+    if j is None:
+        gone = ("Job/" + f.ws.metadata.name) in f.snap.absent
+        return f"no Job {f.ws.metadata.name} ({'confirmed absent' if gone else 'not in the cache'}); " \
+               f"recorded revision {f.rec.data.revision or '-'}, spec {f.revision}"
+    state = "complete" if j.complete else "failed" if j.failed_permanently else f"{j.active} active"
+    return f"Job {j.name}: {state}, revision {j.revision or '-'} (spec: {f.revision})" + (" (deleting)" if j.deleting else "")
+
+
+@guard(shows=_job_shown)
+def job_stale(f: WorkspaceFacts) -> bool:
+    """The tuning spec changed: the Job that exists (or was last created and is not yet visible) has an older revision."""
+    j = f.snap.job
+    if j is not None and not j.deleting:
+        return j.revision != f.revision
+    if ("Job/" + f.ws.metadata.name) in f.snap.absent:
+        return False  # no Job exists: nothing stale to replace (the next one is created with the current revision)
+    rev = f.rec.data.revision
+    return rev is not None and rev != f.revision
+
+
+@guard(shows=_job_shown)
+def spec_changed_job_gone(f: WorkspaceFacts) -> bool:
+    """A finished tuning Workspace got a new spec and no Job is left (its absence confirmed): run the new one."""
+    j = f.snap.job
+    return j is None and ("Job/" + f.ws.metadata.name) in f.snap.absent and f.rec.data.revision != f.revision
+
+
+@guard(shows=_job_shown)
+def job_succeeded(f: WorkspaceFacts) -> bool:
+    """The Job of the current revision completed."""
+    j = f.snap.job
+    return j is not None and j.revision == f.revision and j.complete
+
+
+@guard(shows=_job_shown)
+def job_failed(f: WorkspaceFacts) -> bool:
+    """The Job of the current revision failed for good (backoffLimit or activeDeadline reached)."""
+    j = f.snap.job
+    return j is not None and j.revision == f.revision and j.failed_permanently
+
+
+@guard(shows=_job_shown)
+def old_job_gone(f: WorkspaceFacts) -> bool:
+    """No stale Job is left: it is gone (its absence confirmed, not merely missing from a lagging cache),
+    or the Job there already has the current revision."""
+    j = f.snap.job
+    if j is not None:
+        return not j.deleting and j.revision == f.revision
+    return ("Job/" + f.ws.metadata.name) in f.snap.absent
+
+
+# ----------------------------------------------------------------------------- steps (ensure)
+
+
+def ensure_workload(f: WorkspaceFacts, book: WorkspaceBook, out: list[Any]) -> WorkspaceBook:
+    """The inference workload exists with the current revision (created, or updated in place)."""
+    ws = f.ws
+    w = f.snap.workload
+    kind = workload_kind(f.target)
+    preset = ws.inference.preset.name if ws.inference and ws.inference.preset else ""
+    if w is None:
+        gone = ("Workload/" + ws.metadata.name) in f.snap.absent
+        if not f.gpus_ready:
+            # Another runner took the Workspace this far; this one's caches do not show the nodes Ready with
+            # GPUs yet (or they were lost since): nothing is created on its word alone. Its watch catches up.
+            return book
+        if book.revision is None or gone:
+            # Recorded first (this pass's status write), created after it: a creation is never unrecorded.
+            out.append(A.CreateWorkload(kind, ws.metadata.name, f.target, f.revision, preset, f.ready_nodes))
+            return attrs.evolve(book, revision=f.revision)
+        return book  # created already (possibly for an older spec) and not yet visible: act once it is
+    if w.revision == f.revision:
+        return book if book.revision == f.revision else attrs.evolve(book, revision=f.revision)
+    if w.deleting:
+        return book
+    # Level-based: whatever the record says, a visible workload of another revision is brought up to date.
+    out.append(A.UpdateWorkload(w.kind, w.name, f.target, f.revision, preset, f.ready_nodes))
+    return book if book.revision == f.revision else attrs.evolve(book, revision=f.revision)
+
+
+def ensure_job(f: WorkspaceFacts, book: WorkspaceBook, out: list[Any]) -> WorkspaceBook:
+    """The tuning Job of the current revision exists (never before this pass sees the nodes ready with GPUs)."""
+    ws = f.ws
+    j = f.snap.job
+    name = ws.metadata.name
+    if j is None:
+        gone = ("Job/" + name) in f.snap.absent
+        if not f.gpus_ready:
+            return book
+        if book.revision is None or gone or book.revision != f.revision:
+            t = ws.tuning
+            out.append(A.CreateJob(name, f.revision, t.preset.name if t and t.preset else "",
+                                   (t.method if t else None) or "qlora", f.ready_nodes))
+            return attrs.evolve(book, revision=f.revision,
+                                deleted=tuple(d for d in book.deleted if not d.startswith("Job/")))
+        return book
+    if j.revision == f.revision and book.revision != f.revision:
+        return attrs.evolve(book, revision=f.revision)  # adopt what exists (its creation's record was lost)
+    return book
+
+
+def delete_stale_job(f: WorkspaceFacts, book: WorkspaceBook, out: list[Any]) -> WorkspaceBook:
+    """The stale Job is deleted with Background propagation, once per revision."""
+    name = f.ws.metadata.name
+    j = f.snap.job
+    if j is None or j.deleting:
+        return book
+    # The mark names the revision deleted, so a newer stale Job that appears later is deleted too.
+    mark = f"Job/{name}@{j.revision}"
+    if mark in book.deleted:
+        return book
+    out.append(A.DeleteJob(name, j.revision, "Background", j.uid))
+    return attrs.evolve(book, deleted=tuple(sorted({d for d in book.deleted if not d.startswith("Job/")} | {mark})))
+
+
+def adopt_job_revision(f: WorkspaceFacts, book: WorkspaceBook, out: list[Any]) -> WorkspaceBook:
+    """A finished Job of the current revision is what the record deployed (its creation's record may be lost)."""
+    j = f.snap.job
+    if j is not None and j.revision == f.revision and book.revision != f.revision:
+        return attrs.evolve(book, revision=f.revision)
+    return book
+
+
+# ----------------------------------------------------------------------------- status projections
+# (type, status, reason, message) for KAITO's conditions; messages change only with the state.
+
+Conds = list[tuple[str, str, str, str]]
+
+
+def _fired(f: WorkspaceFacts) -> bool:
+    d = WORKSPACE.states[f.rec.state].deadline
+    return f.rec.attempts > 0 and d is not None
+
+
+def _provisioning(f: WorkspaceFacts) -> Conds:
+    n = f.target
+    out: Conds = []
+    book = f.rec.data
+    if f.byo:
+        out.append((NODECLAIM_READY, "True", "NodeClaimNotRequired", "bring-your-own nodes: no NodeClaims are created"))
+        nodes = (NODES_READY, "False", "NodesNotReady", f"waiting for {n} Ready node(s) matching the Workspace's labelSelector")
+    elif book.claim_failures >= f.config.max_nodeclaim_failures:
+        out.append((NODECLAIM_READY, "False", "NodeClaimProvisioningFailed",
+                    f"{book.claim_failures} NodeClaim(s) failed or were replaced; no more are created. "
+                    f"Check instance type {f.instance_type} availability, then delete and re-create the Workspace"))
+        nodes = (NODES_READY, "False", "NodeClaimProvisioningFailed", "nodes cannot be provisioned")
+    else:
+        fired = _fired(f)
+        out.append((NODECLAIM_READY, "False", "NodeClaimNotReady" if fired else "NodeClaimsNotReady",
+                    f"waiting for {n} NodeClaim(s) to be Ready" + (" (deadline passed; unready ones replaced)" if fired else "")))
+        nodes = (NODES_READY, "False", "NodesNotReady", f"waiting for {n} node(s) to be Ready")
+    out.append(nodes)
+    out.append((RESOURCE_READY, "False", nodes[2], nodes[3]))
+    return out
+
+
+def _claims_ready(f: WorkspaceFacts) -> tuple[str, str, str, str]:
+    return (NODECLAIM_READY, "True", "NodeClaimNotRequired" if f.byo else "NodeClaimsReady",
+            "bring-your-own nodes" if f.byo else f"{f.target} NodeClaim(s) are Ready")
+
+
+def _plugins_pending(f: WorkspaceFacts) -> Conds:
+    reason = "GPUDevicePluginNotReady" if _fired(f) else "GPUCapacityNotReady"
+    msg = f"nodes are Ready; waiting for nvidia.com/gpu capacity on {f.target} node(s)"
+    return [_claims_ready(f), (NODES_READY, "False", reason, msg), (RESOURCE_READY, "False", reason, msg)]
+
+
+def _resources_ready(f: WorkspaceFacts) -> Conds:
+    return [_claims_ready(f), (NODES_READY, "True", "NodesReady", f"{f.target} node(s) are Ready with GPU capacity"),
+            (RESOURCE_READY, "True", "ResourcesReady", "nodes and GPU device plugins are ready")]
+
+
+def _not_done(f: WorkspaceFacts) -> Conds:
+    """Inference or tuning, before the workload or Job: not succeeded yet."""
+    if f.is_tuning:
+        return [(WORKSPACE_SUCCEEDED, "False", "WorkspacePending", "tuning has not completed yet")]
+    out: Conds = []
+    if f.ws.status.condition(INFERENCE_READY) is not None:  # it was serving: say it no longer is
+        out.append((INFERENCE_READY, "False", "ResourcesNotReady", "nodes or GPU device plugins are not ready"))
+    out.append((WORKSPACE_SUCCEEDED, "False", "WorkspacePending", "resources are not ready yet"))
+    return out
+
+
+def show_pending(f: WorkspaceFacts) -> Conds:
+    return []
+
+
+def show_provisioning(f: WorkspaceFacts) -> Conds:
+    return _provisioning(f) + _not_done(f)
+
+
+def show_plugins(f: WorkspaceFacts) -> Conds:
+    return _plugins_pending(f) + _not_done(f)
+
+
+def show_deploying(f: WorkspaceFacts) -> Conds:
+    w = f.snap.workload
+    problem = w.problem if w is not None and w.problem else None
+    reason = problem or ("WorkloadNotReady" if _fired(f) else "WorkloadDeploying")
+    msg = f"inference workload {f.ws.metadata.name} is not ready" + (f": {problem}" if problem else "")
+    return _resources_ready(f) + [(INFERENCE_READY, "False", reason, msg), (WORKSPACE_SUCCEEDED, "False", "WorkspaceNotReady", msg)]
+
+
+def show_ready(f: WorkspaceFacts) -> Conds:
+    return _resources_ready(f) + [(INFERENCE_READY, "True", "InferenceReady", "inference workload is ready"),
+                                  (WORKSPACE_SUCCEEDED, "True", "WorkspaceSucceeded", "workspace is ready")]
+
+
+def show_job_running(f: WorkspaceFacts) -> Conds:
+    return _resources_ready(f) + [(JOB_STARTED, "True", "JobStarted", f"tuning Job {f.ws.metadata.name} created"),
+                                  (WORKSPACE_SUCCEEDED, "False", "WorkspacePending", "tuning has not completed yet")]
+
+
+def show_job_replacing(f: WorkspaceFacts) -> Conds:
+    return _resources_ready(f) + [(JOB_STARTED, "False", "JobReplacing",
+                                   "tuning spec changed: the old Job is being deleted before the new one is created"),
+                                  (WORKSPACE_SUCCEEDED, "False", "WorkspacePending", "tuning has not completed yet")]
+
+
+def show_succeeded(f: WorkspaceFacts) -> Conds:
+    return _resources_ready(f) + [(JOB_STARTED, "True", "JobStarted", f"tuning Job {f.ws.metadata.name} created"),
+                                  (WORKSPACE_SUCCEEDED, "True", "WorkspaceSucceeded", "tuning Job completed")]
+
+
+def show_failed(f: WorkspaceFacts) -> Conds:
+    h = f.rec.history
+    reason = "TuningJobDeadlineExceeded" if any(e.why.startswith("deadline:") for e in h[-1:]) else "TuningJobFailed"
+    j = f.snap.job
+    detail = f" ({j.failure_reason})" if j is not None and j.failure_reason else ""
+    return _resources_ready(f) + [(JOB_STARTED, "True", "JobStarted", f"tuning Job {f.ws.metadata.name} created"),
+                                  (WORKSPACE_SUCCEEDED, "False", reason, f"tuning Job failed{detail}; change the spec to run it again")]
+
+
+def show_deleting(f: WorkspaceFacts) -> Conds:
+    return [(WORKSPACE_DELETING, "True", "WorkspaceDeleting",
+             "deleting the Workspace's NodeClaims before removing the finalizer")]
+
+
+def summary_waiting(f: WorkspaceFacts) -> str:
+    """status.state before anything serves: Pending, or NotReady once it has been Ready (inference)."""
+    if f.is_tuning:
+        return "Pending"
+    return "NotReady" if f.ws.status.state in ("Ready", "NotReady") else "Pending"
+
+
+def summary_kept(f: WorkspaceFacts) -> str:
+    return f.ws.status.state or "Pending"
+
+
+def workers_kept(f: WorkspaceFacts) -> Mapping[str, Any]:
+    """status.workerNodes: the recorded ones that still serve (a lost node is not a worker)."""
+    prev = f.ws.status.worker_nodes
+    if not prev:
+        return {}
+    still = set(f.ready_nodes)
+    kept = tuple(n for n in prev if n in still)
+    return {"workerNodes": kept if len(kept) != len(prev) else prev}
+
+
+def workers_now(f: WorkspaceFacts) -> Mapping[str, Any]:
+    """status.workerNodes: the Ready nodes serving the Workspace."""
+    return {"workerNodes": f.ready_nodes} if f.ready_nodes else {}
+
+
+def workers_now_or_kept(f: WorkspaceFacts) -> Mapping[str, Any]:
+    return workers_now(f) or workers_kept(f)
+
+
+def project(ws: Workspace, f: WorkspaceFacts | None, state: str | None, conditions: tuple, summary: str | None,
+            fields: Mapping[str, Any] | None) -> WorkspaceStatus:
+    """KAITO's status: conditions (the record's among them), state, targetNodeCount, workerNodes, performance."""
+    prev = ws.status
+    if f is None:  # invalid spec: only the conditions change
+        return WorkspaceStatus(conditions=conditions, state=prev.state or "Pending",
+                               target_node_count=prev.target_node_count, worker_nodes=prev.worker_nodes,
+                               performance=prev.performance)
+    workers = fields["workerNodes"] if fields and "workerNodes" in fields else prev.worker_nodes
+    return WorkspaceStatus(conditions=conditions, state=summary, target_node_count=f.target or prev.target_node_count,
+                           worker_nodes=workers, performance=prev.performance)
+
+
+def confirmations(ws: Workspace) -> frozenset[str]:
+    """The objects whose absence the machine must know positively to decide for this Workspace.
+
+    Adapters look these up when their cache does not show them: a tombstone (deletion seen by the watch)
+    or a 404 from a GET puts the name in ``Snapshot.absent``. Everything else is read from caches.
+    ``"NodeClaim/<name>"`` for every NodeClaim the record holds, ``"Job/<workspace>"`` and
+    ``"Workload/<workspace>"`` once one was recorded.
+    """
+    rec = RECORD.read(ws)
+    if rec is None:
+        return frozenset()
+    out = nc.nodes_confirmations(rec.data)
+    if rec.data.revision is not None:
+        out.add(("Job/" if ws.is_tuning else "Workload/") + ws.metadata.name)
+    return frozenset(out)
+
+
+def loss_held(f: WorkspaceFacts) -> WakeUp | None:
+    """Nodes look lost too soon after entering the state: looked at again once Config.loss_settle has passed."""
+    return _loss_held(f, workload=False)
+
+
+def loss_held_or_replicas(f: WorkspaceFacts) -> WakeUp | None:
+    """As loss_held, replicas that look unready in Ready included."""
+    return _loss_held(f, workload=True)
+
+
+def _loss_held(f: WorkspaceFacts, workload: bool) -> WakeUp | None:
+    entered = f.rec.entered_at
+    if entered is None or f.now >= entered + f.config.loss_settle:
+        return None
+    if (not f.nodes_ready and not nodes_lost(f)) or (workload and not workload_ready(f)):
+        return WakeUp(entered + f.config.loss_settle - f.now,
+                      f"{f.rec.state}: nodes or replicas look lost; confirmed after {f.config.loss_settle} in the state")
+    return None
+
+
+# ----------------------------------------------------------------------------- the table
+
+_M = timedelta(minutes=1)
+_NODES = (nc.ensure_nodeclaims, nc.forget_gone)  # states that keep the nodes: provision, replace, trim, forget
+
+STATE_TABLE: tuple[State, ...] = (
+    State("Pending", "Validated and finalizer added; nothing created yet. An invalid spec waits here.",
+          conditions=show_pending, summary=summary_waiting),
+    State("NodesProvisioning", "NodeClaims created (targetNodeCount of them); waiting for them and their Nodes to be Ready.",
+          ensure=_NODES, deadline=Deadline(10 * _M, "NodeClaimNotReady", Run(nc.replace_unready_nodeclaims), max_firings=3),
+          wake=(nc.recheck_byo_nodes,), conditions=show_provisioning, summary=summary_waiting, fields=workers_kept),
+    State("PluginsReady", "Nodes are Ready; waiting for the GPU device plugin to advertise nvidia.com/gpu on each.",
+          ensure=_NODES, deadline=Deadline(5 * _M, "GPUDevicePluginNotReady"),
+          wake=(nc.recheck_gpu_capacity, loss_held), conditions=show_plugins, summary=summary_waiting,
+          fields=workers_now_or_kept),
+    State("WorkloadDeploying", "Inference workload created or updated; waiting for its replicas to be ready.",
+          ensure=(nc.ensure_nodeclaims, ensure_workload), deadline=Deadline(30 * _M, "WorkloadNotReady"),
+          wake=(loss_held,), conditions=show_deploying, summary=summary_waiting, fields=workers_now),
+    State("Ready", "Inference is being served; left again if nodes or replicas are lost or the spec changes.",
+          ensure=_NODES, wake=(loss_held_or_replicas,), conditions=show_ready, summary="Ready",
+          fields=workers_now),
+    State("JobRunning", "Tuning Job of the current revision created; waiting for it to finish.",
+          ensure=(nc.ensure_nodeclaims, ensure_job),
+          deadline=Deadline(48 * 60 * _M, "TuningJobDeadlineExceeded", GoTo("Failed")),
+          conditions=show_job_running, summary="Running", fields=workers_now),
+    State("JobReplacing", "Tuning spec changed: old Job deleted with Background propagation; waiting until it is gone.",
+          ensure=(nc.trim_above_target, delete_stale_job), deadline=Deadline(10 * _M, "StaleJobNotDeleted"),
+          conditions=show_job_replacing, summary="Running", fields=workers_now),
+    State("Succeeded", "Tuning finished; a new spec starts a new run.", terminal=True,
+          ensure=(nc.trim_above_target, adopt_job_revision, nc.forget_gone), conditions=show_succeeded,
+          summary="Succeeded"),
+    State("Failed", "Tuning failed; a new spec starts a new run.", terminal=True,
+          ensure=(nc.trim_above_target, adopt_job_revision, nc.forget_gone), conditions=show_failed, summary="Failed"),
+    State("Deleting", "deletionTimestamp set: deleting the Workspace's NodeClaims, then removing the finalizer.",
+          ensure=(nc.delete_nodeclaims,), deadline=Deadline(10 * _M, "NodeClaimsNotDeleted"),
+          conditions=show_deleting, summary=summary_kept),
+)
+
+# Order matters: from one state, the first edge whose guard holds is taken (deletion comes first of all:
+# the lifecycle's ``deleting`` state adds those edges).
+TRANSITIONS: tuple[Edge, ...] = (
+    Edge("Pending", "NodesProvisioning", spec_accepted),
+    Edge("NodesProvisioning", "PluginsReady", nodes_ready),
+    Edge("PluginsReady", "NodesProvisioning", nodes_lost),
+    Edge("PluginsReady", "WorkloadDeploying", gpus_ready_inference),
+    Edge("PluginsReady", "JobRunning", gpus_ready_tuning),
+    Edge("WorkloadDeploying", "NodesProvisioning", nodes_lost),
+    Edge("WorkloadDeploying", "Ready", workload_ready),
+    Edge("Ready", "NodesProvisioning", nodes_lost),
+    Edge("Ready", "WorkloadDeploying", workload_unready_or_stale),
+    Edge("JobRunning", "JobReplacing", job_stale),
+    Edge("JobRunning", "Succeeded", job_succeeded),
+    Edge("JobRunning", "Failed", job_failed),
+    Edge("JobReplacing", "JobRunning", old_job_gone),
+    Edge(("Succeeded", "Failed"), "JobReplacing", job_stale),
+    Edge(("Succeeded", "Failed"), "JobRunning", spec_changed_job_gone),
+)
+
+
+WORKSPACE_KIND = Kind("kaito.sh/v1beta1", "Workspace", "workspaces")
+NODECLAIM_KIND = Kind("karpenter.sh/v1", "NodeClaim", "nodeclaims", namespaced=False)
+
+WORKSPACE: Lifecycle[WorkspaceFacts] = Lifecycle(
+    "workspace",
+    doc="KAITO's Workspace: GPU nodes, their device plugins, then an inference workload or a tuning Job.",
+    resource=WORKSPACE_KIND,
+    states=STATE_TABLE, edges=TRANSITIONS, initial="Pending", deleting="Deleting", finalizer=FINALIZER,
+    record=RECORD, facts=WorkspaceFacts, conditions=KAITO_CONDITIONS, invalid=WORKSPACE_SUCCEEDED, project=project,
+    wake=(nc.in_flight_wake,), on_write=nc.drop_claim_marker,
+    owns=(
+        Owns(NODECLAIM_KIND, by_labels(LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE), label_selector=LABEL_WORKSPACE),
+        Owns(Kind("apps/v1", "Deployment", "deployments"), by_owner_reference("Workspace"),
+             verbs=frozenset({"list", "watch", "create", "patch"}), label_selector=LABEL_WORKSPACE),
+        Owns(Kind("apps/v1", "StatefulSet", "statefulsets"), by_owner_reference("Workspace"),
+             verbs=frozenset({"list", "watch", "create", "patch"}), label_selector=LABEL_WORKSPACE),
+        Owns(Kind("batch/v1", "Job", "jobs"), by_owner_reference("Workspace"), label_selector=LABEL_WORKSPACE),
+    ),
+    watches=(Watches(Kind("v1", "Node", "nodes", namespaced=False), label_selector=LABEL_WORKSPACE),),
+    parse=parse_workspace, confirm=lambda ws, rec: confirmations(ws),
+    config=DEFAULT_CONFIG,
+)
+
+# The table's names as this module has always offered them.
+STATES: dict[str, State] = WORKSPACE.states
+EDGES: tuple[Edge, ...] = WORKSPACE.edges
+MACHINE = WORKSPACE.machine
+TRIGGER = "advance"
+step = WORKSPACE.step
+step_via_trigger = WORKSPACE.step_via_trigger
+edge_guard_name = WORKSPACE.why
+
+
+def mermaid() -> str:
+    """The live table as a Mermaid state diagram (generated by transitions' own diagram support)."""
+    return WORKSPACE.mermaid("Workspace lifecycle")
+
+
+def decide(ws: Workspace, snapshot: Snapshot, now: datetime, config: Config = DEFAULT_CONFIG, *,
+           pass_id: str = "") -> Decision:
+    """One pass of the Workspace machine (the engine's interpreter over :data:`WORKSPACE`). Pure."""
+    return WORKSPACE.decide(ws, snapshot, now, config, pass_id=pass_id)
+
+
+__all__ += ["HistoryEntry", "STATES", "STATE_TABLE", "EDGES", "MACHINE", "TRIGGER", "step", "step_via_trigger",
+            "edge_guard_name", "mermaid", "workload_kind", "Report"]
