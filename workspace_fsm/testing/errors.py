@@ -117,7 +117,9 @@ class APIError(Exception):
 
 def status_body(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                            "message": message, "reason": reason}
+                            "message": message}
+    if reason:  # StatusReasonUnknown ("") is omitted, as Go's omitempty does
+        body["reason"] = reason
     if details is not None:
         body["details"] = details
     body["code"] = code

@@ -824,7 +824,7 @@ class TestAPIServer:
         doc = self._parse_body(h, body)
         warnings: list[str] = []
         obj = self.store.create(route.info, route.version, route.namespace or "", doc, dry_run=dry,
-                                field_validation=fv, warnings=warnings)
+                                field_validation=fv, warnings=warnings, from_api=True)
         self._send(h, 201, obj, self._warning_headers(warnings))
 
     def _do_update(self, h: _Handler, route: _Route, query: dict[str, str], body: bytes, plan: Any) -> None:

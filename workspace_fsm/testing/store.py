@@ -74,6 +74,14 @@ def _key_of(obj: dict[str, Any]) -> Key:
     return (m.get("namespace") or "", m.get("name") or "")
 
 
+def _positive_rv(value: Any) -> bool:
+    """What the storage versioner reads as a set resourceVersion (a number above 0; others are ignored)."""
+    try:
+        return int(str(value)) > 0
+    except ValueError:
+        return False
+
+
 def _storage_order(item: tuple[Key, Any]) -> str:
     """etcd keeps objects under ``<prefix>/<namespace>/<name>`` and lists them in byte order of that key."""
     ns, name = item[0]
@@ -307,10 +315,13 @@ class Store:
     # ------------------------------------------------------------------ create
 
     def create(self, info: ResourceInfo, version: str, namespace: str, body: Any, *, dry_run: bool = False,
-               field_validation: str | None = None, warnings: list[str] | None = None) -> dict[str, Any]:
+               field_validation: str | None = None, warnings: list[str] | None = None,
+               from_api: bool = False) -> dict[str, Any]:
+        """Create an object. ``from_api``: a POST, which may not carry a resourceVersion (see below)."""
         warnings = warnings if warnings is not None else []
         obj = self._check_type(info, version, copy.deepcopy(body))
         meta = obj["metadata"]
+        given_rv = meta.get("resourceVersion")
         if info.namespaced:
             body_ns = meta.get("namespace")
             if body_ns and body_ns != namespace:
@@ -339,6 +350,11 @@ class Store:
                 causes += crd_causes
             if causes:
                 raise APIError.invalid(info, name, causes)
+            if from_api and not dry_run and _positive_rv(given_rv):
+                # etcd3 store.Create refuses it with storage.ErrResourceVersionSetOnCreate, a plain error the
+                # handler turns into a 500 with no reason (ErrorToAPIStatus); the dry-run storage skips
+                # that check, and validation comes first.
+                raise APIError(500, "", "resourceVersion should not be set on objects to be created", None)
             if self.get_stored(info, namespace, name) is not None:
                 raise APIError.already_exists(info, name)
             meta["uid"] = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
@@ -374,6 +390,11 @@ class Store:
             old = self.get_stored(info, namespace, name)
             if old is None:
                 raise APIError.not_found(info, name)
+            if meta.get("uid") and meta["uid"] != old["metadata"]["uid"]:
+                # rest.DefaultUpdatedObjectInfo turns a PUT body's uid into a storage precondition; a failed
+                # one is storage.NewInvalidObjError, which InterpretUpdateError makes a 409 Conflict.
+                raise APIError.conflict(info, name, f"Precondition failed: UID in precondition: {meta['uid']}, "
+                                                    f"UID in object meta: {old['metadata']['uid']}")
             rv = meta.get("resourceVersion")
             if rv and rv != old["metadata"]["resourceVersion"]:
                 raise APIError.conflict(info, name)
@@ -430,8 +451,10 @@ class Store:
                                            f"on the URL ({name})")
             old_meta = old["metadata"]
             if meta.get("uid") and meta["uid"] != old_meta["uid"]:
-                raise APIError.conflict(info, name, f"Precondition failed: UID in precondition: {meta['uid']}, "
-                                                    f"UID in object meta: {old_meta['uid']}")
+                # A patch has no uid precondition (its UpdatedObjectInfo has no object); the uid is caught by
+                # ValidateObjectMetaUpdate as an immutable field.
+                raise APIError.invalid(info, name, [cause("metadata.uid", "FieldValueInvalid",
+                                                          f'Invalid value: "{meta["uid"]}": field is immutable')])
             if meta.get("resourceVersion") and meta["resourceVersion"] != old_meta["resourceVersion"]:
                 raise APIError.conflict(info, name)
             result = self._write(info, version, old, obj, subresource=subresource, dry_run=dry_run,
