@@ -258,6 +258,9 @@ class Lifecycle(Generic[F]):
             state: tuple((t.dest, tuple(c.func for c in t.conditions)) for t in ts)
             for state, ts in event.transitions.items()
         }
+        # Timers per state: the state's own, then those of every state.
+        self.timers: dict[str, tuple[Callable[[Any], WakeUp | None], ...]] = {
+            s.name: s.wake + self.wake for s in self.state_table}
         self._why: dict[tuple[str, str], str] = {}
         for e in self.edges:
             for s in e.sources:
@@ -342,9 +345,7 @@ class Lifecycle(Generic[F]):
     def decide(self, obj: Any, snapshot: Any, now: datetime, config: Config | None = None, *,
                pass_id: str = "") -> Decision:
         """One pure pass for ``obj`` (see :func:`workspace_fsm.engine.interpret.decide`)."""
-        from workspace_fsm.engine.interpret import decide
-
-        return decide(self, obj, snapshot, now, config, pass_id=pass_id)
+        return _interpreter()(self, obj, snapshot, now, config, pass_id=pass_id)
 
     def read_record(self, obj: Any) -> Record[Any] | None:
         return self.record.read(obj)
@@ -376,6 +377,18 @@ class Lifecycle(Generic[F]):
 
     def __repr__(self) -> str:
         return f"<Lifecycle {self.name}: {self.resource.kind}, {len(self.states)} states, {len(self.edges)} edges>"
+
+
+def _interpreter() -> Callable[..., Decision]:
+    global _decide
+    if _decide is None:
+        from workspace_fsm.engine.interpret import decide
+
+        _decide = decide
+    return _decide
+
+
+_decide: Callable[..., Decision] | None = None
 
 
 class _Cursor:

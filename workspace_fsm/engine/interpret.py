@@ -85,37 +85,47 @@ def merge_conditions(previous: Sequence[Condition], wanted: Iterable[tuple[str, 
 def _enter(rec: Record[Any], source: str, dest: str, stamp: datetime, why: str, limit: int) -> Record[Any]:
     entry = HistoryEntry(source, dest, format_time(stamp), why)
     history = (rec.history + (entry,))[-limit:]
-    return attrs.evolve(rec, state=dest, entered_at=stamp, attempts=0, history=history)
+    return Record(dest, rec.data, stamp, 0, rec.generation, history, rec.since)
 
 
-def _record_condition(lc: Lifecycle[Any], obj: Any, rec: Record[Any], stamp: datetime) -> tuple[Condition, ...]:
+def _with_data(rec: Record[Any], data: Any) -> Record[Any]:
+    # A pass changes the bookkeeping often: built directly, which costs a third of attrs.evolve.
+    return Record(rec.state, data, rec.entered_at, rec.attempts, rec.generation, rec.history, rec.since)
+
+
+def _record_condition(lc: Lifecycle[Any], obj: Any, rec: Record[Any], stamp: datetime,
+                      read: Record[Any] | None) -> tuple[Condition, ...]:
     store = lc.record.store
     if store.kind != "condition":
         return ()
-    old = obj.status.condition(store.type)
-    if old is not None and rec is lc.record.read(obj):
-        return (old,)  # unchanged record: no need to serialise it again
+    if rec is read:
+        old = obj.status.condition(store.type)
+        if old is not None:
+            return (old,)  # unchanged record: no need to serialise it again
     return (lc.record.to_condition(rec, stamp),)
 
 
-def _record_annotation(lc: Lifecycle[Any], obj: Any, rec: Record[Any]) -> tuple[tuple[str, str], ...]:
+def _record_annotation(lc: Lifecycle[Any], obj: Any, rec: Record[Any],
+                       read: Record[Any] | None) -> tuple[tuple[str, str], ...]:
     store = lc.record.store
-    if store.kind != "annotation" or rec is lc.record.read(obj):
+    if store.kind != "annotation" or rec is read:
         return ()
     text = lc.record.encode(rec)
     return () if obj.metadata.annotations.get(store.key) == text else ((store.key, text),)
 
 
-def _status(lc: Lifecycle[Any], obj: Any, f: Any, state: str, rec: Record[Any], stamp: datetime) -> Any:
+def _status(lc: Lifecycle[Any], obj: Any, f: Any, state: str, rec: Record[Any], stamp: datetime,
+            read: Record[Any] | None) -> Any:
     spec = lc.states[state]
     wanted = spec.conditions(f) if spec.conditions is not None else ()
     conds = merge_conditions(obj.status.conditions, wanted, stamp, obj.metadata.generation, lc.conditions)
     summary = spec.summary(f) if callable(spec.summary) else spec.summary
     fields = spec.fields(f) if spec.fields is not None else None
-    return lc.project(obj, f, state, conds + _record_condition(lc, obj, rec, stamp), summary, fields)
+    return lc.project(obj, f, state, conds + _record_condition(lc, obj, rec, stamp, read), summary, fields)
 
 
 def _invalid(lc: Lifecycle[Any], obj: Any, rec: Record[Any] | None, stamp: datetime) -> Decision:
+    read = rec
     first = obj.problems[0]
     text = "; ".join(str(p) for p in obj.problems)
     message = f"the spec is invalid and nothing new is created for it: {text}. Fix the manifest and apply it again"
@@ -123,8 +133,8 @@ def _invalid(lc: Lifecycle[Any], obj: Any, rec: Record[Any] | None, stamp: datet
     state = rec.state if rec is not None else lc.initial
     rec = rec or Record(state=lc.initial, data=lc.record.data(), entered_at=stamp, generation=0, since=stamp)
     conds = merge_conditions(obj.status.conditions, wanted, stamp, obj.metadata.generation, lc.conditions)
-    status = lc.project(obj, None, None, conds + _record_condition(lc, obj, rec, stamp), None, None)
-    annotations = _record_annotation(lc, obj, rec)
+    status = lc.project(obj, None, None, conds + _record_condition(lc, obj, rec, stamp, read), None, None)
+    annotations = _record_annotation(lc, obj, rec, read)
     changed = status != obj.status or bool(annotations)
     acts: tuple[Any, ...] = ()
     if changed:
@@ -166,7 +176,7 @@ def _wake(lc: Lifecycle[Any], state: str, f: Any, rec: Record[Any], config: Conf
     if d is not None and after is not None and rec.attempts < d.max_firings and rec.entered_at is not None:
         left = rec.entered_at + after - f.now
         best = A.WakeUp(max(left, timedelta(0)), f"{state} deadline ({d.reason})")
-    for timer in spec.wake + lc.wake:
+    for timer in lc.timers[state]:
         w = timer(f)
         if w is not None and w.after is not None and (best is None or w.after < best.after):  # type: ignore[operator]
             best = w
@@ -183,7 +193,7 @@ def decide(lc: Lifecycle[Any], obj: Any, snapshot: Any, now: datetime, config: C
     """
     config = config if config is not None else lc.config
     stamp = whole_seconds(now)
-    rec = lc.record.read(obj)
+    rec = read = lc.record.read(obj)
     meta = obj.metadata
     deleting = meta.deletion_timestamp is not None
     if obj.problems and not deleting:
@@ -232,7 +242,7 @@ def decide(lc: Lifecycle[Any], obj: Any, snapshot: Any, now: datetime, config: C
         f.rec = rec
 
     if rec.generation != meta.generation:
-        rec = attrs.evolve(rec, generation=meta.generation)
+        rec = Record(rec.state, rec.data, rec.entered_at, rec.attempts, meta.generation, rec.history, rec.since)
         f.rec = rec
     finalizer = config.finalizer or lc.finalizer
     if finalizer and state != lc.deleting and finalizer not in meta.finalizers:
@@ -241,20 +251,20 @@ def decide(lc: Lifecycle[Any], obj: Any, snapshot: Any, now: datetime, config: C
     for step in states[state].ensure:
         data = step(f, data, out)
     if data is not rec.data:
-        rec = attrs.evolve(rec, data=data)
+        rec = _with_data(rec, data)
         f.rec = rec
 
-    status = _status(lc, obj, f, state, rec, stamp)
-    annotations = _record_annotation(lc, obj, rec)
+    status = _status(lc, obj, f, state, rec, stamp, read)
+    annotations = _record_annotation(lc, obj, rec, read) if lc.record.store.kind == "annotation" else ()
     changed = status != obj.status or bool(annotations)
     if changed and lc.on_write is not None:
         # Written anyway: bookkeeping worth no write of its own is trimmed in the same write.
         trimmed = lc.on_write(f, rec.data)
         if trimmed is not rec.data:
-            rec = attrs.evolve(rec, data=trimmed)
+            rec = _with_data(rec, trimmed)
             f.rec = rec
-            status = _status(lc, obj, f, state, rec, stamp)
-            annotations = _record_annotation(lc, obj, rec)
+            status = _status(lc, obj, f, state, rec, stamp, read)
+            annotations = _record_annotation(lc, obj, rec, read)
     before: list[Any] = []
     creates: list[Any] = []
     last: list[Any] = []

@@ -111,7 +111,7 @@ class NodeFacts(Facts):
                  "nodes_ready", "gpus_ready", "byo", "selector", "instance_type", "owner_labels", "has_compute",
                  "worker_nodes")
 
-    def observe_nodes(self, *, target: int, has_compute: bool, byo: bool, selector: LabelSelector | None,
+    def observe_nodes(self, target: int, has_compute: bool, byo: bool, selector: LabelSelector | None,
                       instance_type: str, owner_labels: tuple[tuple[str, str], ...],
                       worker_nodes: tuple[str, ...] | None) -> None:
         snap: Snapshot = self.snap
@@ -306,6 +306,12 @@ def ensure_nodeclaims(f: NodeFacts, book: NodeClaimBook, out: list[Any]) -> Node
     missing ones recorded (this pass's status write) and then created under fresh deterministic names."""
     if not f.provisions:
         return book
+    if f.existing == f.target and not f.gone and not any(c.failed for c in f.claims):
+        # The steady state, decided without building anything: no failure, none above target, none missing,
+        # and nothing to adopt (every NodeClaim the cache shows is recorded).
+        recorded = book.nodeclaims
+        if all(c.name in recorded for c in f.claims):
+            return book
     meta = f.obj.metadata
     deleted = set(book.deleted)
     failures = book.claim_failures

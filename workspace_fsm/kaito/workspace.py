@@ -17,7 +17,7 @@ import attrs
 from workspace_fsm.engine import (Config as EngineConfig, ConditionStore, Deadline, Edge, GoTo, Kind, Lifecycle,
                                   Owns, RecordFormat, Report, Run, State, WakeUp, Watches, by_labels,
                                   by_owner_reference, guard)
-from workspace_fsm.engine.interpret import Decision
+from workspace_fsm.engine.interpret import Decision, decide as _interpret
 from workspace_fsm.engine.record import HistoryEntry, Record
 from workspace_fsm.kaito import actions as A
 from workspace_fsm.kaito import nodeclaims as nc
@@ -129,17 +129,20 @@ class WorkspaceFacts(NodeFacts):
 
     def __init__(self, ws: Workspace, snap: Snapshot, now: datetime, config: Config, rec: Record[WorkspaceBook],
                  pass_id: str = "") -> None:
-        super().__init__(ws, snap, now, config, rec, pass_id)
+        # The base initialiser's work, inline: this runs once per pass.
+        self.obj, self.snap, self.now, self.config, self.rec, self.pass_id = ws, snap, now, config, rec, pass_id
+        self.lifecycle = None
         self.ws = ws
         spec = ws.tuning if ws.tuning is not None else ws.inference
         self.revision = spec.revision if spec is not None else ""
         r = ws.resource
         m = ws.metadata
-        self.observe_nodes(target=target_node_count(ws), has_compute=r is not None, byo=r is not None and r.byo_nodes,
-                           selector=r.label_selector if r is not None else None,
-                           instance_type=(r.instance_type or "") if r is not None else "",
-                           owner_labels=((LABEL_WORKSPACE, m.name), (LABEL_WORKSPACE_NAMESPACE, m.namespace)),
-                           worker_nodes=ws.status.worker_nodes)
+        if r is None:
+            self.observe_nodes(target_node_count(ws), False, False, None, "", (), ws.status.worker_nodes)
+        else:
+            self.observe_nodes(target_node_count(ws), True, r.byo_nodes, r.label_selector, r.instance_type or "",
+                               ((LABEL_WORKSPACE, m.name), (LABEL_WORKSPACE_NAMESPACE, m.namespace)),
+                               ws.status.worker_nodes)
 
     @property
     def is_tuning(self) -> bool:
@@ -623,7 +626,7 @@ def mermaid() -> str:
 def decide(ws: Workspace, snapshot: Snapshot, now: datetime, config: Config = DEFAULT_CONFIG, *,
            pass_id: str = "") -> Decision:
     """One pass of the Workspace machine (the engine's interpreter over :data:`WORKSPACE`). Pure."""
-    return WORKSPACE.decide(ws, snapshot, now, config, pass_id=pass_id)
+    return _interpret(WORKSPACE, ws, snapshot, now, config, pass_id=pass_id)
 
 
 __all__ += ["HistoryEntry", "STATES", "STATE_TABLE", "EDGES", "MACHINE", "TRIGGER", "step", "step_via_trigger",
