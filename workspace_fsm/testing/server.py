@@ -24,7 +24,8 @@ import yaml
 from workspace_fsm.testing.errors import APIError, dumps
 from workspace_fsm.testing.faults import Faults, RequestCounts, RequestInfo
 from workspace_fsm.testing.listing import (EXPIRED_LIST, INCONSISTENT_CONTINUE, encode_continue, parse_list_request,
-                                           storage_key, too_large_rv)
+                                           parse_rv, storage_key, too_large_rv)
+from workspace_fsm.testing.meta import cause
 from workspace_fsm.testing.options import delete_options, write_options
 from workspace_fsm.testing.resources import ResourceInfo
 from workspace_fsm.testing.selectors import SelectorError, parse_field_selector, parse_label_selector
@@ -563,6 +564,11 @@ class TestAPIServer:
         return match, bool(labels or fields)
 
     def _do_get(self, h: _Handler, route: _Route, query: dict[str, str], body: bytes, plan: Any) -> None:
+        rv = query.get("resourceVersion", "")
+        if rv not in ("", "0"):  # "not older than": a revision the store has not reached waits, then 504
+            wanted = parse_rv(rv)
+            if self.store.revision < wanted and not self.store.wait_for_revision(wanted, self.too_large_rv_wait):
+                raise too_large_rv(wanted, self.store.revision)
         with self.store.lock:
             obj = self.store.get_stored(route.info, route.namespace or "", route.name or "")
             if obj is None:
@@ -658,19 +664,27 @@ class TestAPIServer:
         drop_at = started + drop.after_seconds if drop is not None and drop.after_seconds is not None else None
         drop_after = drop.after_events if drop is not None else None
         rv = query.get("resourceVersion", "")
+        send_initial = self._watch_options(query)
         expired: APIError | None = None
         initial: list[dict[str, Any]] = []
+        if send_initial is not None and rv not in ("", "0"):  # NotOlderThan: wait for that revision (bounded)
+            wanted = parse_rv(rv)
+            if store.revision < wanted and not store.wait_for_revision(wanted, self.too_large_rv_wait):
+                raise too_large_rv(wanted, store.revision)
         with store.lock:
-            if rv not in ("", "0"):
+            if send_initial is True or (send_initial is None and rv in ("", "0")):
+                items, cursor = store.list(info, route.namespace, match)
+                initial = [self._view(route, o) for o in items]
+            elif rv in ("", "0"):  # sendInitialEvents=false: changes from now on
+                cursor = store.revision
+            else:
                 try:
                     cursor = int(rv)
                 except ValueError:
                     raise APIError.bad_request(f'resourceVersion: Invalid value: "{rv}": must be a number') from None
                 if cursor < store.floor:
                     expired = APIError.expired(cursor, store.floor)
-            else:
-                items, cursor = store.list(info, route.namespace, match)
-                initial = [self._view(route, o) for o in items]
+        initial_end = send_initial is True and bookmarks
 
         def encode(etype: str, obj: dict[str, Any]) -> bytes:
             if etype in ("ERROR", "BOOKMARK"):
@@ -712,6 +726,12 @@ class TestAPIServer:
                     break
                 write(encode("ADDED", obj))
                 sent += 1
+            if initial_end and not dropped():
+                # The watch-list stream's end of the initial state (cacher, WatchList): a bookmark at the
+                # state's revision marked with the k8s.io/initial-events-end annotation.
+                write(encode("BOOKMARK", {"kind": info.kind, "apiVersion": info.api_version(route.version),
+                                          "metadata": {"resourceVersion": str(cursor),
+                                                       "annotations": {"k8s.io/initial-events-end": "true"}}}))
             next_bookmark = time.monotonic() + self.bookmark_interval
             while not dropped():
                 now = time.monotonic()
@@ -769,6 +789,32 @@ class TestAPIServer:
             h.wfile.write(b"0\r\n\r\n")
         except OSError:
             h.close_connection = True
+
+    @staticmethod
+    def _watch_options(query: dict[str, str]) -> bool | None:
+        """``sendInitialEvents`` (None when absent), after the watch rules of ``ValidateListOptions``
+        (``apimachinery/pkg/apis/meta/internalversion/validation``; WatchList is on by default in 1.32)."""
+        raw = query.get("sendInitialEvents")
+        send: bool | None = None
+        if raw is not None and raw != "":
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise APIError.bad_request(f'strconv.ParseBool: parsing "{raw}": invalid syntax')
+            send = raw.lower() in ("true", "1")
+        match = query.get("resourceVersionMatch", "")
+        causes: list[dict[str, str]] = []
+        if send is not None and match != "NotOlderThan":
+            causes.append(cause("resourceVersionMatch", "FieldValueForbidden",
+                                "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"))
+        if match:
+            if send is None:
+                causes.append(cause("resourceVersionMatch", "FieldValueForbidden", "Forbidden: resourceVersionMatch "
+                                    "is forbidden for watch unless sendInitialEvents is provided"))
+            if match != "NotOlderThan":
+                causes.append(cause("resourceVersionMatch", "FieldValueNotSupported",
+                                    f'Unsupported value: "{match}": supported values: "NotOlderThan"'))
+        if causes:
+            raise APIError.invalid_options("ListOptions", causes)
+        return send
 
     def _transform(self, ev: Event, info: ResourceInfo, route: _Route, match: Any
                    ) -> tuple[str, dict[str, Any]] | None:
