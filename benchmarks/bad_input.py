@@ -35,8 +35,8 @@ from workspace_fsm.kaito.workspace import WORKSPACE_SUCCEEDED, decide
 from workspace_fsm.cli.embedded import EmbeddedCluster
 from workspace_fsm.kaito.errors import InvalidWorkspace
 from workspace_fsm.kaito.model import FINALIZER, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, Snapshot, parse_workspace
-from workspace_fsm.testing.strategies import (API_UNSENDABLE, CATEGORIES, BadWorkspace, RandomChooser, at_goal, dump_yaml,
-                                              invalid_condition, make_bad, make_valid)
+from workspace_fsm.testing.strategies import (API_UNSENDABLE, CATEGORIES, BadWorkspace, RandomChooser, at_goal,
+                                              dump_yaml, invalid_condition, make_bad, make_valid)
 from workspace_fsm.kaito.validation import check_document, validate_files
 
 CREATING = (A.CreateNodeClaim, A.CreateWorkload, A.UpdateWorkload, A.CreateJob, A.AddFinalizer)
@@ -84,7 +84,8 @@ def offline(bads: list[BadWorkspace], stats: dict, tmp: Path) -> None:
             d_stats["refused_unaddressable"] += 1
             d_stats["expected_problem"] += exc.reason not in ("", "InvalidWorkspace")
             fixed = parse_workspace(bad.fixed)
-            d_stats["fix_proceeded"] += any(isinstance(a, A.CreateNodeClaim) for a in decide(fixed, Snapshot(), now).after)
+            d_stats["fix_proceeded"] += any(
+                isinstance(a, A.CreateNodeClaim) for a in decide(fixed, Snapshot(), now).after)
         except Exception:
             d_stats["crashed"] += 1
             d_stats.setdefault("crash_examples", []).append(traceback.format_exc(limit=3)[-600:])
@@ -112,7 +113,8 @@ def offline(bads: list[BadWorkspace], stats: dict, tmp: Path) -> None:
         name = bad.doc["metadata"]["name"]
         wanted = [f": {p}: [{r}] " if p else f": [{r}] " for p, r in bad.expect]
         v_stats["named_object_and_field"] += any(
-            f"Workspace default/{name[:40]}" in line and any(w in line for w in wanted) for line in out.getvalue().splitlines())
+            f"Workspace default/{name[:40]}" in line and any(w in line for w in wanted)
+            for line in out.getvalue().splitlines())
         if (i + 1) % 100 == 0:
             log(f"offline: {i + 1}/{len(bads)} checked")
     stats["_offline_slowest_decide_s"] = round(slowest, 4)
@@ -131,7 +133,8 @@ class _Errors(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.name.startswith("workspace_fsm.testing"):
-            self.server.append(f"{record.getMessage()[:200]}: {str(record.exc_info[1])[:200] if record.exc_info else ''}")
+            error = str(record.exc_info[1])[:200] if record.exc_info else ""
+            self.server.append(f"{record.getMessage()[:200]}: {error}")
         elif record.name.startswith("workspace_fsm"):
             self.messages.append(record.getMessage()[:300])
 
@@ -154,7 +157,8 @@ class Cluster:
         self.custom = custom
 
     def listing(self, ns: str) -> dict[str, dict]:
-        return {w["metadata"]["name"]: w for w in self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]}
+        items = self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]
+        return {w["metadata"]["name"]: w for w in items}
 
     def follow(self, ns: str, names: dict[str, float], timeout: float, what: str) -> dict[str, float]:
         """Seconds from each name's start time to its goal, polling the API server."""
@@ -206,7 +210,8 @@ def through_api(bads: list[BadWorkspace], goods: list[dict], baseline: list[dict
         for j, (kind, item) in enumerate(queue):
             body = item if kind == "good" else item.doc
             try:
-                created = custom.create_namespaced_custom_object(GROUP, VERSION, "bad", PLURAL, body, field_validation="Strict")
+                created = custom.create_namespaced_custom_object(GROUP, VERSION, "bad", PLURAL, body,
+                                                                 field_validation="Strict")
             except ApiException as exc:
                 if kind == "good":
                     rejected_valid += 1
@@ -250,8 +255,8 @@ def through_api(bads: list[BadWorkspace], goods: list[dict], baseline: list[dict
             time.sleep(0.5)
             stored = c.listing("bad")
         claims = custom.list_cluster_custom_object("karpenter.sh", "v1", "nodeclaims")["items"]
-        claimed = {(x["metadata"]["labels"].get(LABEL_WORKSPACE_NAMESPACE), x["metadata"]["labels"].get(LABEL_WORKSPACE))
-                   for x in claims}
+        claimed = {(x["metadata"]["labels"].get(LABEL_WORKSPACE_NAMESPACE),
+                    x["metadata"]["labels"].get(LABEL_WORKSPACE)) for x in claims}
         apps, batch = k8s.AppsV1Api(cluster.api), k8s.BatchV1Api(cluster.api)
         made = ({d.metadata.name for d in apps.list_namespaced_deployment("bad").items}
                 | {d.metadata.name for d in apps.list_namespaced_stateful_set("bad").items}
@@ -264,7 +269,8 @@ def through_api(bads: list[BadWorkspace], goods: list[dict], baseline: list[dict
                 a["condition"] += 1
                 a["condition_reason_is_first_problem"] += cond["reason"] == problems[0].reason
                 a["condition_names_expected_field"] += any(
-                    f"{p}: " in cond["message"] for p, r in bad.expect if p and (p, r) in {(q.path, q.reason) for q in problems}
+                    f"{p}: " in cond["message"] for p, r in bad.expect
+                    if p and (p, r) in {(q.path, q.reason) for q in problems}
                 ) or any(not p for p, _ in bad.expect)
                 a["condition_reasons"][cond["reason"]] += 1
             a["created"] += (("bad", name) in claimed or name in made
@@ -328,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
             "tried": 0,
             "decide": collections.Counter(),
             "validate": collections.Counter(),
-            "api": collections.Counter({"rejection_codes": collections.Counter(), "condition_reasons": collections.Counter()}),
+            "api": collections.Counter({"rejection_codes": collections.Counter(),
+                                        "condition_reasons": collections.Counter()}),
         }
 
     stats: dict[str, Any] = {c: category_stats() for c in CATEGORIES}

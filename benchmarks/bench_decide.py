@@ -68,7 +68,8 @@ def world(ws: Workspace, decided: list, stage_rank: int, rng: random.Random) -> 
         for a in d.actions:
             if isinstance(a, A.CreateWorkload):
                 ok = stage_rank >= 5
-                workload = Workload(a.kind, a.name, a.replicas, a.replicas if ok else 0, a.replicas if ok else 0, a.revision)
+                ready = a.replicas if ok else 0
+                workload = Workload(a.kind, a.name, a.replicas, ready, ready, a.revision)
             if isinstance(a, A.CreateJob):
                 job = Job(a.name, a.revision, active=1, complete=stage_rank >= 7, succeeded=1 if stage_rank >= 7 else 0)
     return Snapshot(tuple(claims), nodes, workload, job)

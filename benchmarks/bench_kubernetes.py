@@ -27,7 +27,8 @@ from workspace_fsm.cli.run import build_runner
 
 def workspace(i: int) -> dict:
     return {"apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": f"bench-{i:05d}"},
-            "resource": {"instanceType": "Standard_NC24ads_A100_v4", "labelSelector": {"matchLabels": {"apps": f"b{i}"}}},
+            "resource": {"instanceType": "Standard_NC24ads_A100_v4",
+                         "labelSelector": {"matchLabels": {"apps": f"b{i}"}}},
             "inference": {"preset": {"name": "phi-4-mini-instruct"}}}
 
 
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         done = ready()
         if time.perf_counter() - last > 10:
             last = time.perf_counter()
-            print(f"bench_kubernetes: {done}/{n} Ready after {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+            print(f"bench_kubernetes: {done}/{n} Ready after {time.perf_counter() - t0:.0f}s",
+                  file=sys.stderr, flush=True)
     wall = time.perf_counter() - t0
     lifecycle = dict(adapter.requests)
     passes = reconciler.passes
@@ -104,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         "gets_per_pass_lifecycle": round(gets / max(1, passes), 4),
         "steady_state_passes": steady_passes,
         "steady_state_requests": steady,
-        "gets_per_pass_steady_state": round(sum(v for k, v in steady.items() if k.startswith("get ")) / max(1, steady_passes), 4),
+        "gets_per_pass_steady_state": round(
+            sum(v for k, v in steady.items() if k.startswith("get ")) / max(1, steady_passes), 4),
         "writes_per_workspace": round(writes / n, 3),
         "writes_per_workspace_target": round(target_writes, 3),
         "status_writes_per_state_change": round(lifecycle.get("update Workspace/status", 0) / max(1, transitions), 3),

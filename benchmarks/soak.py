@@ -103,8 +103,9 @@ def cache_excess(samples: Iterable[dict[str, Any]], allowance: int) -> list[tupl
     """Every moment a cache held more than the live objects it is about (plus ``allowance``), as
     (cache, sample time, entries, live objects).
 
-    A sample carries ``informer_objects`` (the runner's caches), ``adapter_caches``, ``sim_tracked`` (the simulated controllers' bookkeeping) and ``live`` (the most objects of each kind
-    listed in the API server just before and just after the scrape)."""
+    A sample carries ``informer_objects`` (the runner's caches), ``adapter_caches``, ``sim_tracked`` (the
+    simulated controllers' bookkeeping) and ``live`` (the most objects of each kind listed in the API server
+    just before and just after the scrape)."""
     out = []
     for s in samples:
         live = s["live"]
@@ -158,7 +159,8 @@ def evaluate(samples: list[dict[str, Any]], baseline: dict[str, Any], final: dic
     t = thresholds
     window = steady[-1]["t"] - steady[0]["t"] if steady else 0.0
     checks = [check("enough steady samples to fit a slope", len(steady), 5, len(steady) >= 5)]
-    for key, limit in (("rss_mib_per_min", "rss_slope_mib_per_min"), ("queue_depth_per_min", "queue_depth_slope_per_min"),
+    for key, limit in (("rss_mib_per_min", "rss_slope_mib_per_min"),
+                       ("queue_depth_per_min", "queue_depth_slope_per_min"),
                        ("threads_per_min", "threads_slope_per_min"), ("fds_per_min", "fds_slope_per_min")):
         c = check(f"{key.removesuffix('_per_min')} slope per minute (absolute)", slopes[key], t[limit],
                   abs(slopes[key]) <= t[limit])
@@ -172,12 +174,14 @@ def evaluate(samples: list[dict[str, Any]], baseline: dict[str, Any], final: dic
     over = final["threads"] - baseline["threads"]
     checks.append(check("threads after the churn minus baseline", over, t["threads_over_baseline"],
                         over <= t["threads_over_baseline"],
-                        f"baseline {baseline['threads']}, final {final['threads']}, max {max(s['threads'] for s in samples)}"))
+                        f"baseline {baseline['threads']}, final {final['threads']}, "
+                        f"max {max(s['threads'] for s in samples)}"))
     workers = final.get("workers_configured") or 0
     over, allowed = final["sockets"] - baseline["sockets"], t["sockets_over_baseline_per_worker"] * workers \
         + t["sockets_over_baseline_extra"]
     checks.append(check("sockets after the churn minus baseline", over, allowed, over <= allowed,
-                        f"baseline {baseline['sockets']}, final {final['sockets']}, max {max(s['sockets'] for s in samples)}"))
+                        f"baseline {baseline['sockets']}, final {final['sockets']}, "
+                        f"max {max(s['sockets'] for s in samples)}"))
     cap = len(INFORMERS) + workers + t["sockets_over_informers_plus_workers"]
     most = max(s["sockets"] for s in [baseline, *samples, final])
     checks.append(check("most sockets at any sample (cap: informers + workers + 2)", most, cap, most <= cap))
@@ -532,9 +536,11 @@ def main(argv: list[str] | None = None) -> int:
                             len(remaining), not why and not not_at_goal, "; ".join(why[:5])))
         orphans = [c["metadata"]["name"] for c in objs["all_nodeclaims"]
                    if (c["metadata"].get("labels") or {}).get(LABEL_WORKSPACE) not in set(remaining)]
-        checks.append(check("NodeClaims left by deleted Workspaces", len(orphans), 0, not orphans, ", ".join(orphans[:5])))
+        checks.append(check("NodeClaims left by deleted Workspaces", len(orphans), 0, not orphans,
+                            ", ".join(orphans[:5])))
         gone = set(churn.deleted) & set(remaining)
-        checks.append(check("deleted Workspaces still in the API server", len(gone), 0, not gone, ", ".join(sorted(gone)[:5])))
+        checks.append(check("deleted Workspaces still in the API server", len(gone), 0, not gone,
+                            ", ".join(sorted(gone)[:5])))
         mismatch = nodeclaims_per_workspace(objs)
         checks.append(check("remaining Workspaces with NodeClaims != targetNodeCount", len(mismatch), 0, not mismatch,
                             "; ".join(mismatch[:5])))

@@ -54,7 +54,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workspace_fsm.kaito.model import ANNOTATION_REVISION, LABEL_WORKSPACE as LABEL_WS, LABEL_WORKSPACE_NAMESPACE as LABEL_NS
+from workspace_fsm.kaito.model import ANNOTATION_REVISION
+from workspace_fsm.kaito.model import LABEL_WORKSPACE as LABEL_WS
+from workspace_fsm.kaito.model import LABEL_WORKSPACE_NAMESPACE as LABEL_NS
 from workspace_fsm.kaito.workspace import LIFECYCLE_CONDITION as LIFECYCLE
 
 log = logging.getLogger("workspace_fsm.chaos")
@@ -340,7 +342,8 @@ class Invariants:
                                  f"to {after.get('seq')} (a stale write)")
                 if int(after.get("gen", 0)) < int(before.get("gen", 0)):
                     self.lost += 1
-                    self.violate(f"{key}: the record's generation went back from {before.get('gen')} to {after.get('gen')}")
+                    self.violate(f"{key}: the record's generation went back from {before.get('gen')} "
+                                 f"to {after.get('gen')}")
             # KAITO's conditions too: an observedGeneration going back is a stale writer's status.
             was = _conditions(prev)
             for ctype, cond in _conditions(obj).items():
@@ -959,7 +962,8 @@ class ChaosRun:
                 self._kill_points = []  # the run went on long enough: no kill left to aim
             if time.monotonic() - last_note > 5:
                 last_note = time.monotonic()
-                self.progress(f"waiting for {len(pending)} Workspaces; {sum(s.starts for s in self.sups)} runner starts, "
+                self.progress(f"waiting for {len(pending)} Workspaces; "
+                              f"{sum(s.starts for s in self.sups)} runner starts, "
                               f"{sum(self.kills.values())} kills, {self.requests} runner requests")
             time.sleep(0.2)
         report.stuck = self._pending()[:MAX_LISTED]

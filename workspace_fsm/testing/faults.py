@@ -233,7 +233,8 @@ class Faults:
 
     def latency(self, seconds: float, *, verbs: Iterable[str] | str | None = None,
                 resources: Iterable[str] | str | None = None, namespace: str | None = None,
-                times: int | None = None, rate: float | None = None, seed: int | None = 0, user_agent: str | None = None) -> Fault:
+                times: int | None = None, rate: float | None = None, seed: int | None = 0,
+                user_agent: str | None = None) -> Fault:
         """Extra time before matching requests are handled (unlimited unless ``times`` is given)."""
         return self._make("latency", verbs, resources, times, rate, seed, seconds=float(seconds),
                           namespace=namespace, user_agent=user_agent)

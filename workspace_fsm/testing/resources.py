@@ -123,7 +123,8 @@ def builtin_resources() -> list[ResourceInfo]:
         _b("rbac.authorization.k8s.io", "v1", "roles", "Role", name_rule="path"),
         _b("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", name_rule="path"),
         _b("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", namespaced=False, name_rule="path"),
-        _b("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", namespaced=False, name_rule="path"),
+        _b("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", namespaced=False,
+           name_rule="path"),
         _b("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
            namespaced=False, short=["crd", "crds"], status=True),
     ]

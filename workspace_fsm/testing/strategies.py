@@ -38,7 +38,8 @@ from hypothesis import strategies as st
 from workspace_fsm.kaito.catalogue import Catalogue
 from workspace_fsm.kaito.workspace import WORKSPACE_SUCCEEDED
 from workspace_fsm.engine.schema import format_path, json_type
-from workspace_fsm.kaito.validation import MAX_NODE_COUNT, PERFORMANCE_MODE_ANNOTATION, PERFORMANCE_MODES, workspace_schema
+from workspace_fsm.kaito.validation import (MAX_NODE_COUNT, PERFORMANCE_MODE_ANNOTATION, PERFORMANCE_MODES,
+                                            workspace_schema)
 
 __all__ = [
     "CATEGORIES",
@@ -282,7 +283,8 @@ def _inference(c: Chooser, name: str, cat: Catalogue) -> dict[str, Any]:
         inference["config"] = c.choice(("inference-params", f"{name}-config"))
     if form == "preset" and c.boolean():
         inference["adapters"] = [
-            {"source": {"name": f"adapter-{i}", "image": _image(c, "adapters")}, "strength": c.choice(("0.2", "0.5", "1.0"))}
+            {"source": {"name": f"adapter-{i}", "image": _image(c, "adapters")},
+             "strength": c.choice(("0.2", "0.5", "1.0"))}
             for i in range(c.integer(1, 2))
         ]
     return inference
@@ -357,7 +359,8 @@ def _from_schema(c: Chooser, node: Mapping[str, Any], depth: int) -> Any:
             return out
         extra = node.get("additionalProperties")
         if isinstance(extra, Mapping):
-            return {c.text(string.ascii_lowercase, 1, 8): _from_schema(c, extra, depth + 1) for _ in range(c.integer(0, 2))}
+            return {c.text(string.ascii_lowercase, 1, 8): _from_schema(c, extra, depth + 1)
+                    for _ in range(c.integer(0, 2))}
         return {c.text(string.ascii_lowercase, 1, 8): c.text(LOWER_DIGITS, 0, 8) for _ in range(c.integer(0, 2))}
     if t == "array":
         items = node.get("items")
@@ -447,7 +450,8 @@ def _wrong_value(c: Chooser, expected: str) -> Any:
 
 
 def _wrong_type(c: Chooser, doc: dict[str, Any]) -> tuple[str, tuple, str]:
-    fields = [(path, t) for path, t in typed_fields() if _has(doc, path[:-1]) and isinstance(_get(doc, path[:-1]), (dict, list))
+    fields = [(path, t) for path, t in typed_fields()
+              if _has(doc, path[:-1]) and isinstance(_get(doc, path[:-1]), (dict, list))
               and not (isinstance(path[-1], int) and not _has(doc, path))]
     fields += [(("metadata", "labels"), "object"), (("metadata", "annotations"), "object")]
     path, t = c.choice(fields)
