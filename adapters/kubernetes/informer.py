@@ -13,6 +13,11 @@ answers again. A runner shares one among its informers, so an outage is one line
 
 Every request carries a timeout: no call can hang a thread. The watch thread is the only place that
 waits, and it waits for the API server, never inside a reconcile pass.
+
+Indexes (as controller-runtime's field indexers): ``add_index(name, fn)`` registers a function mapping an
+object to index values (a string, None, or an iterable of strings), kept up to date under the cache's lock
+by every list, relist and watch event; ``by_index(name, value)`` returns the objects with that value in time
+proportional to the number of matches (the objects' keys are kept per value; the cache is never scanned).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import random
 import ssl
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from kubernetes import watch
@@ -38,6 +43,8 @@ log = logging.getLogger("workspace_fsm.kubernetes.informer")
 UNREACHABLE_RETRY_S = 2.0
 
 Handler = Callable[[str, dict[str, Any] | None, dict[str, Any] | None], None]  # (event type, old, new)
+#: An index function: the values under which an object is found (a string, None for none, or several).
+IndexFunc = Callable[[dict[str, Any]], "str | None | Iterable[str]"]
 
 
 def object_key(obj: dict[str, Any]) -> str:
@@ -158,6 +165,11 @@ class Informer:
         self._store: dict[str, dict[str, Any]] = {}
         self._tombstones: OrderedDict[str, None] = OrderedDict()
         self._handlers: list[Handler] = []
+        self._indexers: dict[str, IndexFunc] = {}
+        # index name -> value -> keys of the objects with that value (a dict as an ordered set)
+        self._indices: dict[str, dict[str, dict[str, None]]] = {}
+        # index name -> object key -> the values it was filed under (what to undo when it changes or goes)
+        self._indexed: dict[str, dict[str, tuple[str, ...]]] = {}
         self._rv: str | None = None
         self._synced = threading.Event()
         self._stop = threading.Event()
@@ -194,6 +206,105 @@ class Informer:
     def add_handler(self, handler: Handler) -> None:
         self._handlers.append(handler)
 
+    # ------------------------------------------------------------------ indexes
+
+    def add_index(self, name: str, fn: IndexFunc) -> None:
+        """Index the cache by ``fn(obj)``: a string, None (not indexed) or an iterable of strings (each a
+        value; repeats count once). May be called before or after ``start``: objects already cached are
+        indexed at once. The function is called with the cache's lock held, once per object stored (at each
+        list, relist and ADDED/MODIFIED event), never by :meth:`by_index`; it should be quick and must not
+        call back into this informer from another thread. A function that raises for an object (or returns
+        something else) is logged and that object is left out of the index; it does not stop the cache.
+        Raises ``ValueError`` for a name already in use, and the function's error when it fails on an
+        object already cached (the index is then not added)."""
+        with self._lock:
+            if name in self._indexers:
+                raise ValueError(f"informer {self.name}: an index named {name!r} already exists")
+            index: dict[str, dict[str, None]] = {}
+            filed: dict[str, tuple[str, ...]] = {}
+            for key, obj in self._store.items():
+                values = _index_values(fn(obj))
+                if values:
+                    filed[key] = values
+                    for value in values:
+                        index.setdefault(value, {})[key] = None
+            self._indexers[name] = fn
+            self._indices[name] = index
+            self._indexed[name] = filed
+
+    def by_index(self, name: str, value: str) -> list[dict[str, Any]]:
+        """The cached objects whose index ``name`` has ``value`` (in the order they were filed); raises
+        ``KeyError`` for an index never added."""
+        with self._lock:
+            try:
+                keys = self._indices[name].get(value)
+            except KeyError:
+                raise KeyError(f"informer {self.name}: no index named {name!r}") from None
+            if not keys:
+                return []
+            store = self._store
+            return [store[k] for k in keys]
+
+    def index_keys(self, name: str, value: str) -> list[str]:
+        """The keys (``namespace/name``) of the cached objects whose index ``name`` has ``value``."""
+        with self._lock:
+            try:
+                return list(self._indices[name].get(value) or ())
+            except KeyError:
+                raise KeyError(f"informer {self.name}: no index named {name!r}") from None
+
+    def index_values(self, name: str) -> list[str]:
+        """Every value index ``name`` holds at least one object under."""
+        with self._lock:
+            try:
+                return list(self._indices[name])
+            except KeyError:
+                raise KeyError(f"informer {self.name}: no index named {name!r}") from None
+
+    def _index_put(self, key: str, obj: dict[str, Any]) -> None:
+        """File ``obj`` (stored under ``key``) in every index, replacing what was filed for ``key``. Lock held."""
+        for name, fn in self._indexers.items():
+            try:
+                values = _index_values(fn(obj))
+            except Exception:
+                log.exception("informer %s: index %s failed for %s; left out of the index", self.name, name, key)
+                values = ()
+            self._index_file(name, key, values)
+
+    def _index_drop(self, key: str) -> None:
+        """Take ``key`` out of every index. Lock held."""
+        for name in self._indexers:
+            self._index_file(name, key, ())
+
+    def _index_file(self, name: str, key: str, values: tuple[str, ...]) -> None:
+        filed = self._indexed[name]
+        index = self._indices[name]
+        old = filed.get(key, ())
+        if old == values:
+            return
+        for value in old:
+            if value not in values:
+                keys = index.get(value)
+                if keys is not None:
+                    keys.pop(key, None)
+                    if not keys:
+                        del index[value]
+        for value in values:
+            if value not in old:
+                index.setdefault(value, {})[key] = None
+        if values:
+            filed[key] = values
+        else:
+            filed.pop(key, None)
+
+    def _index_rebuild(self) -> None:
+        """Index the whole store afresh (after a list replaced it). Lock held."""
+        for name in self._indexers:
+            self._indices[name] = {}
+            self._indexed[name] = {}
+        for key, obj in self._store.items():
+            self._index_put(key, obj)
+
     # ------------------------------------------------------------------ running
 
     def start(self) -> None:
@@ -225,6 +336,8 @@ class Informer:
             self._store = {}
             for raw in items:
                 self._store[object_key(raw)] = raw
+            if self._indexers:
+                self._index_rebuild()
             self._rv = rv
             new = self._store
         self.relists += 1
@@ -308,8 +421,12 @@ class Informer:
                 prev = self._store.get(key)
                 if etype == "DELETED":
                     self._store.pop(key, None)
+                    if self._indexers:
+                        self._index_drop(key)  # what was filed for the cached object, whatever the event carries
                 else:
                     self._store[key] = raw
+                    if self._indexers:
+                        self._index_put(key, raw)
                 self._rv = rv or self._rv
             if etype == "DELETED":
                 self._remember_deleted(key)
@@ -335,6 +452,21 @@ class Informer:
                 h(etype, old, new)
             except Exception:  # a handler bug must not stop the cache
                 log.exception("informer %s: event handler failed", self.name)
+
+
+def _index_values(result: Any) -> tuple[str, ...]:
+    """An index function's result as a tuple of distinct strings (in order)."""
+    if result is None:
+        return ()
+    if isinstance(result, str):
+        return (result,)
+    if isinstance(result, (bytes, dict)) or not isinstance(result, Iterable):
+        raise TypeError(f"an index function must return a str, None or an iterable of str, not {type(result).__name__}")
+    values = tuple(dict.fromkeys(result))
+    for v in values:
+        if not isinstance(v, str):
+            raise TypeError(f"an index function's values must be str, not {type(v).__name__}")
+    return values
 
 
 def _retry_after(exc: ApiException) -> float:
