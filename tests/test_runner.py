@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from workspace_fsm.kaito.workspace import WORKSPACE
+
 import pytest
 
 from workspace_fsm.engine.queue import WorkQueue
@@ -122,6 +124,7 @@ def test_errors_back_off_and_retry_after_is_honoured():
 
 class SlowWriteAdapter:
     """Observes one fresh Workspace; its status write takes ``write_s`` seconds of the clock."""
+    lifecycle = WORKSPACE  # the lifecycle it serves (the runner drives it)
 
     def __init__(self, clock: VirtualClock, write_s: float) -> None:
         from model_cluster import inference_ws

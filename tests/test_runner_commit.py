@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from workspace_fsm.kaito.workspace import WORKSPACE
+
 import logging
 
 from model_cluster import inference_ws
@@ -14,6 +16,7 @@ from workspace_fsm.engine.runner import FsmReconciler, VirtualClock
 
 class WriteAdapter:
     """Observes a fresh Workspace; its status write answers ``answer`` (None: success)."""
+    lifecycle = WORKSPACE  # the lifecycle it serves (the runner drives it)
 
     def __init__(self, answer: Exception | None) -> None:
         self.ws = inference_ws("w", 2)
@@ -74,3 +77,44 @@ def test_a_committed_pass_logs_and_counts_its_transitions_and_tags_its_creates(c
     assert {a.claim for a in adapter.applied if isinstance(a, A.CreateNodeClaim)} >= {"w1.1"}
     r2 = FsmReconciler(adapter, VirtualClock())
     assert r2.writer_id != r.writer_id and len(r2.writer_id) == 8  # random per process
+
+
+def _recording_hooks():
+    from workspace_fsm.engine.hooks import Hooks
+
+    hooks, seen = Hooks(), []
+    hooks.on_transition(lambda e, counters: seen.append(("transition", e.lifecycle, e.key, e.source, e.dest, e.why)))
+    hooks.on_action(lambda e, counters: (seen.append(("action", type(e.action).__name__)), counters.inc("acts")))
+    return hooks, seen
+
+
+def test_hooks_see_committed_transitions_and_applied_actions_only():
+    hooks, seen = _recording_hooks()
+    lost = FsmReconciler(WriteAdapter(Conflict("writing status: conflict")), VirtualClock(), hooks=hooks)
+    _run(lost)
+    assert seen == [] and lost.counters.get("acts") == 0  # the write lost: nothing happened, nothing reported
+    ok = FsmReconciler(WriteAdapter(None), VirtualClock(), hooks=hooks)
+    _run(ok)
+    assert ("transition", "workspace", "default/w", "Pending", "NodesProvisioning", "spec_accepted") in seen
+    acts = [s[1] for s in seen if s[0] == "action"]
+    # The finalizer (applied before the write) is reported only once the write committed, then the creates.
+    assert acts[:3] == ["AddFinalizer", "CreateNodeClaim", "CreateNodeClaim"]
+    assert ok.counters.get("acts") == len(acts)
+
+
+def test_a_failing_hook_never_fails_the_pass(caplog):
+    from workspace_fsm.engine.hooks import Hooks
+
+    hooks = Hooks()
+
+    @hooks.on_transition
+    def broken(event, counters):
+        raise RuntimeError("an author's bug")
+
+    adapter = WriteAdapter(None)
+    r = FsmReconciler(adapter, VirtualClock(), hooks=hooks)
+    with caplog.at_level(logging.ERROR, logger="workspace_fsm.hooks"):
+        outcome = _run(r)
+    assert outcome.error is None and r.transitions == 1
+    assert any("hook broken failed" in m for m in caplog.messages)
+    assert [a for a in adapter.applied if isinstance(a, A.CreateNodeClaim)]

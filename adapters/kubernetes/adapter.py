@@ -33,7 +33,7 @@ from workspace_fsm.engine.adapter import AdapterError, Conflict
 from workspace_fsm.kaito.model import (ANNOTATION_REVISION, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, GPU_RESOURCE, Job,
                                  Node, NodeClaim, Snapshot, Workload, Workspace, WorkspaceStatus, format_time,
                                  parse_time, parse_workspace)
-from workspace_fsm.kaito.workspace import confirmations
+from workspace_fsm.kaito.workspace import WORKSPACE, confirmations
 
 from . import manifests
 from .informer import Informer, object_key
@@ -131,6 +131,7 @@ def _owner_key(obj: dict[str, Any]) -> str | None:
 
 
 class KubernetesAdapter:
+    lifecycle = WORKSPACE  # the lifecycle it serves (the runner drives it)
     def __init__(self, api_client: k8s.ApiClient, *, namespace: str | None = None, catalogue: Any = None,
                  auto_provisioning: bool = True, component: str = "workspace-fsm", request_timeout_s: float = 30.0,
                  watch_timeout_s: int = 240, node_class: dict[str, str] | None = None) -> None:

@@ -50,7 +50,7 @@ from workspace_fsm.kaito.catalogue import Catalogue
 from workspace_fsm.kaito.model import (LABEL_ACCELERATOR, LABEL_INSTANCE_TYPE, LABEL_WORKSPACE,
                                  LABEL_WORKSPACE_NAMESPACE, Job, LabelSelector, Node, NodeClaim, Snapshot,
                                  Workload, Workspace, WorkspaceStatus, format_time, whole_seconds)
-from workspace_fsm.kaito.workspace import confirmations
+from workspace_fsm.kaito.workspace import WORKSPACE, confirmations
 
 from .documents import inference_document, to_workspace, tuning_document
 from .params import Scenario, ScenarioError, SimParams
@@ -216,6 +216,7 @@ class SimCluster:
     ``SimCluster(scenario)`` schedules the scenario's Workspaces; ``SimCluster(params=..., seed=...)``
     starts empty (create Workspaces with :meth:`create_workspace`).
     """
+    lifecycle = WORKSPACE  # the lifecycle it serves (the runner drives it)
 
     def __init__(self, scenario: Scenario | None = None, *, params: SimParams | None = None,
                  seed: int | None = None, epoch: datetime = EPOCH, keep_trace: bool = True) -> None:

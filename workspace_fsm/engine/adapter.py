@@ -1,13 +1,14 @@
 """The interface between the runner and a cluster: observe, apply, persist.
 
 Every adapter (the simulated cluster, the Kubernetes one, a test double) implements
-:class:`ClusterAdapter`. The runner drives one pass per Workspace key::
+:class:`ClusterAdapter` for one lifecycle (its ``lifecycle`` attribute). The runner drives one pass per key::
 
-    ws, snapshot = adapter.observe(key)          # from caches; None when the Workspace is gone
-    decision = decide(ws, snapshot, now, config)  # pure
-    adapter.apply(ws, decision.actions)           # in order, stops at the first failure (raises)
+    obj, snapshot = adapter.observe(key)                    # from caches; None when the resource is gone
+    decision = lifecycle.decide(obj, snapshot, now, config)  # pure
+    adapter.apply(obj, decision.before)                     # in order, stops at the first failure (raises)
     if decision.status_changed:
-        ws = adapter.persist(ws, decision.status) # with ws.metadata.resource_version; Conflict on 409
+        obj = adapter.persist(obj, decision.status)         # with its resourceVersion; Conflict on 409
+    adapter.apply(obj, decision.after)
 
 Errors an adapter raises are :class:`AdapterError` subclasses, so the runner can tell "observe again
 now" (:class:`Conflict`) from "retry with backoff" (anything else) without knowing the adapter.
@@ -20,10 +21,7 @@ never land (``Snapshot.refused``) and it need not wait out ``Config.create_grace
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
-
-from workspace_fsm.kaito.actions import Action
-from workspace_fsm.kaito.model import Snapshot, Workspace, WorkspaceStatus
+from typing import Any, Protocol
 
 
 class AdapterError(Exception):
@@ -52,12 +50,14 @@ class NotSynced(AdapterError):
 
 
 class ClusterAdapter(Protocol):
-    def observe(self, key: str) -> tuple[Workspace | None, Snapshot]: ...
+    lifecycle: Any  # the workspace_fsm.engine.Lifecycle it serves
 
-    def apply(self, ws: Workspace, actions: Sequence[Action]) -> None: ...
+    def observe(self, key: str) -> tuple[Any | None, Any]: ...
 
-    def persist(self, ws: Workspace, status: WorkspaceStatus) -> Workspace: ...
+    def apply(self, obj: Any, actions: Sequence[Any]) -> None: ...
+
+    def persist(self, obj: Any, status: Any) -> Any: ...
 
     def set_event_handler(self, handler: Callable[[str], None]) -> None:
-        """``handler(key)`` is called for every watch event that concerns the Workspace ``key``."""
+        """``handler(key)`` is called for every watch event that concerns the resource ``key``."""
         ...

@@ -27,8 +27,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from workspace_fsm.kaito.workspace import STATES
-from workspace_fsm.kaito.workspace import LIFECYCLE_CONDITION
 
 __all__ = ["CONTENT_TYPE_LATEST", "RunnerCollector", "build_registry", "render", "WORKER_THREAD_PREFIX"]
 
@@ -37,9 +35,9 @@ WORKER_THREAD_PREFIX = "workspace-fsm-worker-"
 UNRECORDED = "Unrecorded"  # a Workspace the machine has not written its record on yet
 
 
-def _machine_state(obj: dict[str, Any]) -> str:
+def _machine_state(obj: dict[str, Any], record_type: str) -> str:
     for cond in (obj.get("status") or {}).get("conditions") or ():
-        if isinstance(cond, dict) and cond.get("type") == LIFECYCLE_CONDITION:
+        if isinstance(cond, dict) and cond.get("type") == record_type:
             return str(cond.get("reason") or UNRECORDED)
     return UNRECORDED
 
@@ -82,11 +80,18 @@ class RunnerCollector(Collector):
                                   "State-machine transitions committed (their status write succeeded) since the "
                                   "runner started.",
                                   value=getattr(r, "transitions", 0))
-        yield CounterMetricFamily(f"{PREFIX}_nodeclaims_above_target_deleted",
-                                  "NodeClaims deleted because a Workspace had more live ones than its "
-                                  "targetNodeCount (committed passes only). Any increase deserves a look: see the "
-                                  "Workspace's NodeClaimAboveTarget Warning Events.",
-                                  value=getattr(r, "above_target_deleted", 0))
+        # The lifecycle's own counters (its hooks'), declared ones from 0 on.
+        lc = getattr(r, "lifecycle", None)
+        counters = getattr(r, "counters", None)
+        declared: dict[str, str] = {}
+        for h in getattr(r, "hooks", ()):
+            declared.update(h.counters)
+        if counters is not None:
+            for name in sorted(set(declared) | set(counters.values)):
+                family = CounterMetricFamily(f"{PREFIX}_{name}", declared.get(name) or counters.help.get(name, name),
+                                             labels=["lifecycle"])
+                family.add_metric([lc.name if lc is not None else ""], counters.get(name))
+                yield family
 
     def _informers(self) -> Iterator[Metric]:
         objects = GaugeMetricFamily(f"{PREFIX}_informer_objects",
@@ -106,7 +111,10 @@ class RunnerCollector(Collector):
                                      "List or watch errors an informer retried (API errors and network failures).",
                                      labels=["informer"])
         workspaces = 0
-        by_state = {name: 0 for name in STATES}
+        lc = getattr(self.reconciler, "lifecycle", None) or getattr(self.adapter, "lifecycle", None)
+        store = getattr(getattr(lc, "record", None), "store", None)
+        record_type = getattr(store, "type", "workspace-fsm/Lifecycle")
+        by_state = {name: 0 for name in (lc.states if lc is not None else ())}
         by_state[UNRECORDED] = 0
         for inf in self.adapter.informers:
             items = inf.items()
@@ -120,7 +128,7 @@ class RunnerCollector(Collector):
             if inf is getattr(self.adapter, "workspaces", None):
                 workspaces = len(items)
                 for obj in items:
-                    state = _machine_state(obj)
+                    state = _machine_state(obj, record_type)
                     by_state[state] = by_state.get(state, 0) + 1
         yield from (objects, tombstones, synced, relists, errors)
         yield GaugeMetricFamily(f"{PREFIX}_workspaces_watched", "Workspaces in the runner's cache (the ones it drives).",

@@ -27,18 +27,21 @@ from typing import Protocol
 
 import attrs
 
-from workspace_fsm.kaito.actions import CreateNodeClaim, DeleteNodeClaim, RecordEvent
+from workspace_fsm.engine.actions import RecordEvent
 from workspace_fsm.engine.adapter import AdapterError, ClusterAdapter, Conflict, NotSynced
-from workspace_fsm.kaito.workspace import ABOVE_TARGET, decide
-from workspace_fsm.kaito.workspace import DEFAULT_CONFIG, Config
+from workspace_fsm.engine.declare import Config, Lifecycle
+from workspace_fsm.engine.hooks import ActionEvent, Counters, Hooks, TransitionEvent
 from workspace_fsm.engine.queue import WorkQueue
 
 log = logging.getLogger("workspace_fsm.engine.runner")
 
 EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
-# Creations whose names are fresh (a replacement gets a new name): sent only inside Config.create_send_window.
-_CREATES = (CreateNodeClaim,)
+
+
+def _send_window(action: object) -> bool:
+    """Creations whose names are fresh (a replacement gets a new name): sent only inside Config.create_send_window."""
+    return getattr(type(action), "send_window", False)
 
 
 class StaleCreate(Exception):
@@ -65,19 +68,22 @@ class Reconciler(Protocol):
 class FsmReconciler:
     """observe -> decide -> apply -> persist, returning at once with the machine's wake-up."""
 
-    def __init__(self, adapter: ClusterAdapter, clock: Callable[[], float], *, config: Config = DEFAULT_CONFIG,
-                 api_latency_s: float = 0.0, call_counter: Callable[[], int] | None = None,
-                 epoch: datetime = EPOCH, writer_id: str | None = None) -> None:
+    def __init__(self, adapter: ClusterAdapter, clock: Callable[[], float], *, lifecycle: Lifecycle | None = None,
+                 config: Config | None = None, api_latency_s: float = 0.0, call_counter: Callable[[], int] | None = None,
+                 epoch: datetime = EPOCH, writer_id: str | None = None, hooks: Hooks | None = None) -> None:
         self.adapter = adapter
         self.clock = clock
-        self.config = config
+        # The lifecycle this reconciler drives: given, or the one its adapter serves.
+        self.lifecycle: Lifecycle = lifecycle or adapter.lifecycle  # type: ignore[attr-defined]
+        self.config = config if config is not None else self.lifecycle.config
+        self.hooks = [h for h in (self.lifecycle.hooks, hooks) if h is not None]
+        self.counters = Counters()
         self.latency = api_latency_s
         self.calls = call_counter or (lambda: 0)
         self.epoch = epoch
         self.passes = 0
         # Facts only once committed: counted when the pass's status write succeeded (or none was needed).
         self.transitions = 0
-        self.above_target_deleted = 0
         # Unique among every runner writing the same Workspaces: a pass id is this plus a counter.
         # Random by default (a second runner, a restarted one); fixed by simulations that must replay exactly.
         self.writer_id = writer_id or os.urandom(4).hex()
@@ -97,12 +103,12 @@ class FsmReconciler:
 
     def _apply(self, key: str, ws, actions, started: datetime | None = None) -> Generator[float, None, None]:
         for i, action in enumerate(actions):
-            if started is not None and isinstance(action, _CREATES) \
+            if started is not None and _send_window(action) \
                     and self.now() - started > self.config.create_send_window:
                 # Too late to send: a create may land until the API server's request timeout after it is
                 # sent, and the machine counts on that ending within Config.create_grace of the record.
                 self._abandon(ws, actions[i:])
-                raise StaleCreate(f"workspace {key}: pass took longer than {self.config.create_send_window} "
+                raise StaleCreate(f"{self.lifecycle.resource.kind.lower()} {key}: pass took longer than {self.config.create_send_window} "
                                   f"before its creations; not sending them, observing again")
             before = self.calls()
             try:
@@ -113,17 +119,30 @@ class FsmReconciler:
             held = self._held(before)
             if held:
                 yield held
+            if started is not None:  # after the committed write: a fact now
+                self._report_action(key, action)
             if isinstance(action, RecordEvent) and action.type == "Warning":
-                log.warning("workspace %s: %s: %s", key, action.reason, action.message)
+                log.warning("%s %s: %s: %s", self.lifecycle.resource.kind.lower(), key, action.reason, action.message)
+
+    def _report_action(self, key: str, action: object) -> None:
+        for h in self.hooks:
+            if h.action:
+                h.fire(h.action, ActionEvent(self.lifecycle.name, key, action), self.counters)
 
     def _committed(self, key: str, decision) -> None:
-        """The pass's status write succeeded: only now are its transitions facts to log and count."""
+        """The pass's status write succeeded: only now are its transitions facts to log, count and report,
+        and the actions it applied before the write (deletions, the finalizer) facts to report."""
         self.transitions += len(decision.transitions)
+        kind = self.lifecycle.resource.kind.lower()
         for t in decision.transitions:
-            log.info("workspace %s: %s -> %s (%s)", key, t.source, t.dest, t.why)
-        above = sum(1 for a in decision.before if isinstance(a, DeleteNodeClaim) and a.reason == ABOVE_TARGET)
-        if above:
-            self.above_target_deleted += above
+            log.info("%s %s: %s -> %s (%s)", kind, key, t.source, t.dest, t.why)
+        for h in self.hooks:
+            if h.transition:
+                for t in decision.transitions:
+                    h.fire(h.transition, TransitionEvent(self.lifecycle.name, key, t.source, t.dest, t.why, t.at),
+                           self.counters)
+        for a in decision.before:
+            self._report_action(key, a)
 
     def reconcile(self, key: str) -> Pass:
         self.passes += 1
@@ -141,7 +160,8 @@ class FsmReconciler:
         if ws is None:
             return Outcome(gone=True)
         now = self.now()
-        decision = decide(ws, snapshot, now, self.config, pass_id=f"{self.writer_id}.{next(self._pass_ids):x}")
+        decision = self.lifecycle.decide(ws, snapshot, now, self.config,
+                                         pass_id=f"{self.writer_id}.{next(self._pass_ids):x}")
         try:
             # Before the status write: the finalizer and deletions. After it: creations and Events, so that
             # nothing is created that the persisted record does not already hold (see decide.Decision).
@@ -166,10 +186,10 @@ class FsmReconciler:
             log.warning("%s", exc)
             return Outcome(observe_again=True, error=exc)
         except Conflict as exc:
-            log.debug("workspace %s: conflict on write, observing again: %s", key, exc)
+            log.debug("%s: conflict on write, observing again: %s", key, exc)
             return Outcome(observe_again=True, error=exc)
         except AdapterError as exc:
-            log.warning("workspace %s: pass failed, will retry with backoff: %s", key, exc)
+            log.warning("%s %s: pass failed, will retry with backoff: %s", self.lifecycle.resource.kind.lower(), key, exc)
             return Outcome(error=exc)
         after = decision.wake.after
         return Outcome(requeue_after=None if after is None else after.total_seconds())

@@ -25,7 +25,7 @@ import datetime
 import json
 import re
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import jsonschema
@@ -165,7 +165,7 @@ _draft4_type = Draft4Validator.VALIDATORS["type"]
 _draft4_enum = Draft4Validator.VALIDATORS["enum"]
 
 
-def _kw_type(validator: Any, types: Any, instance: Any, schema: Mapping[str, Any]):
+def _kw_type(validator: Any, types: Any, instance: Any, schema: Mapping[str, Any]) -> Iterator[ValidationError]:
     if instance is None and schema.get("nullable") is True:
         return
     if schema.get("x-kubernetes-int-or-string") is True:
@@ -173,7 +173,7 @@ def _kw_type(validator: Any, types: Any, instance: Any, schema: Mapping[str, Any
     yield from _draft4_type(validator, types, instance, schema)
 
 
-def _kw_enum(validator: Any, enums: Any, instance: Any, schema: Mapping[str, Any]):
+def _kw_enum(validator: Any, enums: Any, instance: Any, schema: Mapping[str, Any]) -> Iterator[ValidationError]:
     if instance is None and schema.get("nullable") is True:
         return
     if not isinstance(enums, list):
@@ -181,7 +181,7 @@ def _kw_enum(validator: Any, enums: Any, instance: Any, schema: Mapping[str, Any
     yield from _draft4_enum(validator, enums, instance, schema)
 
 
-def _kw_required(validator: Any, required: Any, instance: Any, schema: Mapping[str, Any]):
+def _kw_required(validator: Any, required: Any, instance: Any, schema: Mapping[str, Any]) -> Iterator[ValidationError]:
     if not isinstance(instance, dict) or not isinstance(required, list):
         return
     for prop in required:
@@ -190,7 +190,7 @@ def _kw_required(validator: Any, required: Any, instance: Any, schema: Mapping[s
             yield ValidationError(f"{prop} is required", path=(prop,))
 
 
-def _kw_int_or_string(validator: Any, enabled: Any, instance: Any, schema: Mapping[str, Any]):
+def _kw_int_or_string(validator: Any, enabled: Any, instance: Any, schema: Mapping[str, Any]) -> Iterator[ValidationError]:
     if enabled is not True:
         return
     if instance is None and schema.get("nullable") is True:
@@ -239,7 +239,7 @@ def _is_date_time(value: Any) -> bool:
     return True
 
 
-_K8sValidator = validators.extend(
+_K8sValidator = validators.extend(  # type: ignore[no-untyped-call]
     Draft4Validator,
     validators={
         "type": _kw_type,
@@ -295,8 +295,8 @@ def _type_names(types: Any) -> str:
 def _problems(error: ValidationError) -> list[Problem]:
     path = format_path(error.absolute_path)
     keyword = error.validator
-    expected = error.validator_value
-    value = error.instance
+    expected: Any = error.validator_value
+    value: Any = error.instance
     schema = error.schema if isinstance(error.schema, Mapping) else {}
 
     if keyword == "type":
@@ -312,7 +312,8 @@ def _problems(error: ValidationError) -> list[Problem]:
         ]
     if keyword == "pattern":
         return [
-            Problem(path, "FieldValueInvalid", f"{describe_value(value)} does not match the pattern {describe_value(expected, 120)}")
+            Problem(path, "FieldValueInvalid",
+                    f"{describe_value(value)} does not match the pattern {describe_value(expected, 120)}")
         ]
     if keyword == "format":
         return [Problem(path, "FieldFormatInvalid", f"{describe_value(value)} is not a valid {expected}")]

@@ -17,6 +17,7 @@ import attrs
 from workspace_fsm.engine import (Config as EngineConfig, ConditionStore, Deadline, Edge, GoTo, Kind, Lifecycle,
                                   Owns, RecordFormat, Report, Run, State, WakeUp, Watches, by_labels,
                                   by_owner_reference, guard)
+from workspace_fsm.engine.hooks import ActionEvent, Counters, Hooks
 from workspace_fsm.engine.interpret import Decision, decide as _interpret
 from workspace_fsm.engine.record import HistoryEntry, Record
 from workspace_fsm.kaito import actions as A
@@ -585,6 +586,20 @@ TRANSITIONS: tuple[Edge, ...] = (
 )
 
 
+HOOKS = Hooks()
+ABOVE_TARGET_DELETED = HOOKS.counter(
+    "nodeclaims_above_target_deleted",
+    "NodeClaims deleted because a Workspace had more live ones than its targetNodeCount (committed passes only). "
+    "Any increase deserves a look: see the Workspace's NodeClaimAboveTarget Warning Events.")
+
+
+@HOOKS.on_action
+def count_above_target(event: ActionEvent, counters: Counters) -> None:
+    a = event.action
+    if isinstance(a, A.DeleteNodeClaim) and a.reason == ABOVE_TARGET:
+        counters.inc(ABOVE_TARGET_DELETED)
+
+
 WORKSPACE_KIND = Kind("kaito.sh/v1beta1", "Workspace", "workspaces")
 NODECLAIM_KIND = Kind("karpenter.sh/v1", "NodeClaim", "nodeclaims", namespaced=False)
 
@@ -605,7 +620,7 @@ WORKSPACE: Lifecycle[WorkspaceFacts] = Lifecycle(
     ),
     watches=(Watches(Kind("v1", "Node", "nodes", namespaced=False), label_selector=LABEL_WORKSPACE),),
     parse=parse_workspace, confirm=lambda ws, rec: confirmations(ws),
-    config=DEFAULT_CONFIG,
+    config=DEFAULT_CONFIG, hooks=HOOKS,
 )
 
 # The table's names as this module has always offered them.
