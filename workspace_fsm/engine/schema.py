@@ -190,7 +190,8 @@ def _kw_required(validator: Any, required: Any, instance: Any, schema: Mapping[s
             yield ValidationError(f"{prop} is required", path=(prop,))
 
 
-def _kw_int_or_string(validator: Any, enabled: Any, instance: Any, schema: Mapping[str, Any]) -> Iterator[ValidationError]:
+def _kw_int_or_string(validator: Any, enabled: Any, instance: Any,
+                      schema: Mapping[str, Any]) -> Iterator[ValidationError]:
     if enabled is not True:
         return
     if instance is None and schema.get("nullable") is True:
@@ -355,7 +356,8 @@ def _problems(error: ValidationError) -> list[Problem]:
             if inner:
                 return [Problem(path, inner[0].reason, inner[0].message)]
         what = "any" if keyword == "anyOf" else "exactly one"
-        return [Problem(path, "FieldValueInvalid", f"{describe_value(value)} does not match {what} of the allowed forms")]
+        return [Problem(path, "FieldValueInvalid",
+                        f"{describe_value(value)} does not match {what} of the allowed forms")]
     message = error.message
     if len(message) > 200:
         message = message[:200] + "..."
