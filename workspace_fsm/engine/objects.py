@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, overload
 
 import attrs
 
@@ -17,6 +17,14 @@ __all__ = ["Condition", "ObjectMeta", "format_time", "parse_time", "whole_second
 
 
 # --------------------------------------------------------------------------- time helpers
+
+
+@overload
+def parse_time(value: None) -> None: ...
+
+
+@overload
+def parse_time(value: str | datetime) -> datetime: ...
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -40,7 +48,7 @@ def whole_seconds(value: datetime) -> datetime:
     return value.replace(microsecond=0)
 
 
-def _opt(d: dict, key: str, value: Any) -> None:
+def _opt(d: dict[str, Any], key: str, value: Any) -> None:
     """Set ``d[key]`` only when the value was present in the source (round-trip exactness)."""
     if value is not None:
         d[key] = value

@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 import attrs
 
@@ -115,7 +115,7 @@ class ConditionStore:
     """The record as a condition of its own ``type`` in ``status.conditions`` (see the module's notes)."""
 
     type: str = "workspace-fsm/Lifecycle"
-    kind: ClassVar[str] = "condition"
+    kind: ClassVar[Literal["condition"]] = "condition"
 
 
 @attrs.frozen
@@ -123,14 +123,14 @@ class AnnotationStore:
     """The record as the annotation ``key`` (for a resource whose status has no conditions)."""
 
     key: str = "workspace-fsm.io/lifecycle"
-    kind: ClassVar[str] = "annotation"
+    kind: ClassVar[Literal["annotation"]] = "annotation"
 
 
 @attrs.frozen
 class RecordFormat:
     """How a lifecycle's record is typed, versioned and stored."""
 
-    data: type = NoBookkeeping
+    data: type[Bookkeeping] = NoBookkeeping
     version: int = 1
     # upgrades[n] turns a stored object of version n into one of version n + 1.
     upgrades: Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]] = attrs.field(factory=dict)
@@ -194,7 +194,8 @@ class RecordFormat:
         memo = getattr(status, "_memo", None)
         if memo is not None:
             try:
-                return memo["record"]
+                memoised: Record[Any] | None = memo["record"]
+                return memoised
             except KeyError:
                 pass
         if self.store.kind == "condition":
