@@ -38,6 +38,7 @@ class ResourceInfo:
     field_selectors: frozenset[str] = BASE_FIELDS
     return_deleted_object: bool = False
     name_rule: str = "subdomain"  # subdomain | label | dns1035 | path
+    scale_versions: dict[str, dict[str, str]] = field(default_factory=dict)  # version -> scale paths
 
     @property
     def list_kind(self) -> str:
@@ -54,6 +55,10 @@ class ResourceInfo:
 
     def api_version(self, version: str) -> str:
         return f"{self.group}/{version}" if self.group else version
+
+    def scale_for(self, version: str | None = None) -> dict[str, str] | None:
+        """The ``/scale`` paths (specReplicasPath, statusReplicasPath, labelSelectorPath) or None."""
+        return self.scale_versions.get(version or self.storage_version)
 
     def has_status(self, version: str | None = None) -> bool:
         return (version or self.storage_version) in self.status_versions
@@ -75,7 +80,11 @@ def version_priority_key(version: str) -> tuple[int, int, int, str]:
 
 def _b(group: str, version: str, plural: str, kind: str, *, namespaced: bool = True, short: Iterable[str] = (),
        categories: Iterable[str] = (), status: bool = False, fields: Iterable[str] = (),
-       singular: str | None = None, **kw: Any) -> ResourceInfo:
+       singular: str | None = None, scale: bool = False, **kw: Any) -> ResourceInfo:
+    if scale:
+        from workspace_fsm.testing.scale import BUILTIN_SCALE
+
+        kw["scale_versions"] = {version: dict(BUILTIN_SCALE)}
     return ResourceInfo(
         group=group, versions=[version], storage_version=version, plural=plural,
         singular=singular or kind.lower(), kind=kind, namespaced=namespaced, short_names=list(short),
@@ -110,11 +119,11 @@ def builtin_resources() -> list[ResourceInfo]:
            return_deleted_object=True, name_rule="dns1035"),
         _b("", "v1", "endpoints", "Endpoints", short=["ep"], singular="endpoints"),
         _b("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", short=["pvc"], status=True),
-        _b("apps", "v1", "deployments", "Deployment", short=["deploy"], categories=["all"], status=True),
-        _b("apps", "v1", "statefulsets", "StatefulSet", short=["sts"], categories=["all"], status=True),
+        _b("apps", "v1", "deployments", "Deployment", short=["deploy"], categories=["all"], status=True, scale=True),
+        _b("apps", "v1", "statefulsets", "StatefulSet", short=["sts"], categories=["all"], status=True, scale=True),
         _b("apps", "v1", "daemonsets", "DaemonSet", short=["ds"], categories=["all"], status=True),
         _b("apps", "v1", "replicasets", "ReplicaSet", short=["rs"], categories=["all"], status=True,
-           fields=["status.replicas"]),
+           fields=["status.replicas"], scale=True),
         _b("apps", "v1", "controllerrevisions", "ControllerRevision"),
         _b("batch", "v1", "jobs", "Job", categories=["all"], status=True, fields=["status.successful"]),
         _b("batch", "v1", "cronjobs", "CronJob", short=["cj"], categories=["all"], status=True),
@@ -172,6 +181,7 @@ def resource_from_crd(crd: Mapping[str, Any]) -> ResourceInfo:
     schemas: dict[str, dict[str, Any]] = {}
     columns: dict[str, list[dict[str, Any]]] = {}
     status_versions = set()
+    scale_versions: dict[str, dict[str, str]] = {}
     selectable: set[str] = set()
     top_sub = spec.get("subresources") or {}
     top_cols = spec.get("additionalPrinterColumns")
@@ -184,6 +194,11 @@ def resource_from_crd(crd: Mapping[str, Any]) -> ResourceInfo:
         sub = v.get("subresources") or top_sub
         if isinstance(sub, Mapping) and "status" in sub:
             status_versions.add(vname)
+        if isinstance(sub, Mapping) and isinstance(sub.get("scale"), Mapping):
+            sc = sub["scale"]
+            if isinstance(sc.get("specReplicasPath"), str) and isinstance(sc.get("statusReplicasPath"), str):
+                scale_versions[vname] = {k: str(sc[k]) for k in ("specReplicasPath", "statusReplicasPath",
+                                                                 "labelSelectorPath") if isinstance(sc.get(k), str)}
         cols = v.get("additionalPrinterColumns", top_cols)
         columns[vname] = [dict(c) for c in cols or [] if isinstance(c, Mapping)]
         for sf in v.get("selectableFields") or []:
@@ -195,6 +210,7 @@ def resource_from_crd(crd: Mapping[str, Any]) -> ResourceInfo:
         short_names=list(names.get("shortNames") or []), categories=list(names.get("categories") or []),
         status_versions=frozenset(status_versions), custom=True, crd=dict(crd), schemas=schemas, columns=columns,
         field_selectors=BASE_FIELDS | frozenset(selectable), return_deleted_object=True,
+        scale_versions=scale_versions,
     )
 
 
@@ -279,6 +295,10 @@ class Registry:
             if info.has_status(version):
                 resources.append({"name": f"{info.plural}/status", "singularName": "", "namespaced": info.namespaced,
                                   "kind": info.kind, "verbs": ["get", "patch", "update"]})
+            if info.scale_for(version):
+                resources.append({"name": f"{info.plural}/scale", "singularName": "", "namespaced": info.namespaced,
+                                  "group": "autoscaling", "version": "v1", "kind": "Scale",
+                                  "verbs": ["get", "patch", "update"]})
         return {"kind": "APIResourceList", "apiVersion": "v1",
                 "groupVersion": f"{group}/{version}" if group else version, "resources": resources}
 

@@ -27,6 +27,8 @@ from workspace_fsm.testing.listing import (EXPIRED_LIST, INCONSISTENT_CONTINUE, 
                                            parse_rv, storage_key, too_large_rv)
 from workspace_fsm.testing.meta import cause
 from workspace_fsm.testing.options import delete_options, write_options
+from workspace_fsm.testing.patch import PatchError, PatchFormatError, json_patch, merge_patch
+from workspace_fsm.testing.scale import apply_scale, to_scale
 from workspace_fsm.testing.resources import ResourceInfo
 from workspace_fsm.testing.selectors import SelectorError, parse_field_selector, parse_label_selector
 from workspace_fsm.testing.store import Event, Store, parse_patch_type
@@ -460,7 +462,8 @@ class TestAPIServer:
             raise APIError.path_not_found()
         if info.namespaced and namespace is None and name is not None:
             raise APIError.path_not_found()
-        if sub is not None and not (sub == "status" and info.has_status(version)):
+        if sub is not None and not ((sub == "status" and info.has_status(version))
+                                    or (sub == "scale" and info.scale_for(version))):
             raise APIError.path_not_found()
         return _Route(info, version, namespace, name, sub)
 
@@ -573,6 +576,9 @@ class TestAPIServer:
             obj = self.store.get_stored(route.info, route.namespace or "", route.name or "")
             if obj is None:
                 raise APIError.not_found(route.info, route.name or "")
+            if route.subresource == "scale":
+                self._send(h, 200, to_scale(route.info.scale_for(route.version) or {}, obj, route.info.custom))
+                return
             view = self._view(route, obj)
             accept = h.headers.get("Accept", "")
             if _is_table(accept):
@@ -877,6 +883,9 @@ class TestAPIServer:
         opts = write_options("UpdateOptions", h.query_lists)
         dry, fv = opts.dry_run, opts.field_validation
         doc = self._parse_body(h, body)
+        if route.subresource == "scale":
+            self._write_scale(h, route, lambda current: doc, dry)
+            return
         warnings: list[str] = []
         obj = self.store.update(route.info, route.version, route.namespace or "", route.name or "", doc,
                                 subresource=route.subresource, dry_run=dry, field_validation=fv, warnings=warnings)
@@ -905,11 +914,44 @@ class TestAPIServer:
                 patch = json.loads(body)
             except ValueError as exc:
                 raise APIError.bad_request(f"error decoding patch: {exc}") from None
+        if route.subresource == "scale":
+            if patch_type == "apply":
+                raise APIError.unsupported_media_type(patch_type, accepted[:3])
+
+            def patched(current: dict[str, Any]) -> Any:
+                try:
+                    if patch_type == "json":
+                        return json_patch(current, patch)
+                    if not isinstance(patch, dict):
+                        raise APIError.bad_request("a merge patch must be a JSON object")
+                    return merge_patch(current, patch)
+                except PatchFormatError as exc:
+                    raise APIError.bad_request(str(exc)) from None
+                except PatchError as exc:
+                    raise APIError.unprocessable(str(exc)) from None
+            self._write_scale(h, route, patched, dry)
+            return
         warnings: list[str] = []
         obj, created = self.store.patch(route.info, route.version, route.namespace or "", route.name or "",
                                         patch_type, patch, subresource=route.subresource, dry_run=dry,
                                         field_validation=fv, warnings=warnings)
         self._send(h, 201 if created else 200, obj, self._warning_headers(warnings))
+
+    def _write_scale(self, h: _Handler, route: _Route, make: Any, dry: bool) -> None:
+        """PUT or PATCH of ``/scale``: the new Scale's replicas written to the object (lock held throughout)."""
+        info, ns, name = route.info, route.namespace or "", route.name or ""
+        paths = info.scale_for(route.version) or {}
+        with self.store.lock:
+            old = self.store.get_stored(info, ns, name)
+            if old is None:
+                raise APIError.not_found(info, name)
+            body = make(to_scale(paths, old, info.custom))
+            new = apply_scale(paths, self.store.render(info, old, route.version), body, name)
+            rv = new["metadata"].get("resourceVersion")
+            if rv and rv != old["metadata"]["resourceVersion"]:
+                raise APIError.conflict(info, name)
+            result = self.store.update(info, route.version, ns, name, new, dry_run=dry)
+            self._send(h, 200, to_scale(paths, result, info.custom))
 
     def _deleted_response(self, route: _Route, obj: dict[str, Any], gone: bool) -> dict[str, Any]:
         if gone and not route.info.return_deleted_object:
