@@ -24,6 +24,7 @@ from transitions import Machine
 
 from workspace_fsm.engine.actions import Action, WakeUp
 from workspace_fsm.engine.kinds import Kind, Owns, Watches
+from workspace_fsm.engine.objects import Condition
 from workspace_fsm.engine.record import NoBookkeeping, Record, RecordFormat
 
 if TYPE_CHECKING:
@@ -128,7 +129,7 @@ class Deadline:
 
 # ----------------------------------------------------------------------------- rows
 
-Step = Callable[[Any, Any, list], Any]  # (facts, data, out) -> data
+Step = Callable[[Any, Any, list[Action]], Any]  # (facts, data, out) -> data
 Projection = Callable[[Any], Iterable[tuple[str, str, str, str]]]  # facts -> (type, status, reason, message)
 
 
@@ -174,7 +175,7 @@ def default_project(summary_field: str) -> Callable[..., Any]:
     """The status of a :class:`~workspace_fsm.engine.resource.Resource`: the conditions, the summary in
     ``status.<summary_field>``, the state's fields; every other status field kept."""
 
-    def project(obj: Any, f: Facts | None, state: str | None, conditions: tuple, summary: str | None,
+    def project(obj: Any, f: Facts | None, state: str | None, conditions: tuple[Condition, ...], summary: str | None,
                 fields: Mapping[str, Any] | None = None) -> Any:
         from workspace_fsm.engine.resource import Status
 
@@ -254,8 +255,10 @@ class Lifecycle(Generic[F]):
         self._event = event
         # The fast path a pass takes: the machine's own transition list per state, guards in order.
         # tests/test_engine.py checks it answers as transitions' Event.trigger does, for every lifecycle.
+        # (transitions types a destination as optional and a condition as a callable or a method name: every
+        # edge declared here has a destination and a callable guard.)
         self._out: dict[str, tuple[tuple[str, tuple[Callable[[Any], bool], ...]], ...]] = {
-            state: tuple((t.dest, tuple(c.func for c in t.conditions)) for t in ts)
+            state: tuple((t.dest, tuple(c.func for c in t.conditions)) for t in ts)  # type: ignore[misc]
             for state, ts in event.transitions.items()
         }
         # Timers per state: the state's own, then those of every state.
@@ -263,8 +266,8 @@ class Lifecycle(Generic[F]):
             s.name: s.wake + self.wake for s in self.state_table}
         self._why: dict[tuple[str, str], str] = {}
         for e in self.edges:
-            for s in e.sources:
-                self._why.setdefault((s, e.dest), e.guard.__name__)
+            for source in e.sources:
+                self._why.setdefault((source, e.dest), e.guard.__name__)
 
     # ------------------------------------------------------------------ checks and machine
 
@@ -281,9 +284,10 @@ class Lifecycle(Generic[F]):
             if getattr(e.guard, "__name__", "<lambda>") == "<lambda>":
                 raise LifecycleError(f"lifecycle {n}: the guard of {e.sources} -> {e.dest} needs a name "
                                      f"(a def, not a lambda): history and explain show it")
-        for s in self.state_table:
-            if s.deadline is not None and isinstance(s.deadline.then, GoTo) and s.deadline.then.state not in self.states:
-                raise LifecycleError(f"lifecycle {n}: the deadline of {s.name} goes to undeclared {s.deadline.then.state}")
+        for row in self.state_table:
+            then = row.deadline.then if row.deadline is not None else None
+            if isinstance(then, GoTo) and then.state not in self.states:
+                raise LifecycleError(f"lifecycle {n}: the deadline of {row.name} goes to undeclared {then.state}")
         reachable = {self.initial}
         frontier = [self.initial]
         while frontier:
@@ -361,7 +365,7 @@ class Lifecycle(Generic[F]):
         from transitions.extensions.diagrams import GraphMachine
 
         class _Model:
-            pass
+            get_graph: Callable[..., Any]  # added by GraphMachine.add_model
 
         gm = self._build_machine(GraphMachine, graph_engine="mermaid", show_conditions=True,
                                  title=title or f"{self.resource.kind} lifecycle")
