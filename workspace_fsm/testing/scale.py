@@ -113,7 +113,8 @@ def apply_scale(scale: dict[str, Any], obj: dict[str, Any], body: Any, name: str
     replicas = (body.get("spec") or {}).get("replicas", 0) if isinstance(body.get("spec"), dict) else 0
     if isinstance(replicas, bool) or not isinstance(replicas, int):
         raise APIError.bad_request(f"Scale in version \"v1\" cannot be handled as a Scale: json: cannot unmarshal "
-                                   f"{type(replicas).__name__} into Go struct field ScaleSpec.spec.replicas of type int32")
+                                   f"{type(replicas).__name__} into Go struct field ScaleSpec.spec.replicas "
+                                   f"of type int32")
     if replicas < 0:
         details = {"name": name, "group": "autoscaling", "kind": "Scale", "causes": [
             cause("spec.replicas", "FieldValueInvalid",
