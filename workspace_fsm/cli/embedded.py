@@ -51,11 +51,12 @@ class RunnerThread:
 
 class EmbeddedCluster:
     def __init__(self, *, time_scale: float = 60.0, seed: int = 1, port: int = 0, params=None,
-                 request_timeout: float = EMBEDDED_REQUEST_TIMEOUT) -> None:
+                 request_timeout: float = EMBEDDED_REQUEST_TIMEOUT, crds=()) -> None:
         from workspace_fsm.testing import TestAPIServer
 
         self.request_timeout = request_timeout
-        self.server = TestAPIServer(crds=crd_paths(), port=port, request_timeout=request_timeout)
+        extra = [Path(p) for p in crds if Path(p) not in crd_paths()]
+        self.server = TestAPIServer(crds=crd_paths() + extra, port=port, request_timeout=request_timeout)
         self.time_scale = time_scale
         self.seed = seed
         self.params = params  # adapters.simulated.params.SimParams: latencies and failure rates
@@ -85,6 +86,31 @@ class EmbeddedCluster:
         if self.controllers is not None:
             self.controllers.stop()
         self.server.stop()
+
+
+def apply_file(api, path: str, namespace: str = "default") -> list[str]:
+    """Create every object of a YAML file (as ``kubectl create -f``); one line per object, or why it failed."""
+    import yaml
+    from kubernetes import utils
+    from kubernetes.client import CustomObjectsApi
+    from kubernetes.client.exceptions import ApiException
+
+    out = []
+    for doc in yaml.safe_load_all(Path(path).read_text()):
+        if not isinstance(doc, dict):
+            continue
+        kind, name = doc.get("kind"), (doc.get("metadata") or {}).get("name")
+        group, _, version = str(doc.get("apiVersion", "")).rpartition("/")
+        try:
+            if group and "." in group and not group.endswith("k8s.io"):  # a custom resource
+                CustomObjectsApi(api).create_namespaced_custom_object(group, version, namespace,
+                                                                      kind.lower() + "s", doc)
+            else:
+                utils.create_from_dict(api, doc, namespace=namespace)
+            out.append(f"created {kind} {namespace}/{name} from {path}")
+        except (ApiException, utils.FailToCreateError) as exc:
+            out.append(f"could not create {kind} {namespace}/{name} from {path}: {exc}")
+    return out
 
 
 def add_cluster_parser(sub: argparse._SubParsersAction) -> None:
@@ -135,7 +161,8 @@ def run_embedded(args: argparse.Namespace, *, health=None, catalogue=None) -> in
     tmp = Path(tempfile.mkdtemp(prefix="workspace-fsm-"))
     cluster = None
     try:
-        cluster = EmbeddedCluster(time_scale=args.time_scale)
+        crds = [c for lc in getattr(args, "lifecycles", None) or () for c in lc.crds]
+        cluster = EmbeddedCluster(time_scale=args.time_scale, crds=crds)
         if getattr(args, "api_request_timeout", None) is None:
             args.api_request_timeout = cluster.request_timeout
         path = cluster.start(tmp / "kubeconfig")
@@ -145,6 +172,9 @@ def run_embedded(args: argparse.Namespace, *, health=None, catalogue=None) -> in
         if health is not None:
             print(f"  {probes_line(health)}", flush=True)
         print("  (the kubeconfig's directory is removed when this stops)", flush=True)
+        for f in getattr(args, "apply", None) or ():
+            for line in apply_file(cluster.api, f):
+                print(f"  {line}", flush=True)
         return run_against(cluster.api, args, health=health, catalogue=catalogue)
     finally:
         try:

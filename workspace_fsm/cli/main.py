@@ -8,14 +8,18 @@ from collections.abc import Sequence
 
 
 def _cmd_diagram(args: argparse.Namespace) -> int:
+    from workspace_fsm.cli.diagram import lifecycle_markdown
+    from workspace_fsm.cli.lifecycles import LifecycleNotFound, load_lifecycle
+
+    try:
+        lc = load_lifecycle(args.lifecycle)
+    except LifecycleNotFound as exc:
+        print(f"workspace-fsm diagram: {exc}", file=sys.stderr)
+        return 2
     if args.markdown:
-        from workspace_fsm.cli.diagram import lifecycle_markdown
-
-        sys.stdout.write(lifecycle_markdown())
+        sys.stdout.write(lifecycle_markdown(lc))
     else:
-        from workspace_fsm.kaito.workspace import mermaid
-
-        sys.stdout.write(mermaid())
+        sys.stdout.write(lc.mermaid(f"{lc.resource.kind} lifecycle"))
     return 0
 
 
@@ -51,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("diagram", help="print the lifecycle state machine as Mermaid, generated from the live table")
-    p.add_argument("--markdown", action="store_true", help="print the whole docs/lifecycle.md (diagram, states, guards)")
+    p.add_argument("--markdown", action="store_true", help="print the whole reference page (diagram, states, guards)")
+    p.add_argument("--lifecycle", default="workspace", metavar="NAME|MODULE:ATTR",
+                   help="workspace (default), ragengine, or an author's lifecycle (package.module:ATTR, file.py:ATTR)")
     p.set_defaults(func=_cmd_diagram)
 
     p = sub.add_parser("validate", help="check Workspace manifests offline (exit 0 all valid, 1 invalid, 2 unreadable)")

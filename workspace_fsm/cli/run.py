@@ -57,6 +57,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "replaced only after this plus 16 s, unless the server refused its create outright")
     p.add_argument("--time-scale", type=float, default=60.0,
                    help="with --embedded: how many times faster than real the simulated cluster runs (default 60)")
+    p.add_argument("--lifecycle", action="append", metavar="NAME|MODULE:ATTR",
+                   help="a lifecycle to drive: workspace, ragengine, or an author's (package.module:ATTR or "
+                        "path/to/file.py:ATTR); repeatable. Default: every built-in whose CRD the cluster serves")
+    p.add_argument("--apply", action="append", metavar="FILE",
+                   help="with --embedded: create the objects in this YAML file once the cluster is up; repeatable")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=run)
 
@@ -180,6 +185,16 @@ def run(args: argparse.Namespace) -> int:
     from workspace_fsm.cli.main import load_catalogue
 
     setup_logging(args.log_level)
+    from workspace_fsm.cli.lifecycles import LifecycleNotFound, load_lifecycle
+
+    try:
+        args.lifecycles = [load_lifecycle(spec) for spec in (args.lifecycle or ())]
+    except LifecycleNotFound as exc:
+        print(f"workspace-fsm run: {exc}", file=sys.stderr)
+        return 2
+    if args.apply and not args.embedded:
+        print("workspace-fsm run: --apply needs --embedded (against a real cluster, use kubectl apply)", file=sys.stderr)
+        return 2
     if args.health_port is None:
         args.health_port = AUTO if args.embedded else DEFAULT_HEALTH_PORT
     try:
@@ -248,18 +263,27 @@ def run_against(api, args: argparse.Namespace, stop: threading.Event | None = No
         health = bind_health_server(getattr(args, "health_port", 0))
     workers = getattr(args, "workers", 5)
     namespace = getattr(args, "namespace", None)
-    adapter, queue, reconciler, runner = build_runner(api, namespace=namespace, workers=workers,
-                                                      byo_nodes=getattr(args, "byo_nodes", False),
-                                                      api_request_timeout_s=getattr(args, "api_request_timeout", None) or 60.0,
-                                                      catalogue=catalogue)
+    controllers = []  # (lifecycle name, adapter, queue, reconciler, runner)
+    for lc in _lifecycles(api, args):
+        if lc.name == "workspace":
+            adapter, queue, reconciler, runner = build_runner(
+                api, namespace=namespace, workers=workers, byo_nodes=getattr(args, "byo_nodes", False),
+                api_request_timeout_s=getattr(args, "api_request_timeout", None) or 60.0, catalogue=catalogue)
+        else:
+            adapter, queue, reconciler, runner = build_lifecycle_runner(
+                api, lc, namespace=namespace, workers=workers,
+                api_request_timeout_s=getattr(args, "api_request_timeout", None) or 60.0)
+        controllers.append((lc, adapter, queue, reconciler, runner))
     reachability = Reachability(getattr(api.configuration, "host", None) or "the API server", hint=unreachable_hint,
                                 logger=log)
-    for informer in adapter.informers:
+    informers = [i for c in controllers for i in c[1].informers]
+    for informer in informers:
         informer.reachability = reachability
-    synced = lambda: all(i.synced for i in adapter.informers)  # noqa: E731
+    synced = lambda: all(i.synced for i in informers)  # noqa: E731
     if health is not None:
         from workspace_fsm.engine.metrics import build_registry
 
+        _, adapter, queue, reconciler, _ = controllers[0]
         serve_health(health, ready=synced, alive=lambda: not stop.is_set(),
                      registry=build_registry(adapter, queue, reconciler, workers=workers))
         log.info("serving /healthz, /readyz and /metrics on port %d", health.port)
@@ -268,9 +292,11 @@ def run_against(api, args: argparse.Namespace, stop: threading.Event | None = No
             signal.signal(sig, lambda *_: stop.set())
         except ValueError:  # not the main thread (tests): the caller's stop event is enough
             pass
+    kinds = ", ".join(f"{c[0].resource.kind}s ({c[0].name})" for c in controllers)
     try:
-        adapter.start()
-        log.info("watching Workspaces%s; %d workers", f" in namespace {namespace}" if namespace else "", workers)
+        for c in controllers:
+            c[1].start()
+        log.info("watching %s%s; %d workers each", kinds, f" in namespace {namespace}" if namespace else "", workers)
         started_at = time.monotonic()
         working = ready = False
         last = started_at
@@ -278,22 +304,72 @@ def run_against(api, args: argparse.Namespace, stop: threading.Event | None = No
             now = time.monotonic()
             if not ready and synced():
                 ready = True
-                log.info("caches synced (%d Workspaces): ready", len(adapter.keys()))
+                log.info("caches synced (%s): ready", ", ".join(f"{len(c[1].keys())} {c[0].resource.kind}s"
+                                                              for c in controllers))
             if not working and (ready or now - started_at >= SYNC_GRACE_S):
                 if not ready and reachability.reachable:
                     log.warning("caches not synced after %gs; starting anyway, they will catch up", SYNC_GRACE_S)
-                runner.start()
+                for c in controllers:
+                    c[4].start()
                 working = True
             if working and now - last >= 30:
                 last = now
-                log.info("%d Workspaces watched, %d passes so far, queue: %d ready, %d waiting", len(adapter.keys()),
-                         reconciler.passes, queue.ready_count, queue.waiting_count)
+                for lc, adapter, queue, reconciler, _ in controllers:
+                    log.info("%d %ss watched, %d passes so far, queue: %d ready, %d waiting", len(adapter.keys()),
+                             lc.resource.kind, reconciler.passes, queue.ready_count, queue.waiting_count)
             stop.wait(1.0 if ready else 0.1)
         log.info("stopping: finishing passes in flight")
     finally:
-        runner.stop()
-        adapter.stop()
+        for c in controllers:
+            c[4].stop()
+            c[1].stop()
         if health is not None:
             health.close()
-    log.info("stopped after %d passes", reconciler.passes)
+    log.info("stopped after %d passes", sum(c[3].passes for c in controllers))
     return 0
+
+
+def _lifecycles(api, args: argparse.Namespace) -> list:
+    """The lifecycles to drive: the ones named, else every built-in whose resource the cluster serves."""
+    named = getattr(args, "lifecycles", None)
+    if named:
+        return list(named)
+    from workspace_fsm.cli.lifecycles import BUILTIN, LifecycleNotFound, load_lifecycle
+
+    chosen = []
+    for name in BUILTIN:
+        try:
+            lc = load_lifecycle(name)
+        except LifecycleNotFound:
+            continue  # not in this build
+        if name == "workspace" or _served(api, lc.resource):
+            chosen.append(lc)
+    return chosen
+
+
+def _served(api, kind) -> bool:
+    from kubernetes import client as k8s
+
+    try:
+        k8s.CustomObjectsApi(api).list_cluster_custom_object(kind.group, kind.version, kind.plural, limit=1,
+                                                             _request_timeout=10)
+        return True
+    except Exception:
+        return False
+
+
+def build_lifecycle_runner(api, lifecycle, *, namespace: str | None = None, workers: int = 5,
+                           api_request_timeout_s: float = 60.0):
+    """The generic adapter, queue, reconciler and threaded runner for an author's lifecycle."""
+    import attrs
+
+    from workspace_fsm.adapters.kubernetes.generic import ResourceAdapter
+    from workspace_fsm.engine.queue import WorkQueue
+    from workspace_fsm.engine.runner import FsmReconciler, ThreadedRunner
+
+    adapter = ResourceAdapter(api, lifecycle, namespace=namespace)
+    queue: WorkQueue[str] = WorkQueue(time.monotonic)
+    adapter.set_event_handler(queue.add)
+    config = attrs.evolve(lifecycle.config, api_request_timeout=timedelta(seconds=api_request_timeout_s))
+    reconciler = FsmReconciler(adapter, time.time, config=config, epoch=datetime(1970, 1, 1, tzinfo=timezone.utc))
+    return adapter, queue, reconciler, ThreadedRunner(reconciler, queue, workers=workers)

@@ -205,7 +205,8 @@ class Lifecycle(Generic[F]):
     - ``on_write``: trims bookkeeping that is worth no write of its own when the status is written anyway.
     - ``parse``: the adapters' dict -> resource; ``snapshot``, ``render``, ``confirm``: how the Kubernetes
       adapter builds the snapshot, turns actions into requests, and which absences it must confirm.
-    - ``config``: the default configuration.
+    - ``config``: the default configuration; ``hooks``: :class:`~workspace_fsm.engine.hooks.Hooks`;
+      ``crds``: paths of the resource's CRD manifests (the embedded test cluster installs them).
     """
 
     def __init__(self, name: str, *, resource: Kind, states: Sequence[State], edges: Sequence[Edge],
@@ -216,7 +217,8 @@ class Lifecycle(Generic[F]):
                  owns: Sequence[Owns] = (), watches: Sequence[Watches] = (), parse: Callable[..., Any] | None = None,
                  snapshot: Callable[..., Any] | None = None, render: Callable[..., Any] | None = None,
                  confirm: Callable[[Any, Record[Any] | None], Iterable[str]] | None = None,
-                 config: Config | None = None, doc: str = "", hooks: Any = None, summary_field: str = "state") -> None:
+                 config: Config | None = None, doc: str = "", hooks: Any = None, summary_field: str = "state",
+                 crds: Sequence[Any] = ()) -> None:
         self.name = name
         self.doc = doc
         self.resource = resource
@@ -244,6 +246,7 @@ class Lifecycle(Generic[F]):
         self.confirm = confirm or (lambda obj, rec: ())
         self.config = config or Config()
         self.hooks = hooks
+        self.crds = tuple(crds)  # CRD manifests of its resource (paths): what the embedded cluster installs
         declared = tuple(edges)
         if deleting is not None:
             live = tuple(s.name for s in self.state_table if s.name != deleting)

@@ -1,0 +1,141 @@
+"""A complete operator for a small custom resource, ``Website`` (tutorial.example.com/v1; CRD in crd.yaml).
+
+A Website serves ``spec.message`` with ``spec.replicas`` web servers: a ConfigMap holds the page, a Deployment
+serves it. Run it against the embedded test API server in one command (from the repository root):
+
+    workspace-fsm run --embedded --lifecycle examples/website/website.py:WEBSITE --apply examples/website/hello.yaml
+
+docs/authoring.md walks through this file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+from pathlib import Path
+
+from workspace_fsm.engine import (Create, Deadline, Edge, GoTo, Kind, Lifecycle, Owns, Patch, State,
+                                  by_owner_reference, guard)
+
+WEBSITE_KIND = Kind("tutorial.example.com/v1", "Website", "websites")
+CONFIGMAP = Kind("v1", "ConfigMap", "configmaps")
+DEPLOYMENT = Kind("apps/v1", "Deployment", "deployments")
+REVISION = "tutorial.example.com/revision"  # the spec a Deployment was built from
+
+
+def revision(f) -> str:
+    return hashlib.sha256(json.dumps(dict(f.obj.spec), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def deployment(f):
+    return f.snap.one("Deployment", f.obj.name)
+
+
+def _shows(f) -> str:
+    d = deployment(f)
+    if d is None:
+        return "no Deployment yet"
+    st = d.get("status") or {}
+    return f"Deployment {f.obj.name}: {st.get('readyReplicas', 0)}/{f.obj.spec.get('replicas', 1)} ready"
+
+
+# ------------------------------------------------------------------ guards: pure, they answer at once
+
+def spec_valid(f) -> bool:
+    """The spec can be acted on (the CRD's schema and validate() below have accepted it)."""
+    return not f.obj.problems
+
+
+@guard(shows=_shows)
+def site_ready(f) -> bool:
+    """The Deployment of the current spec has all its replicas ready."""
+    d = deployment(f)
+    if d is None or (d["metadata"].get("annotations") or {}).get(REVISION) != revision(f):
+        return False
+    st = d.get("status") or {}
+    fresh = st.get("observedGeneration", 0) >= d["metadata"].get("generation", 0)
+    return fresh and st.get("readyReplicas", 0) >= f.obj.spec.get("replicas", 1)
+
+
+def site_unready(f) -> bool:
+    """Replicas were lost or the spec changed."""
+    return not site_ready(f)
+
+
+# ------------------------------------------------------------------ steps: ask for what must exist
+
+def ensure_site(f, data, out):
+    """The page's ConfigMap and the Deployment exist and match the spec."""
+    name, rev, replicas = f.obj.name, revision(f), f.obj.spec.get("replicas", 1)
+    page = {"index.html": f.obj.spec["message"]}
+    if f.snap.one("ConfigMap", name + "-page") is None:
+        out.append(Create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name + "-page"},
+                           "data": page}))
+    elif dict(f.snap.one("ConfigMap", name + "-page").get("data") or {}) != page:
+        out.append(Patch("v1", "ConfigMap", name + "-page", {"data": page}))
+    labels = {"app": name}
+    spec = {"replicas": replicas, "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels, "annotations": {REVISION: rev}},
+                         "spec": {"containers": [{"name": "web", "image": "nginx:1.27",
+                                                  "volumeMounts": [{"name": "page", "mountPath": "/usr/share/nginx/html"}]}],
+                                  "volumes": [{"name": "page", "configMap": {"name": name + "-page"}}]}}}
+    d = deployment(f)
+    if d is None:
+        out.append(Create({"apiVersion": "apps/v1", "kind": "Deployment",
+                           "metadata": {"name": name, "labels": labels, "annotations": {REVISION: rev}}, "spec": spec}))
+    elif (d["metadata"].get("annotations") or {}).get(REVISION) != rev:
+        out.append(Patch("apps/v1", "Deployment", name, {"metadata": {"annotations": {REVISION: rev}}, "spec": spec}))
+    return data
+
+
+# ------------------------------------------------------------------ status: what users read
+
+def show_waiting(f):
+    return [("Ready", "False", "Deploying", f"waiting for {f.obj.spec.get('replicas', 1)} replica(s)")]
+
+
+def show_ready(f):
+    return [("Ready", "True", "Serving", f"{f.obj.spec.get('replicas', 1)} replica(s) serve the page")]
+
+
+def show_failed(f):
+    return [("Ready", "False", "DeployTimedOut", "not ready 10 minutes after the spec was applied; fix and re-apply")]
+
+
+def validate(doc):
+    from workspace_fsm.engine import Problem
+
+    message = (doc.get("spec") or {}).get("message")
+    if not isinstance(message, str) or not message.strip():
+        yield Problem("spec.message", "MessageEmpty", "spec.message must be a non-empty string")
+
+
+def parse(doc):
+    from workspace_fsm.engine import Resource
+
+    return Resource.from_dict(doc, validate=validate)
+
+
+# ------------------------------------------------------------------ the table
+
+WEBSITE = Lifecycle(
+    "website", resource=WEBSITE_KIND, summary_field="phase", conditions=("Ready",), invalid="Ready", parse=parse,
+    crds=(Path(__file__).with_name("crd.yaml"),),
+    owns=(Owns(CONFIGMAP, by_owner_reference("Website")), Owns(DEPLOYMENT, by_owner_reference("Website"))),
+    states=(
+        State("Pending", "Accepted; nothing created yet. An invalid spec waits here.", summary="Pending"),
+        State("Deploying", "ConfigMap and Deployment created; waiting for the replicas.", ensure=(ensure_site,),
+              deadline=Deadline(timedelta(minutes=10), "DeployTimedOut", GoTo("Failed")),
+              conditions=show_waiting, summary="Deploying"),
+        State("Ready", "Serving the page.", ensure=(ensure_site,), conditions=show_ready, summary="Ready"),
+        State("Failed", "Not ready in time; a new spec starts again.", terminal=True, ensure=(ensure_site,),
+              conditions=show_failed, summary="Failed"),
+    ),
+    edges=(
+        Edge("Pending", "Deploying", spec_valid),
+        Edge("Deploying", "Ready", site_ready),
+        Edge("Ready", "Deploying", site_unready),
+        Edge("Failed", "Ready", site_ready),
+    ),
+)
