@@ -77,7 +77,7 @@ class APIError(Exception):
 
     @classmethod
     def bad_request(cls, message: str) -> APIError:
-        return cls(400, "BadRequest", message, {})
+        return cls(400, "BadRequest", message, None)  # errors.NewBadRequest sets no details
 
     @classmethod
     def forbidden(cls, info: Any, name: str, why: str, causes: list[dict[str, str]] | None = None) -> APIError:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workspace_fsm.engine.schema import apply_defaults, prune, validate
+from workspace_fsm.testing.builtins import admit_builtin
 from workspace_fsm.testing.errors import APIError
 from workspace_fsm.testing.meta import cause, schema_causes, validate_metadata
 from workspace_fsm.testing.patch import PatchError, PatchFormatError, json_patch, merge_patch, strategic_merge_patch
@@ -342,6 +343,7 @@ class Store:
             if info.create_status is not None:
                 obj["status"] = copy.deepcopy(info.create_status)
             obj, causes = self._schema_admit(info, version, obj, name, field_validation, warnings)
+            causes = admit_builtin(info.key(), obj, None) + causes
             meta = obj["metadata"]
             causes = validate_metadata(meta, info.name_rule, creating=True) + causes
             crd_info = None
@@ -497,6 +499,8 @@ class Store:
         new["apiVersion"] = old["apiVersion"]
         new["kind"] = info.kind
         new, causes = self._schema_admit(info, version, new, name, field_validation, warnings)
+        if not internal:
+            causes = admit_builtin(info.key(), new, old) + causes
         meta = new["metadata"]
         causes = validate_metadata(meta, info.name_rule, creating=False, old_meta=old_meta) + causes
         crd_info = None

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from workspace_fsm.testing.jsonpath import JSONPathError, compile_path, find
+from workspace_fsm.testing.printers import PRINTERS
 from workspace_fsm.testing.resources import ResourceInfo
 
 __all__ = ["to_table", "human_duration", "partial_metadata"]
@@ -105,6 +106,8 @@ def columns_for(info: ResourceInfo, version: str) -> list[dict[str, Any]]:
 
 def to_table(info: ResourceInfo, version: str, objects: list[dict[str, Any]], resource_version: str | None,
              include_object: str = "Metadata", headers: bool = True) -> dict[str, Any]:
+    if not info.custom and info.key() in PRINTERS:
+        return _builtin_table(PRINTERS[info.key()], objects, resource_version, include_object, headers)
     cols = columns_for(info, version)
     compiled = []
     for c in cols:
@@ -126,6 +129,33 @@ def to_table(info: ResourceInfo, version: str, objects: list[dict[str, Any]], re
             row["object"] = obj
         elif include_object != "None":
             row["object"] = partial_metadata(obj)
+        rows.append(row)
+    table: dict[str, Any] = {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {}}
+    if resource_version:
+        table["metadata"]["resourceVersion"] = resource_version
+    table["columnDefinitions"] = defs if headers else None
+    table["rows"] = rows
+    return table
+
+
+def _row_object(obj: dict[str, Any], include_object: str) -> dict[str, Any] | None:
+    if include_object == "Object":
+        return obj
+    if include_object != "None":
+        return partial_metadata(obj)
+    return None
+
+
+def _builtin_table(columns: list[Any], objects: list[dict[str, Any]], resource_version: str | None,
+                   include_object: str, headers: bool) -> dict[str, Any]:
+    defs = [{"name": name, "type": kind, "format": "name" if name == "Name" and priority == 0 else "",
+             "description": desc, "priority": priority} for name, kind, desc, priority, _ in columns]
+    rows = []
+    for obj in objects:
+        row: dict[str, Any] = {"cells": [cell(obj) for *_, cell in columns]}
+        ref = _row_object(obj, include_object)
+        if ref is not None:
+            row["object"] = ref
         rows.append(row)
     table: dict[str, Any] = {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {}}
     if resource_version:
