@@ -39,7 +39,7 @@ def wait_for(what, check, timeout=30.0):
 def site(tmp_path_factory):
     lc = load_lifecycle(TUTORIAL)
     c = EmbeddedCluster(time_scale=300.0, crds=lc.crds)
-    c.start(tmp_path_factory.mktemp("kube") / "kubeconfig")
+    c.kubeconfig = c.start(tmp_path_factory.mktemp("kube") / "kubeconfig")
     stop = threading.Event()
     args = argparse.Namespace(namespace=None, workers=2, health_port=0, api_request_timeout=c.request_timeout,
                               lifecycles=[lc])
@@ -125,3 +125,26 @@ def test_the_tutorial_is_short_and_draws():
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "Deploying --> Ready: [site_ready]" in out.stdout
+
+
+def test_explain_says_the_state_each_guard_and_what_the_machine_waits_for(site):
+    custom = k8s.CustomObjectsApi(site.api)
+    custom.create_namespaced_custom_object(G, V, "default", P, {
+        "apiVersion": f"{G}/{V}", "kind": "Website", "metadata": {"name": "explained"},
+        "spec": {"message": "hi", "replicas": 1}})
+    wait_for("Ready", lambda: phase(site, "explained") == "Ready")
+    cmd = [sys.executable, "-m", "workspace_fsm.cli", "explain", "website/explained", "--kubeconfig",
+           str(site.kubeconfig), "--lifecycle", TUTORIAL]
+    p = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    import json
+
+    e = json.loads(p.stdout)
+    assert e["state"] == "Ready" and e["recorded"]
+    assert [(x["to"], x["guard"], x["value"]) for x in e["edges"]] == [("Deploying", "site_unready", False)]
+    assert [(h["from"], h["to"], h["why"]) for h in e["history"]] == [("Pending", "Deploying", "spec_valid"),
+                                                                      ("Deploying", "Ready", "site_ready")]
+    text = subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
+    assert "Website default/explained (website lifecycle): Ready since" in text and "site_unready = False" in text
+    missing = subprocess.run([*cmd[:4], "website/nope", *cmd[5:]], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "not found" in missing.stderr

@@ -78,8 +78,10 @@ def _add_late_commands(sub: argparse._SubParsersAction) -> None:
     from workspace_fsm.cli.simulate import add_parser as add_simulate
 
     from workspace_fsm.cli.embedded import add_cluster_parser
+    from workspace_fsm.cli.explain import add_parser as add_explain
 
     add_simulate(sub)
+    add_explain(sub)
     add_run(sub)
     add_cluster_parser(sub)
 
