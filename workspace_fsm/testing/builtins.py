@@ -128,7 +128,8 @@ def _immutable(obj: dict[str, Any], old: dict[str, Any] | None, fields: tuple[st
         return []
     causes = []
     if obj.get("immutable") is not True:
-        causes.append(cause("immutable", "FieldValueForbidden", "Forbidden: field is immutable when `immutable` is set"))
+        causes.append(cause("immutable", "FieldValueForbidden",
+                            "Forbidden: field is immutable when `immutable` is set"))
     for f in fields:
         if (obj.get(f) or {}) != (old.get(f) or {}):
             causes.append(cause(f, "FieldValueForbidden", "Forbidden: field is immutable when `immutable` is set"))
