@@ -46,18 +46,10 @@ NODECLAIMS = ("karpenter.sh", "v1", "nodeclaims")
 _REFUSED_STATUSES = frozenset({400, 401, 403, 404, 405, 413, 415, 422, 429})
 
 
-#: Every (API group, resource, verb) the adapter uses, and nothing more. deploy/rbac.yaml grants exactly
-#: these; tests/test_deploy.py checks both the file and the requests an end-to-end run makes.
-PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
-    ("kaito.sh", "workspaces"): frozenset({"list", "watch", "patch"}),  # patch: the finalizer
-    ("kaito.sh", "workspaces/status"): frozenset({"update"}),
-    ("karpenter.sh", "nodeclaims"): frozenset({"list", "watch", "get", "create", "delete"}),
-    ("", "nodes"): frozenset({"list", "watch"}),  # list by selector: bring-your-own nodes
-    ("apps", "deployments"): frozenset({"list", "watch", "create", "patch"}),
-    ("apps", "statefulsets"): frozenset({"list", "watch", "create", "patch"}),
-    ("batch", "jobs"): frozenset({"list", "watch", "get", "create", "delete"}),
-    ("", "events"): frozenset({"create"}),
-}
+#: Every (API group, resource, verb) the adapter uses, and nothing more: derived from the Workspace lifecycle's
+#: declaration (what it reconciles, owns and watches). deploy/rbac.yaml grants exactly these; tests/test_deploy.py
+#: checks both the file and the requests an end-to-end run makes.
+PERMISSIONS: dict[tuple[str, str], frozenset[str]] = WORKSPACE.permissions()
 
 
 # --------------------------------------------------------------------------- dict -> snapshot types
