@@ -710,19 +710,17 @@ def _check_webhook_rules(spec: Mapping[str, Any], version: str, cloud_provider: 
     if isinstance(inf, Mapping):
         url = inf.get("url")
         # v1alpha1 checks the url always (it is required there); v1beta1 only when given (none: retrieve-only).
-        if version == "v1alpha1" or (isinstance(url, str) and url):
-            _check_url(url if url is not None else "", "spec.inferenceService.url", "LLM inference service",
-                       "InferenceURLInvalid", "InferenceURLPlaceholder", out)
+        # (A missing url is the schema's to report: v1alpha1 requires it.)
+        if (version == "v1alpha1" and url is not None) or (isinstance(url, str) and url):
+            _check_url(url, "spec.inferenceService.url", "LLM inference service", "InferenceURLInvalid",
+                       "InferenceURLPlaceholder", out)
         size = inf.get("contextWindowSize")
         if isinstance(size, int) and not isinstance(size, bool) and size <= 0:
             out.add("spec.inferenceService.contextWindowSize", "ContextWindowSizeInvalid",
                     f"must be a positive number of tokens, not {size}: set the context window of your LLM, e.g. 4096")
     emb = spec.get("embedding")
     if not isinstance(emb, Mapping):
-        if emb is None:
-            out.add("spec.embedding", "EmbeddingRequired",
-                    "is required: set embedding.local (e.g. modelID: BAAI/bge-small-en-v1.5) or embedding.remote.url")
-        return
+        return  # required by the schema, which reports it
     local, remote = emb.get("local"), emb.get("remote")
     if local is None and remote is None:
         out.add("spec.embedding", "EmbeddingSourceRequired",
@@ -821,8 +819,10 @@ def check_update(old: Any, new: Any) -> list[Problem]:
     elif was is not None and now is None:
         out.add("spec.compute", "ComputeImmutable", "cannot be removed after creation: create a new RAGEngine without it")
     elif isinstance(was, Mapping) and isinstance(now, Mapping):
-        for field in ("count", "partition", "labelSelector"):
-            if was.get(field) != now.get(field) and not (field == "count" and None in (was.get(field), now.get(field))):
+        if was.get("count", 1) != now.get("count", 1):  # the CRD defaults count to 1
+            out.add("spec.compute.count", "FieldImmutable", "cannot be changed after creation")
+        for field in ("partition", "labelSelector"):
+            if was.get(field) != now.get(field):
                 out.add(f"spec.compute.{field}", "FieldImmutable", "cannot be changed after creation")
         if was.get("instanceType") and now.get("instanceType") and was["instanceType"] != now["instanceType"]:
             out.add("spec.compute.instanceType", "FieldImmutable", "cannot be changed once set")
@@ -1293,8 +1293,11 @@ def loss_held(f: RAGEngineFacts) -> WakeUp | None:
 # ============================================================================= the table
 
 _M = timedelta(minutes=1)
-_NODES = (nc.ensure_nodeclaims, nc.forget_gone)
-_SERVE = (nc.ensure_nodeclaims, nc.forget_gone, ensure_service, ensure_deployment)
+# Gone NodeClaims leave the record before the missing ones are asked for: ensure_nodeclaims may pick the
+# name of one that is gone (an adopted one: its sequence was never counted), and forget_gone after it would
+# then drop from the record the very name this pass creates.
+_NODES = (nc.forget_gone, nc.ensure_nodeclaims)
+_SERVE = (*_NODES, ensure_service, ensure_deployment)
 
 STATE_TABLE: tuple[State, ...] = (
     State("Pending", "Validated and finalizer added; nothing created yet. An invalid spec waits here.",
