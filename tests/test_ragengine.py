@@ -24,7 +24,8 @@ from workspace_fsm.kaito.nodeclaims import nodeclaim_name
 from workspace_fsm.kaito.validation import load_yaml_documents
 
 KAITO_RAG = Path(__file__).resolve().parents[2] / "shared" / "kaito" / "examples" / "rag"
-EXAMPLES = ("kaito_ragengine_cpu_retrieve_only.yaml", "kaito_ragengine_phi_3.yaml", "kaito_ragengine_phi_3_with_pvc.yaml")
+EXAMPLES = ("kaito_ragengine_cpu_retrieve_only.yaml", "kaito_ragengine_phi_3.yaml",
+            "kaito_ragengine_phi_3_with_pvc.yaml")
 EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
 FIXED_URL = "http://workspace-phi-3-mini.default.svc.cluster.local/v1/chat/completions"
 
@@ -179,8 +180,9 @@ WEBHOOK_CASES = [
     ("selector operator Exists", _with(doc(), "spec.compute.labelSelector",
                                        {"matchExpressions": [{"key": "apps", "operator": "Exists"}]}),
      "spec.compute.labelSelector.matchExpressions[0].operator", "LabelSelectorOperatorNotSupported"),
-    ("selector In with two values", _with(doc(), "spec.compute.labelSelector",
-                                          {"matchExpressions": [{"key": "apps", "operator": "In", "values": ["a", "b"]}]}),
+    ("selector In with two values",
+     _with(doc(), "spec.compute.labelSelector",
+           {"matchExpressions": [{"key": "apps", "operator": "In", "values": ["a", "b"]}]}),
      "spec.compute.labelSelector.matchExpressions[0].values", "LabelSelectorValuesInvalid"),
     ("a v1alpha1 field in v1beta1", _with(doc(), "spec.storage", {"mountPath": "/mnt/db"}),
      "spec.storage.mountPath", "FieldUnknown"),
@@ -207,7 +209,8 @@ def test_webhook_rule(what, document, path, reason):
     _with(doc(), "spec.embedding.local", {"image": "myregistry.azurecr.io/bge-small:0.1.0"}),
     _with(doc(), "spec.compute.instanceType", "Standard_NC6s_v3"),  # any N-series size on Azure
     _with(doc("v1alpha1"), "spec.compute.instanceType", _DELETE),  # v1alpha1 defaults it
-    _with(doc(), "spec.compute.labelSelector", {"matchExpressions": [{"key": "apps", "operator": "In", "values": ["a"]}]}),
+    _with(doc(), "spec.compute.labelSelector",
+          {"matchExpressions": [{"key": "apps", "operator": "In", "values": ["a"]}]}),
     _with(doc(), "spec.storage", {"persistentVolume": {"persistentVolumeClaim": "pvc"}, "vectorDB": {
         "engine": "qdrant", "url": "http://qdrant:6333"}}),
 ])
@@ -406,7 +409,8 @@ def test_compute_nodeclaims_then_gpus_then_deployment_and_service_then_ready():
     d, rag2 = run(rag2, stale, now, "p8")
     assert d.state == "Deploying" and not creates(d, "Deployment")
     (patch,) = of(d, Patch)
-    assert patch.kind == "Deployment" and patch.patch["metadata"]["annotations"][R.ANNOTATION_REVISION] == rag2.spec.revision
+    assert patch.kind == "Deployment"
+    assert patch.patch["metadata"]["annotations"][R.ANNOTATION_REVISION] == rag2.spec.revision
     env = {e["name"]: e.get("value") for e in patch.patch["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["LLM_CONTEXT_WINDOW"] == "8000"
     assert cond(rag2, R.RAGENGINE_SUCCEEDED).status == "False"
@@ -450,7 +454,8 @@ def test_no_deployment_while_the_nodes_are_lost():
     (name,) = record(rag).data.nodeclaims
     good = R.RAGSnapshot((claim(rag, name),), {f"node-{name}": gpu_node(f"node-{name}")})
     d, rag = run(rag, good, EPOCH + timedelta(minutes=1))
-    d, rag = run(rag, attrs.evolve(good, deployment=deployment(rag), service=service(rag)), EPOCH + timedelta(minutes=2))
+    serving = attrs.evolve(good, deployment=deployment(rag), service=service(rag))
+    d, rag = run(rag, serving, EPOCH + timedelta(minutes=2))
     assert d.state == "Ready"
     lost = R.RAGSnapshot((claim(rag, name, ready=False),), {}, None, service(rag),
                          absent=frozenset({"Deployment/rag"}))
@@ -469,7 +474,8 @@ def test_retrieve_only_gets_service_and_deployment_and_never_a_nodeclaim(example
     assert d.state == "Deploying" and not of(d, A.CreateNodeClaim)
     assert [a.kind for a in of(d, Create)] == ["Service", "Deployment"]
     pod = creates(d, "Deployment")[0].manifest["spec"]["template"]["spec"]
-    assert "affinity" not in pod and pod["containers"][0]["resources"] == {"requests": {"cpu": "500m", "memory": "512Mi"}}
+    assert "affinity" not in pod
+    assert pod["containers"][0]["resources"] == {"requests": {"cpu": "500m", "memory": "512Mi"}}
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert "LLM_INFERENCE_URL" not in env and env["EMBEDDING_TYPE"] == "local"
     assert cond(rag, R.RESOURCE_READY).status == "True" and rag.status.condition(R.NODECLAIM_READY) is None
@@ -499,7 +505,8 @@ def test_deletion_deletes_the_nodeclaims_then_removes_the_finalizer():
     nodes = {f"node-{n}": gpu_node(f"node-{n}") for n in names}
     snap = R.RAGSnapshot(tuple(claim(rag, n) for n in names), nodes)
     d, rag = run(rag, snap, EPOCH + timedelta(minutes=1))
-    d, rag = run(rag, attrs.evolve(snap, deployment=deployment(rag), service=service(rag)), EPOCH + timedelta(minutes=2))
+    serving = attrs.evolve(snap, deployment=deployment(rag), service=service(rag))
+    d, rag = run(rag, serving, EPOCH + timedelta(minutes=2))
     assert d.state == "Ready" and R.FINALIZER in rag.metadata.finalizers
 
     rag = attrs.evolve(rag, metadata=attrs.evolve(rag.metadata, deletion_timestamp=EPOCH + timedelta(minutes=3)))
@@ -519,7 +526,8 @@ def test_deletion_deletes_the_nodeclaims_then_removes_the_finalizer():
     # All gone: the finalizer is removed, last.
     gone = R.RAGSnapshot(absent=frozenset("NodeClaim/" + n for n in names))
     d, rag = run(rag, gone, EPOCH + timedelta(minutes=6))
-    assert of(d, RemoveFinalizer) == [RemoveFinalizer(R.FINALIZER)] and d.mutating_actions[-1] == RemoveFinalizer(R.FINALIZER)
+    assert of(d, RemoveFinalizer) == [RemoveFinalizer(R.FINALIZER)]
+    assert d.mutating_actions[-1] == RemoveFinalizer(R.FINALIZER)
     assert R.FINALIZER not in rag.metadata.finalizers
 
 
@@ -593,7 +601,8 @@ def snapshots(draw, rag: R.RAGEngine, pool: list[str]):
     hidden = [n for n in pool if n not in shown]
     absent = {"NodeClaim/" + n for n in draw(st.lists(st.sampled_from(hidden), unique=True))} if hidden else set()
     dep = draw(st.sampled_from([None, "ready", "unready", "stale"]))
-    workload = None if dep is None else deployment(rag, ready=dep != "unready", revision="old" if dep == "stale" else None)
+    workload = None if dep is None else deployment(rag, ready=dep != "unready",
+                                                   revision="old" if dep == "stale" else None)
     svc = service(rag) if draw(st.booleans()) else None
     if workload is None and draw(st.booleans()):
         absent.add("Deployment/" + rag.metadata.name)
@@ -631,7 +640,8 @@ def test_property_retrieve_only_never_asks_for_a_nodeclaim(data):
     now = EPOCH
     for i in range(data.draw(st.integers(1, 6), label="passes")):
         snap = data.draw(snapshots(fake, pool), label=f"snapshot {i}")
-        snap = attrs.evolve(snap, deployment=None if snap.deployment is None else deployment(rag, snap.deployment.is_ready))
+        dep = None if snap.deployment is None else deployment(rag, snap.deployment.is_ready)
+        snap = attrs.evolve(snap, deployment=dep)
         now += timedelta(seconds=data.draw(st.integers(0, 900), label="seconds"))
         d, rag = run(rag, snap, now, f"p{i}")
         assert not of(d, A.CreateNodeClaim, A.DeleteNodeClaim)
