@@ -18,7 +18,7 @@ import workspace_fsm.testing
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-API_MODULES = ("workspace_fsm.engine", "workspace_fsm.testing")
+API_MODULES = ("workspace_fsm", "workspace_fsm.engine", "workspace_fsm.testing")
 
 
 def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -54,7 +54,7 @@ def test_the_api_reference_builds_without_warnings(tmp_path: Path) -> None:
     done = run("pdoc", "--docformat", "restructuredtext", "--output-directory", str(out), *API_MODULES)
     assert done.returncode == 0, done.stdout + done.stderr
     assert not done.stderr.strip(), done.stderr  # pdoc reports problems as warnings on stderr
-    for module in (workspace_fsm.engine, workspace_fsm.testing):
+    for module in (workspace_fsm, workspace_fsm.engine, workspace_fsm.testing):
         page = (out / (module.__name__.replace(".", "/") + ".html")).read_text(encoding="utf-8")
         missing = [name for name in module.__all__ if f'id="{name}"' not in page]
         assert not missing, f"{module.__name__}: not in the reference: {missing}"
