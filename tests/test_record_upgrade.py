@@ -17,7 +17,15 @@ Each moment is loaded into a fresh embedded cluster:
   controllers would after a restart of their own (they then carry on from what they find).
 
 Then the current runner runs until every Workspace is at its goal, and the request log shows what it
-created and deleted. Everything expected is derived from the data.
+created and deleted. Everything expected is derived from the data: with the data as captured, no NodeClaim
+is created or deleted at any moment (every record held its targetNodeCount NodeClaims), no workload or Job
+that existed is created again, and exactly one is created for each Workspace that had none (33 at the
+first moment, 22 at the second, none at the third).
+
+Without the clock moved forward the first moment is a different story, and not one of upgrading: a record
+that entered NodesProvisioning hours ago is past that state's 10-minute deadline, so every NodeClaim not
+yet Ready is replaced at once, each counting as a failure; a Workspace of six nodes reaches
+``max_nodeclaim_failures`` in that one pass and gives up.
 """
 
 from __future__ import annotations
@@ -35,7 +43,6 @@ from typing import Any
 
 import pytest
 from kubernetes import client as k8s
-from kubernetes.client.exceptions import ApiException
 
 from workspace_fsm.cli.embedded import EmbeddedCluster
 from workspace_fsm.kaito.model import LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, WorkspaceStatus
@@ -188,7 +195,8 @@ def load(cluster: EmbeddedCluster, objects: list[dict]) -> dict[str, str]:
                 if namespaced:
                     made = custom.create_namespaced_custom_object(group, version, NS, plural, body)
                     if status:
-                        custom.patch_namespaced_custom_object_status(group, version, NS, plural, name, {"status": status})
+                        custom.patch_namespaced_custom_object_status(group, version, NS, plural, name,
+                                                                     {"status": status})
                 else:
                     made = custom.create_cluster_custom_object(group, version, plural, body)
                     if status:
@@ -293,13 +301,16 @@ def test_the_current_runner_takes_over_a_v1_cluster_without_recreating_anything(
             rec = read_lifecycle(WorkspaceStatus.from_dict(ws["status"]))
             assert rec is not None and rec.state == ("Succeeded" if "tuning" in ws else "Ready")
             live = [c for c in claims_now[name] if not c["metadata"].get("deletionTimestamp")]
-            if len(live) > target:
+            if len(live) != target:  # never more; and at its goal, not fewer either
                 problems.append(f"{name}: {len(live)} NodeClaims for targetNodeCount {target}")
             held = before.recorded[name]
             if not set(held) <= set(rec.data.nodeclaims):
                 problems.append(f"{name}: the record lost NodeClaims {sorted(set(held) - set(rec.data.nodeclaims))}")
             created = writes.of("create", name, ("NodeClaim",))
             deleted = writes.of("delete", name, ("NodeClaim",))
+            missing = max(0, target - len(before.nodeclaims[name]))
+            if len(created) != missing:
+                problems.append(f"{name}: had {len(before.nodeclaims[name])} of {target} NodeClaims, created {created}")
             if before.had_its_nodeclaims(name):
                 if created:
                     problems.append(f"{name}: held its {target} NodeClaims, yet created {created}")
@@ -318,7 +329,7 @@ def test_the_current_runner_takes_over_a_v1_cluster_without_recreating_anything(
                 problems.append(f"{o['kind']} {o['metadata']['name']} (loaded) is gone or was replaced")
         assert not problems, "\n".join(problems)
         # What was missing was made, exactly once: one workload or Job per Workspace that had none.
-        for name, ws in after.items():
+        for name in after:
             if not before.workloads[name]:
                 made = writes.of("create", name, WORKLOAD_KINDS)
                 assert len(made) == 1, f"{name}: workload creates {made}"
