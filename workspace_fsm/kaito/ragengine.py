@@ -424,7 +424,7 @@ class RAGEngine:
 
 
 def _readable_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
-    kinds = {"labels": Mapping, "annotations": Mapping, "finalizers": (list, tuple), "generation": int,
+    kinds: dict[str, Any] = {"labels": Mapping, "annotations": Mapping, "finalizers": (list, tuple), "generation": int,
              "namespace": str, "uid": str, "resourceVersion": str}
     out = {k: v for k, v in meta.items() if k not in kinds or v is None or isinstance(v, kinds[k])}
     for k in ("creationTimestamp", "deletionTimestamp"):
@@ -475,7 +475,8 @@ def parse_ragengine(doc: Any, *, cloud_provider: str | None = "azure") -> RAGEng
 @functools.cache
 def _crd() -> Mapping[str, Any]:
     resource = importlib.resources.files("workspace_fsm.kaito") / "data" / "kaito.sh_ragengines.yaml"
-    return yaml.safe_load(resource.read_text(encoding="utf-8"))
+    crd: Mapping[str, Any] = yaml.safe_load(resource.read_text(encoding="utf-8"))
+    return crd
 
 
 @functools.cache
@@ -1073,13 +1074,19 @@ class RAGEngineFacts(NodeFacts):
         return self.rag.metadata.name
 
 
-@guard(shows=lambda f: "the spec is valid and asks for compute" if f.rag.compute is not None else "no compute")
+def _compute_shown(f: RAGEngineFacts) -> str:
+    if not f.rag.valid:
+        return "; ".join(str(p) for p in f.rag.problems)
+    return "the spec is valid and asks for compute" if f.rag.compute is not None else "the spec is valid, no compute"
+
+
+@guard(shows=_compute_shown)
 def spec_accepted_with_compute(f: RAGEngineFacts) -> bool:
     """The spec passed validation and asks for GPU nodes (spec.compute)."""
     return f.rag.valid and f.rag.compute is not None
 
 
-@guard(shows=lambda f: "the spec is valid, no compute" if f.rag.compute is None else "compute is set")
+@guard(shows=_compute_shown)
 def spec_accepted_without_compute(f: RAGEngineFacts) -> bool:
     """The spec passed validation and needs no nodes of its own (no spec.compute)."""
     return f.rag.valid and f.rag.compute is None
@@ -1255,8 +1262,8 @@ def workers_now(f: RAGEngineFacts) -> Mapping[str, Any]:
     return {"workerNodes": f.ready_nodes} if f.ready_nodes else {}
 
 
-def project(rag: RAGEngine, f: RAGEngineFacts | None, state: str | None, conditions: tuple, summary: str | None,
-            fields: Mapping[str, Any] | None) -> RAGEngineStatus:
+def project(rag: RAGEngine, f: RAGEngineFacts | None, state: str | None, conditions: tuple[Condition, ...],
+            summary: str | None, fields: Mapping[str, Any] | None) -> RAGEngineStatus:
     """KAITO's RAGEngine status: the conditions (the record's among them) and workerNodes."""
     prev = rag.status
     workers = fields["workerNodes"] if fields and "workerNodes" in fields else prev.worker_nodes
