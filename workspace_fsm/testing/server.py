@@ -29,6 +29,7 @@ from workspace_fsm.testing.meta import cause
 from workspace_fsm.testing.options import delete_options, write_options
 from workspace_fsm.testing.patch import PatchError, PatchFormatError, json_patch, merge_patch
 from workspace_fsm.testing.scale import apply_scale, to_scale
+from workspace_fsm.testing.ssa import manager_from_user_agent
 from workspace_fsm.testing.resources import ResourceInfo
 from workspace_fsm.testing.selectors import SelectorError, parse_field_selector, parse_label_selector
 from workspace_fsm.testing.store import Event, Store, parse_patch_type
@@ -444,7 +445,11 @@ class TestAPIServer:
         if plan.error is not None:
             raise self._fault_error(plan.error, route)
         handler = getattr(self, f"_do_{verb}")
-        handler(h, route, query, body, plan)
+        self.store.set_manager(None)
+        try:
+            handler(h, route, query, body, plan)
+        finally:
+            self.store.set_manager(None)
 
     def _route(self, group: str, version: str, rest: list[str]) -> _Route:
         registry = self.store.registry
@@ -873,6 +878,7 @@ class TestAPIServer:
     def _do_create(self, h: _Handler, route: _Route, query: dict[str, str], body: bytes, plan: Any) -> None:
         opts = write_options("CreateOptions", h.query_lists)
         dry, fv = opts.dry_run, opts.field_validation
+        self._set_manager(h, opts)
         doc = self._parse_body(h, body)
         warnings: list[str] = []
         obj = self.store.create(route.info, route.version, route.namespace or "", doc, dry_run=dry,
@@ -882,6 +888,7 @@ class TestAPIServer:
     def _do_update(self, h: _Handler, route: _Route, query: dict[str, str], body: bytes, plan: Any) -> None:
         opts = write_options("UpdateOptions", h.query_lists)
         dry, fv = opts.dry_run, opts.field_validation
+        self._set_manager(h, opts)
         doc = self._parse_body(h, body)
         if route.subresource == "scale":
             self._write_scale(h, route, lambda current: doc, dry)
@@ -900,6 +907,7 @@ class TestAPIServer:
             raise APIError.unsupported_media_type(h.headers.get("Content-Type") or "", accepted)
         opts = write_options("PatchOptions", h.query_lists, patch_type=patch_type)
         dry, fv = opts.dry_run, opts.field_validation
+        self._set_manager(h, opts)
         if patch_type == "apply":
             try:
                 patch = yaml.safe_load(body) if body else None
@@ -936,6 +944,11 @@ class TestAPIServer:
                                         patch_type, patch, subresource=route.subresource, dry_run=dry,
                                         field_validation=fv, warnings=warnings)
         self._send(h, 201 if created else 200, obj, self._warning_headers(warnings))
+
+    def _set_manager(self, h: _Handler, opts: Any) -> None:
+        """The field manager of this write: ``fieldManager``, else the User-Agent's first part."""
+        self.store.set_manager(opts.field_manager or manager_from_user_agent(h.headers.get("User-Agent") or ""),
+                               opts.force)
 
     def _write_scale(self, h: _Handler, route: _Route, make: Any, dry: bool) -> None:
         """PUT or PATCH of ``/scale``: the new Scale's replicas written to the object (lock held throughout)."""

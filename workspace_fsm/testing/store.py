@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workspace_fsm.engine.schema import apply_defaults, prune, validate
+from workspace_fsm.testing import ssa
 from workspace_fsm.testing.builtins import admit_builtin
 from workspace_fsm.testing.errors import APIError
 from workspace_fsm.testing.meta import cause, schema_causes, validate_metadata
@@ -103,6 +104,7 @@ class Store:
                  gc_delay: float = 0.02, namespaces: Iterable[str] = ("default", "kube-system", "kube-public",
                                                                       "kube-node-lease")) -> None:
         self.lock = threading.RLock()
+        self._ctx = threading.local()  # the field manager of the API write this thread is serving
         self.cond = threading.Condition(self.lock)
         self.registry = Registry()
         for info in builtin_resources():
@@ -124,6 +126,20 @@ class Store:
         self.on_change: list[Callable[[Event], None]] = []
         for ns in namespaces:
             self.create(self.registry.get(*NS_KEY), "v1", "", {"metadata": {"name": ns}})  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ field managers
+
+    def set_manager(self, manager: str | None, force: bool = False) -> None:
+        """The field manager (and apply's ``force``) of the writes this thread makes next; None for internal
+        writes, which leave managedFields as they are."""
+        self._ctx.manager = manager
+        self._ctx.force = force
+
+    def _manager(self) -> str | None:
+        return getattr(self._ctx, "manager", None)
+
+    def _ssa_schema(self, info: ResourceInfo, version: str) -> ssa.Schema:
+        return ssa.Schema(info.schemas.get(version) if info.custom else None)
 
     # ------------------------------------------------------------------ revisions and events
 
@@ -317,7 +333,7 @@ class Store:
 
     def create(self, info: ResourceInfo, version: str, namespace: str, body: Any, *, dry_run: bool = False,
                field_validation: str | None = None, warnings: list[str] | None = None,
-               from_api: bool = False) -> dict[str, Any]:
+               from_api: bool = False, managed: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Create an object. ``from_api``: a POST, which may not carry a resourceVersion (see below)."""
         warnings = warnings if warnings is not None else []
         obj = self._check_type(info, version, copy.deepcopy(body))
@@ -362,6 +378,12 @@ class Store:
             meta["uid"] = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
             meta["creationTimestamp"] = now_rfc3339()
             meta["generation"] = 1
+            if managed is not None:
+                if managed:
+                    meta["managedFields"] = managed
+            elif self._manager():
+                ssa.record_update(None, obj, self._manager() or "", info.api_version(version),
+                                  self._ssa_schema(info, version), None, info.has_status(version))
             if info.key() == NS_KEY:
                 meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = name
                 obj["spec"] = {"finalizers": ["kubernetes"]}
@@ -423,8 +445,12 @@ class Store:
                         if body["metadata"].get("name", name) != name:
                             raise APIError.bad_request("the name of the object does not match the name on the URL")
                         body["metadata"]["name"] = name
+                    applied = ssa.apply(None, body, self._manager() or "", info.api_version(version),
+                                        self._ssa_schema(info, version), force=bool(getattr(self._ctx, "force", False)),
+                                        subresource=None, has_status=info.has_status(version))
                     return self.create(info, version, namespace, body, dry_run=dry_run,
-                                       field_validation=field_validation, warnings=warnings), True
+                                       field_validation=field_validation, warnings=warnings,
+                                       managed=applied["metadata"].get("managedFields", [])), True
                 raise APIError.not_found(info, name)
             current = self.render(info, old, version)
             try:
@@ -434,7 +460,14 @@ class Store:
                     patched = merge_patch(current, patch)
                 elif patch_type == "json":
                     patched = json_patch(current, patch)
-                elif patch_type in ("strategic", "apply"):
+                elif patch_type == "apply":
+                    if not isinstance(patch, dict):
+                        raise APIError.bad_request("an apply patch must be an object")
+                    patched = ssa.apply(current, patch, self._manager() or "", info.api_version(version),
+                                        self._ssa_schema(info, version),
+                                        force=bool(getattr(self._ctx, "force", False)), subresource=subresource,
+                                        has_status=info.has_status(version))
+                elif patch_type == "strategic":
                     if not isinstance(patch, dict):
                         raise APIError.bad_request("a strategic merge patch must be a JSON object")
                     patched = merge_patch(current, patch) if info.custom else strategic_merge_patch(current, patch)
@@ -459,15 +492,19 @@ class Store:
                                                           f'Invalid value: "{meta["uid"]}": field is immutable')])
             if meta.get("resourceVersion") and meta["resourceVersion"] != old_meta["resourceVersion"]:
                 raise APIError.conflict(info, name)
+            managed = obj["metadata"].get("managedFields", []) if patch_type == "apply" else None
             result = self._write(info, version, old, obj, subresource=subresource, dry_run=dry_run,
-                                 field_validation=field_validation, warnings=warnings)
+                                 field_validation=field_validation, warnings=warnings, managed=managed)
             return result, False
 
     def _write(self, info: ResourceInfo, version: str, old: dict[str, Any], new: dict[str, Any], *,
                subresource: str | None, dry_run: bool, field_validation: str | None,
-               warnings: list[str], internal: bool = False) -> dict[str, Any]:
-        """The update path shared by PUT, PATCH and the garbage collector (lock held)."""
+               warnings: list[str], internal: bool = False,
+               managed: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The update path shared by PUT, PATCH and the garbage collector (lock held). ``managed``: the
+        managedFields an apply computed."""
         old_meta = old["metadata"]
+        given_managed = (new.get("metadata") or {}).get("managedFields") if subresource != "status" else None
         name = old_meta["name"]
         if subresource == "status":
             result = copy.deepcopy(old)
@@ -484,6 +521,8 @@ class Store:
                 else:
                     meta.pop(k, None)
             meta.pop("managedFields", None)
+            if "managedFields" in old_meta:
+                meta["managedFields"] = copy.deepcopy(old_meta["managedFields"])
             meta["name"] = name
             if info.namespaced:
                 meta["namespace"] = old_meta["namespace"]
@@ -515,6 +554,21 @@ class Store:
         if crd_info is not None:
             new["status"] = self._crd_status(new, crd_info)
         meta["resourceVersion"] = old_meta["resourceVersion"]
+        if not internal:
+            if managed is not None:
+                meta.pop("managedFields", None)
+                if managed:
+                    meta["managedFields"] = managed
+            elif isinstance(given_managed, list) and given_managed and given_managed != old_meta.get("managedFields"):
+                meta["managedFields"] = given_managed  # a client may set managedFields outright
+            elif self._manager():
+                args = (self._manager() or "", info.api_version(version), self._ssa_schema(info, version),
+                        subresource, info.has_status(version))
+                if given_managed == [] and old_meta.get("managedFields"):  # [] resets them: ownership restarts
+                    meta.pop("managedFields", None)
+                    ssa.record_update(None, new, *args)
+                else:
+                    ssa.record_update(old, new, *args)
         if new == old:
             return self.render(info, old, version)  # a no-op write: no new revision, no event
         if dry_run:
