@@ -653,8 +653,6 @@ def test_property_retrieve_only_never_asks_for_a_nodeclaim(data):
         assert d.state in ("Deploying", "Ready")
 
 
-@pytest.mark.xfail(strict=True, reason="the shared NodeClaim block picks the next name from the record's sequence, "
-                                       "which an adopted NodeClaim never advanced: the name of one just gone is reused")
 def test_the_name_of_a_gone_adopted_nodeclaim_is_not_reused():
     rag = parse(doc())
     first = nodeclaim_name(rag.metadata, 0)

@@ -49,6 +49,13 @@ def test_mypy_passes_on_the_typed_engine(tmp_path: Path) -> None:
     assert f"no issues found in {len(files)} source files" in done.stdout, done.stdout
 
 
+def test_the_tutorial_type_checks_as_an_authors_code_would(tmp_path: Path) -> None:
+    """The public API is typed for its users: the tutorial operator passes mypy --strict against it, as an
+    author's own module would be checked (the engine's py.typed makes its annotations count)."""
+    done = run("mypy", "--strict", "--cache-dir", str(tmp_path / "mypy"), "examples/website/website.py")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_the_api_reference_builds_without_warnings(tmp_path: Path) -> None:
     out = tmp_path / "api"
     done = run("pdoc", "--docformat", "restructuredtext", "--output-directory", str(out), *API_MODULES)

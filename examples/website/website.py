@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
-from workspace_fsm.engine import (Create, Deadline, Edge, GoTo, Kind, Lifecycle, Owns, Patch, State,
-                                  by_owner_reference, guard)
+from workspace_fsm.engine import (Create, Deadline, Edge, Facts, GoTo, Kind, Lifecycle, Owns, Patch, Problem, Resource,
+                                  State, by_owner_reference, guard)
 
 WEBSITE_KIND = Kind("tutorial.example.com/v1", "Website", "websites")
 CONFIGMAP = Kind("v1", "ConfigMap", "configmaps")
@@ -24,15 +26,15 @@ DEPLOYMENT = Kind("apps/v1", "Deployment", "deployments")
 REVISION = "tutorial.example.com/revision"  # the spec a Deployment was built from
 
 
-def revision(f) -> str:
+def revision(f: Facts) -> str:
     return hashlib.sha256(json.dumps(dict(f.obj.spec), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def deployment(f):
+def deployment(f: Facts) -> Any:
     return f.snap.one("Deployment", f.obj.name)
 
 
-def _shows(f) -> str:
+def _shows(f: Facts) -> str:
     d = deployment(f)
     if d is None:
         return "no Deployment yet"
@@ -42,30 +44,30 @@ def _shows(f) -> str:
 
 # ------------------------------------------------------------------ guards: pure, they answer at once
 
-def spec_valid(f) -> bool:
+def spec_valid(f: Facts) -> bool:
     """The spec can be acted on (the CRD's schema and validate() below have accepted it)."""
     return not f.obj.problems
 
 
 @guard(shows=_shows)
-def site_ready(f) -> bool:
+def site_ready(f: Facts) -> bool:
     """The Deployment of the current spec has all its replicas ready."""
     d = deployment(f)
     if d is None or (d["metadata"].get("annotations") or {}).get(REVISION) != revision(f):
         return False
     st = d.get("status") or {}
     fresh = st.get("observedGeneration", 0) >= d["metadata"].get("generation", 0)
-    return fresh and st.get("readyReplicas", 0) >= f.obj.spec.get("replicas", 1)
+    return bool(fresh and st.get("readyReplicas", 0) >= f.obj.spec.get("replicas", 1))
 
 
-def site_unready(f) -> bool:
+def site_unready(f: Facts) -> bool:
     """Replicas were lost or the spec changed."""
     return not site_ready(f)
 
 
 # ------------------------------------------------------------------ steps: ask for what must exist
 
-def ensure_site(f, data, out):
+def ensure_site(f: Facts, data: Any, out: list[Any]) -> Any:
     """The page's ConfigMap and the Deployment exist and match the spec."""
     name, rev, replicas = f.obj.name, revision(f), f.obj.spec.get("replicas", 1)
     page = {"index.html": f.obj.spec["message"]}
@@ -91,35 +93,31 @@ def ensure_site(f, data, out):
 
 # ------------------------------------------------------------------ status: what users read
 
-def show_waiting(f):
+def show_waiting(f: Facts) -> list[tuple[str, str, str, str]]:
     return [("Ready", "False", "Deploying", f"waiting for {f.obj.spec.get('replicas', 1)} replica(s)")]
 
 
-def show_ready(f):
+def show_ready(f: Facts) -> list[tuple[str, str, str, str]]:
     return [("Ready", "True", "Serving", f"{f.obj.spec.get('replicas', 1)} replica(s) serve the page")]
 
 
-def show_failed(f):
+def show_failed(f: Facts) -> list[tuple[str, str, str, str]]:
     return [("Ready", "False", "DeployTimedOut", "not ready 10 minutes after the spec was applied; fix and re-apply")]
 
 
-def validate(doc):
-    from workspace_fsm.engine import Problem
-
+def validate(doc: Mapping[str, Any]) -> Iterator[Problem]:
     message = (doc.get("spec") or {}).get("message")
     if not isinstance(message, str) or not message.strip():
         yield Problem("spec.message", "MessageEmpty", "spec.message must be a non-empty string")
 
 
-def parse(doc):
-    from workspace_fsm.engine import Resource
-
+def parse(doc: Mapping[str, Any]) -> Resource:
     return Resource.from_dict(doc, validate=validate)
 
 
 # ------------------------------------------------------------------ the table
 
-WEBSITE = Lifecycle(
+WEBSITE: Lifecycle[Facts] = Lifecycle(
     "website", resource=WEBSITE_KIND, summary_field="phase", conditions=("Ready",), invalid="Ready", parse=parse,
     crds=(Path(__file__).with_name("crd.yaml"),),
     owns=(Owns(CONFIGMAP, by_owner_reference("Website")), Owns(DEPLOYMENT, by_owner_reference("Website"))),

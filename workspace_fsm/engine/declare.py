@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 import attrs
 from transitions import Machine
@@ -72,12 +72,23 @@ class Facts:
         return self.rec.data
 
 
-def guard(fn: Callable[[F], bool] | None = None, *, shows: Callable[[F], str] | None = None) -> Any:
+G = TypeVar("G", bound=Callable[..., bool])
+
+
+@overload
+def guard(fn: G, *, shows: Callable[[Any], str] | None = None) -> G: ...
+
+
+@overload
+def guard(fn: None = None, *, shows: Callable[[Any], str] | None = None) -> Callable[[G], G]: ...
+
+
+def guard(fn: Callable[..., bool] | None = None, *, shows: Callable[[Any], str] | None = None) -> Any:
     """Mark a guard and say which fact it reads: ``shows(facts)`` is what ``workspace-fsm explain`` prints
     beside the guard's value ("1 of 2 NodeClaims Ready; ws-a-1 Launched=False"). Plain functions are guards
     too; this only adds the explanation."""
 
-    def mark(f: Callable[[F], bool]) -> Callable[[F], bool]:
+    def mark(f: Callable[..., bool]) -> Callable[..., bool]:
         f.shows = shows  # type: ignore[attr-defined]
         return f
 

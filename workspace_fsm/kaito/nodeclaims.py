@@ -329,9 +329,10 @@ def ensure_nodeclaims(f: NodeFacts, book: NodeClaimBook, out: list[Any]) -> Node
     seq = book.next_seq
     if missing > 0 and failures < f.config.max_nodeclaim_failures:
         # Never reuse a name: a cache that saw an old NodeClaim of that name go would take the new one for gone.
-        seq = max(seq, _next_free_seq(meta, claims))
+        # Nor one just known gone, nor one the cache shows: an adopted NodeClaim never advanced the sequence.
+        taken = set(claims) | {c.name for c in f.claims} | set(f.gone)
+        seq = max(seq, _next_free_seq(meta, tuple(taken)))
         new = []
-        taken = set(claims) | {c.name for c in f.claims}
         while len(new) < missing:
             name = nodeclaim_name(meta, seq)
             seq += 1
