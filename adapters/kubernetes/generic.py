@@ -147,8 +147,13 @@ class ResourceAdapter:
     """Serves ``lifecycle`` over the official client (see the module's notes)."""
 
     def __init__(self, api_client: k8s.ApiClient, lifecycle: Any, *, namespace: str | None = None,
-                 component: str = "workspace-fsm", request_timeout_s: float = 30.0, watch_timeout_s: int = 240) -> None:
+                 component: str = "workspace-fsm", request_timeout_s: float = 30.0, watch_timeout_s: int = 240,
+                 snapshot: Callable[..., Any] | None = None, render: Callable[..., Any] | None = None) -> None:
         self.lifecycle = lifecycle
+        # A binding may say how the snapshot is read and how the lifecycle's own actions become requests.
+        self._snapshot = snapshot or lifecycle.snapshot
+        self._render = render or lifecycle.render
+        self._known: set[str] = set()  # "Kind/name" this process created or saw: no GET needed to know it exists
         self.api = api_client
         self.namespace = namespace
         self.component = component
@@ -254,9 +259,35 @@ class ResourceAdapter:
         obj = self._parse(key, raw)
         if obj is None:
             return None, Owned()
-        if self.lifecycle.snapshot is not None:
-            return obj, self.lifecycle.snapshot(obj, self)
+        if self._snapshot is not None:
+            return obj, self._snapshot(obj, self)
         return obj, Owned({kind: tuple(self.children[kind].by_index("owner", key)) for kind in self._indexed})
+
+    def confirmed_absent(self, name: str, obj: Any) -> bool:
+        """Positive knowledge that ``"Kind/name"`` (a child of ``obj``) is gone: a tombstone in the cache, or a
+        404 from a GET (made only for what the cache cannot vouch for, and never again once it is known)."""
+        kind_name, _, short = name.partition("/")
+        k = self.kinds.get(kind_name)
+        if k is None:
+            return False
+        ns = obj.metadata.namespace
+        key = f"{ns}/{short}" if k.namespaced else short
+        inf = self.children.get(kind_name)
+        if inf is not None and inf.get(key) is not None:
+            return False
+        if inf is not None and inf.gone(key):
+            return True
+        if name in self._known:
+            return False
+        self._count("get", k.kind)
+        try:
+            self.rest.get(k, ns, short)
+        except ApiException as exc:
+            if exc.status == 404:
+                return True
+            raise AdapterError(f"checking {name}: API answered {exc.status} {exc.reason}") from None
+        self._known.add(name)
+        return False
 
     def owned(self, kind: str, key: str) -> list[dict[str, Any]]:
         """The ``kind`` children of ``key`` in the cache (by the owner index: no scan)."""
@@ -316,20 +347,22 @@ class ResourceAdapter:
                      "blockOwnerDeletion": True})
             self._call("create", k.kind, f"creating {k.kind} {meta.get('name')} for {obj.key}",
                        lambda: self.rest.create(k, meta.get("namespace", ns), body), ok=(409,))
+            self._known.add(f"{k.kind}/{meta.get('name')}")
         elif isinstance(a, A.Patch):
             k = self._kind(a.api_version, a.kind)
             self._call("patch", k.kind, f"patching {k.kind} {a.name} of {obj.key}",
                        lambda: self.rest.patch(k, ns, a.name, _thaw(a.patch)))
         elif isinstance(a, A.Delete):
             k = self._kind(a.api_version, a.kind)
+            self._known.discard(f"{k.kind}/{a.name}")
             self._call("delete", k.kind, f"deleting {k.kind} {a.name} of {obj.key}",
                        lambda: self.rest.delete(k, ns, a.name, {"propagationPolicy": a.propagation}), ok=(404,))
         elif isinstance(a, (A.AddFinalizer, A.RemoveFinalizer)):
             self._patch_finalizers(obj, a)
         elif isinstance(a, A.RecordEvent):
             self._record_event(obj, a)
-        elif self.lifecycle.render is not None:
-            for generic in self.lifecycle.render(a, obj):
+        elif self._render is not None:
+            for generic in self._render(a, obj):
                 self._apply(obj, generic)
         else:
             raise AdapterError(f"lifecycle {self.lifecycle.name} asked for {type(a).__name__}, which this adapter "

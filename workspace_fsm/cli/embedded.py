@@ -20,6 +20,7 @@ log = logging.getLogger("workspace_fsm.cli.embedded")
 def crd_paths() -> list[Path]:
     data = resources.files("workspace_fsm")
     return [Path(str(data / "kaito" / "data" / "kaito.sh_workspaces.yaml")),
+            Path(str(data / "kaito" / "data" / "kaito.sh_ragengines.yaml")),
             Path(str(data / "testing" / "crds" / "karpenter.sh_nodeclaims.yaml"))]
 
 

@@ -51,6 +51,10 @@ def _adapter(api: Any, lc: Any, namespace: str) -> Any:
         from workspace_fsm.kaito.catalogue import Catalogue
 
         return KubernetesAdapter(api, namespace=namespace, catalogue=Catalogue.default())
+    if lc.name == "ragengine":
+        from workspace_fsm.adapters.kubernetes.ragengine import ragengine_adapter
+
+        return ragengine_adapter(api, namespace=namespace)
     from workspace_fsm.adapters.kubernetes.generic import ResourceAdapter
 
     return ResourceAdapter(api, lc, namespace=namespace)

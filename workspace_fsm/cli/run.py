@@ -367,7 +367,12 @@ def build_lifecycle_runner(api, lifecycle, *, namespace: str | None = None, work
     from workspace_fsm.engine.queue import WorkQueue
     from workspace_fsm.engine.runner import FsmReconciler, ThreadedRunner
 
-    adapter = ResourceAdapter(api, lifecycle, namespace=namespace)
+    if lifecycle.name == "ragengine":
+        from workspace_fsm.adapters.kubernetes.ragengine import ragengine_adapter
+
+        adapter = ragengine_adapter(api, namespace=namespace)
+    else:
+        adapter = ResourceAdapter(api, lifecycle, namespace=namespace)
     queue: WorkQueue[str] = WorkQueue(time.monotonic)
     adapter.set_event_handler(queue.add)
     config = attrs.evolve(lifecycle.config, api_request_timeout=timedelta(seconds=api_request_timeout_s))
