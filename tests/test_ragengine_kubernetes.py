@@ -85,7 +85,8 @@ def test_kaitos_rag_examples_reach_their_goal_or_say_why_not(cluster, kaito_dir,
     wait_for("ragengine-start to succeed", lambda: succeeded(cluster, "ragengine-start"))
     assert len(nodeclaims_of(cluster, "ragengine-start")) == 1
     out = subprocess.run([sys.executable, "-m", "workspace_fsm.cli", "explain", "ragengine/ragengine-start",
-                          "--kubeconfig", str(cluster.kubeconfig), "--json"], capture_output=True, text=True, timeout=60)
+                          "--kubeconfig", str(cluster.kubeconfig), "--json"],
+                         capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     e = json.loads(out.stdout)
     assert e["kind"] == "RAGEngine" and e["state"] == "Ready"

@@ -22,7 +22,8 @@ def nodeclaim_manifest(rag: Any, a: A.CreateNodeClaim) -> dict[str, Any]:
     """A karpenter.sh/v1 NodeClaim for one GPU node of the RAGEngine, labelled as KAITO labels it."""
     return {
         "apiVersion": "karpenter.sh/v1", "kind": "NodeClaim",
-        "metadata": {"name": a.name, "labels": dict(a.labels), "annotations": {"kaito.sh/ragengine-uid": rag.metadata.uid}},
+        "metadata": {"name": a.name, "labels": dict(a.labels),
+                     "annotations": {"kaito.sh/ragengine-uid": rag.metadata.uid}},
         "spec": {
             "nodeClassRef": dict(DEFAULT_NODE_CLASS),
             "requirements": [
