@@ -27,6 +27,7 @@ from typing import Any
 from workspace_fsm.engine.schema import apply_defaults, prune, validate
 from workspace_fsm.testing import ssa
 from workspace_fsm.testing.builtins import admit_builtin
+from workspace_fsm.testing.cel import cel_causes
 from workspace_fsm.testing.errors import APIError
 from workspace_fsm.testing.meta import cause, schema_causes, validate_metadata
 from workspace_fsm.testing.patch import PatchError, PatchFormatError, json_patch, merge_patch, strategic_merge_patch
@@ -360,6 +361,8 @@ class Store:
                 obj["status"] = copy.deepcopy(info.create_status)
             obj, causes = self._schema_admit(info, version, obj, name, field_validation, warnings)
             causes = admit_builtin(info.key(), obj, None) + causes
+            if info.custom and not causes:
+                causes = cel_causes(info.schemas.get(version), obj, None)
             meta = obj["metadata"]
             causes = validate_metadata(meta, info.name_rule, creating=True) + causes
             crd_info = None
@@ -540,6 +543,8 @@ class Store:
         new, causes = self._schema_admit(info, version, new, name, field_validation, warnings)
         if not internal:
             causes = admit_builtin(info.key(), new, old) + causes
+            if info.custom and not causes:
+                causes = cel_causes(info.schemas.get(version), new, old)
         meta = new["metadata"]
         causes = validate_metadata(meta, info.name_rule, creating=False, old_meta=old_meta) + causes
         crd_info = None
