@@ -6,7 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from workspace_fsm.adapters.kubernetes.adapter import PERMISSIONS
+from workspace_fsm.kaito.ragengine import RAGENGINE
+from workspace_fsm.kaito.workspace import WORKSPACE
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
@@ -22,9 +23,18 @@ def granted() -> dict[tuple[str, str], frozenset[str]]:
     return {k: frozenset(v) for k, v in out.items()}
 
 
-def test_rbac_grants_exactly_the_adapters_permissions():
-    assert granted() == PERMISSIONS
-    assert all("*" not in verbs for verbs in PERMISSIONS.values())
+def declared() -> dict[tuple[str, str], frozenset[str]]:
+    """What the built-in lifecycles' declarations need, together (one runner drives both)."""
+    out: dict[tuple[str, str], frozenset[str]] = {}
+    for lc in (WORKSPACE, RAGENGINE):
+        for key, verbs in lc.permissions().items():
+            out[key] = out.get(key, frozenset()) | verbs
+    return out
+
+
+def test_rbac_grants_exactly_what_the_built_in_lifecycles_declare():
+    assert granted() == declared()
+    assert all("*" not in verbs for verbs in declared().values())
 
 
 def test_rbac_binds_the_runners_service_account():

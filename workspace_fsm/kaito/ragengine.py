@@ -1358,9 +1358,10 @@ RAGENGINE: Lifecycle[RAGEngineFacts] = Lifecycle(
     wake=(nc.in_flight_wake,), on_write=nc.drop_claim_marker,
     owns=(
         Owns(NODECLAIM_KIND, by_labels(LABEL_RAGENGINE, LABEL_RAGENGINE_NAMESPACE), label_selector=LABEL_RAGENGINE),
-        Owns(DEPLOYMENT_KIND, by_owner_reference("RAGEngine"), verbs=frozenset({"list", "watch", "create", "patch"}),
-             label_selector=LABEL_RAGENGINE),
-        Owns(SERVICE_KIND, by_owner_reference("RAGEngine"), verbs=frozenset({"list", "watch", "create"}),
+        # get: a recorded Deployment or Service missing from the cache is confirmed absent by a GET.
+        Owns(DEPLOYMENT_KIND, by_owner_reference("RAGEngine"),
+             verbs=frozenset({"list", "watch", "get", "create", "patch"}), label_selector=LABEL_RAGENGINE),
+        Owns(SERVICE_KIND, by_owner_reference("RAGEngine"), verbs=frozenset({"list", "watch", "get", "create"}),
              label_selector=LABEL_RAGENGINE),
     ),
     watches=(Watches(NODE_KIND, label_selector=LABEL_RAGENGINE),),
