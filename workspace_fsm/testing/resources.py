@@ -316,30 +316,20 @@ class Registry:
         return _hash(f"{self.generation}/{group}/{version}")
 
     def openapi_gv(self, group: str, version: str) -> dict[str, Any] | None:
-        """A minimal OpenAPI v3 document for a group/version: one PATCH operation per kind, naming
-        its GroupVersionKind and the ``fieldValidation`` parameter, so kubectl knows the server
-        validates fields itself (and skips client-side validation). Strategic merge is not listed,
-        so kubectl computes its apply patches from its own types (built-ins) or as merge patches."""
-        infos = [i for i in self._by_key.values() if i.group == group and version in i.versions]
+        """The OpenAPI v3 document of a group/version (see :mod:`workspace_fsm.testing.openapi`)."""
+        from workspace_fsm.testing.openapi import openapi_v3_gv
+
+        infos = sorted((i for i in self._by_key.values() if i.group == group and version in i.versions),
+                       key=lambda i: i.plural)
         if not infos:
             return None
-        prefix = f"/apis/{group}/{version}" if group else f"/api/{version}"
-        paths: dict[str, Any] = {}
-        for info in infos:
-            gvk = {"group": group, "version": version, "kind": info.kind}
-            params = [{"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": True}},
-                      {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": True}},
-                      {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": True}}]
-            patch_op = {
-                "operationId": f"patch{info.kind}",
-                "parameters": params,
-                "requestBody": {"content": {t: {"schema": {"type": "object"}} for t in (
-                    "application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml")}},
-                "responses": {"200": {"description": "OK"}},
-                "x-kubernetes-action": "patch",
-                "x-kubernetes-group-version-kind": gvk,
-            }
-            base = f"{prefix}/namespaces/{{namespace}}/{info.plural}" if info.namespaced else f"{prefix}/{info.plural}"
-            paths[f"{base}/{{name}}"] = {"patch": patch_op}
-        return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.32.0"},
-                "paths": paths, "components": {"schemas": {}}}
+        return openapi_v3_gv(infos, group, version)
+
+    def openapi_v2(self) -> dict[str, Any]:
+        from workspace_fsm.testing.openapi import openapi_v2
+
+        by_gv: dict[tuple[str, str], list[ResourceInfo]] = {}
+        for info in self._by_key.values():
+            for v in info.versions:
+                by_gv.setdefault((info.group, v), []).append(info)
+        return openapi_v2(by_gv)

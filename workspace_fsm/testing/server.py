@@ -531,6 +531,13 @@ class TestAPIServer:
         if path in ("/healthz", "/livez", "/readyz"):
             self._send(h, 200, b"ok", content_type="text/plain; charset=utf-8")
             return
+        if parts == ["openapi", "v2"]:
+            accept = h.headers.get("Accept") or ""
+            if accept and "json" not in accept and "*/*" not in accept:
+                raise APIError.path_not_found()  # protobuf only (client-go asks for that first): not served
+            self.requests.add("discovery", "/openapi")
+            self._send(h, 200, self.store.registry.openapi_v2())
+            return
         if parts[:2] == ["openapi", "v3"]:
             self.requests.add("discovery", "/openapi")
             registry = self.store.registry
