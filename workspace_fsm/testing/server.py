@@ -84,6 +84,11 @@ class _Handler(BaseHTTPRequestHandler):
     query_lists: dict[str, list[str]] = {}  # every value of every query parameter
 
     def setup(self) -> None:
+        do_handshake = getattr(self.request, "do_handshake", None)
+        if do_handshake is not None:  # TLS: the handshake runs in this connection's thread
+            self.request.settimeout(10)
+            do_handshake()
+            self.request.settimeout(None)
         super().setup()
         self.server.app._track(self.connection, True)
 
@@ -146,6 +151,10 @@ class TestAPIServer:
     many seconds of its arrival (an injected latency) is answered 504 and never applied. That is stricter
     than a real server, whose storage write may still finish; it makes "a create lands within the request
     timeout or never" a property of this server that tests can rely on.
+    ``tls``: serve HTTPS with a CA minted at start (written into the kubeconfig); ``auth``: require a bearer
+    token (the kubeconfig's is an admin in ``system:masters``; :meth:`add_token` and
+    :meth:`service_account_token` make others) and authorize requests with RBAC from the stored Roles,
+    ClusterRoles and bindings (see :mod:`workspace_fsm.testing.auth`).
     ``too_large_rv_wait``: how long a get or list asking for a resourceVersion newer than the store waits for
     it before the 504 "Too large resource version" (the watch cache waits 3 s).
 
@@ -158,6 +167,7 @@ class TestAPIServer:
                  port: int = 0, history: int = 1000, seed: int | None = None, gc: bool = True,
                  gc_delay: float = 0.02, bookmark_interval: float = 5.0, max_watch_seconds: float = 1800.0,
                  request_timeout: float | None = 60.0, too_large_rv_wait: float = 3.0,
+                 tls: bool = False, auth: bool = False,
                  namespaces: Iterable[str] = ("default", "kube-system", "kube-public", "kube-node-lease")) -> None:
         self.store = Store(history=history, seed=seed, gc=gc, gc_delay=gc_delay, namespaces=namespaces)
         self.faults = Faults()
@@ -167,6 +177,15 @@ class TestAPIServer:
         self.max_watch_seconds = float(max_watch_seconds)
         self.request_timeout = request_timeout
         self.too_large_rv_wait = float(too_large_rv_wait)
+        self.tls = bool(tls)
+        self.auth = bool(auth)
+        self._tls_material: Any = None
+        self.admin_token = "workspace-fsm-test"
+        self._tokens: dict[str, Any] = {}
+        from workspace_fsm.testing.auth import RBAC, User
+
+        self._tokens[self.admin_token] = User("workspace-fsm-test", ("system:masters", "system:authenticated"))
+        self.rbac = RBAC(self.store)
         self._host = host
         self._port = port
         self._httpd: _HTTPServer | None = None
@@ -188,6 +207,17 @@ class TestAPIServer:
         self._stopping = False
         self._httpd = _HTTPServer((self._host, self._port), self)
         self._port = self._httpd.server_address[1]
+        if self.tls:
+            import ssl
+
+            from workspace_fsm.testing.auth import mint_tls
+
+            if self._tls_material is None:
+                self._tls_material = mint_tls((self._host, "localhost"))
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(self._tls_material.cert_file, self._tls_material.key_file)
+            self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True,
+                                                 do_handshake_on_connect=False)
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name=f"test-apiserver-{self._port}", daemon=True)
         self._thread.start()
@@ -231,7 +261,26 @@ class TestAPIServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self._host}:{self._port}"
+        return f"{'https' if self.tls else 'http'}://{self._host}:{self._port}"
+
+    @property
+    def ca_file(self) -> str | None:
+        """The CA certificate file (PEM) when serving TLS."""
+        return self._tls_material.ca_file if self._tls_material is not None else None
+
+    def add_token(self, token: str, user: str, groups: Iterable[str] = ()) -> None:
+        """Authenticate ``token`` as ``user`` (with ``groups`` and ``system:authenticated``)."""
+        from workspace_fsm.testing.auth import User
+
+        self._tokens[token] = User(user, tuple(dict.fromkeys([*groups, "system:authenticated"])))
+
+    def service_account_token(self, namespace: str, name: str) -> str:
+        """A bearer token for the ServiceAccount ``namespace/name`` (its user and groups as the real
+        ServiceAccount authenticator gives them)."""
+        token = f"sa-{namespace}-{name}-{self.store.rng.getrandbits(64):016x}"
+        self.add_token(token, f"system:serviceaccount:{namespace}:{name}",
+                       ["system:serviceaccounts", f"system:serviceaccounts:{namespace}"])
+        return token
 
     def _track(self, conn: socket.socket, add: bool) -> None:
         with self._conns_lock:
@@ -243,13 +292,19 @@ class TestAPIServer:
     # ------------------------------------------------------------------ public helpers
 
     def write_kubeconfig(self, path: str | os.PathLike[str], *, namespace: str = "default",
-                         context: str = "workspace-fsm-test") -> Path:
-        """Write a kubeconfig for this server (insecure http, one context) and return its path."""
+                         context: str = "workspace-fsm-test", token: str | None = None) -> Path:
+        """Write a kubeconfig for this server (one context; the CA when serving TLS; ``token``: another bearer
+        token than the admin's) and return its path."""
+        import base64
+
+        cluster: dict[str, Any] = {"server": self.url}
+        if self._tls_material is not None:
+            cluster["certificate-authority-data"] = base64.b64encode(self._tls_material.ca_pem).decode()
         doc = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": context, "cluster": {"server": self.url}}],
-            "users": [{"name": context, "user": {"token": "workspace-fsm-test"}}],
+            "clusters": [{"name": context, "cluster": cluster}],
+            "users": [{"name": context, "user": {"token": token or self.admin_token}}],
             "contexts": [{"name": context, "context": {"cluster": context, "user": context,
                                                         "namespace": namespace}}],
             "current-context": context,
@@ -266,6 +321,10 @@ class TestAPIServer:
 
         cfg = client.Configuration()
         cfg.host = self.url
+        if self._tls_material is not None:
+            cfg.ssl_ca_cert = self._tls_material.ca_file
+        cfg.api_key = {"authorization": self.admin_token}
+        cfg.api_key_prefix = {"authorization": "Bearer"}
         return cfg
 
     def api_client(self) -> Any:
@@ -395,6 +454,19 @@ class TestAPIServer:
     def _dispatch(self, h: _Handler, method: str, path: str, query: dict[str, str], body: bytes) -> None:
         arrived = time.monotonic()
         parts = [p for p in path.split("/") if p]
+        user = self._authenticate(h)
+        if parts[:3] == ["apis", "authorization.k8s.io", "v1"] and len(parts) == 4 and parts[3] in (
+                "selfsubjectaccessreviews", "subjectaccessreviews"):
+            self._access_review(h, method, parts[3], body, user)
+            return
+        discovery = bool(parts) and ((parts[0] == "api" and len(parts) <= 2) or (parts[0] == "apis" and len(parts) <= 3))
+        if not parts or parts[0] not in ("api", "apis") or discovery:
+            public = "/" + "/".join(parts) in ("/version", "/healthz", "/livez", "/readyz")  # system:public-info-viewer
+            if user is not None and not public and not self.rbac.allowed(user, method.lower(), "", "", None, None,
+                                                                         None, resource_request=False)[0]:
+                from workspace_fsm.testing.auth import forbidden
+
+                raise forbidden(user, method.lower(), "", "", None, None, None, "/" + "/".join(parts), False)
         if not parts or parts[0] not in ("api", "apis"):
             self._non_resource(h, method, parts)
             return
@@ -424,6 +496,14 @@ class TestAPIServer:
             return
         route = self._route(group, version, rest)
         verb = self._verb(method, route, query)
+        if user is not None:
+            ok, _ = self.rbac.allowed(user, verb, route.info.group, route.info.plural, route.subresource,
+                                      route.namespace, route.name)
+            if not ok:
+                from workspace_fsm.testing.auth import forbidden
+
+                raise forbidden(user, verb, route.info.group, route.info.plural, route.subresource, route.namespace,
+                                route.name, path, True)
         req = RequestInfo(verb=verb, resource=route.info.plural, subresource=route.subresource,
                           group=route.info.group, namespace=route.namespace, name=route.name,
                           user_agent=h.headers.get("User-Agent") or "", body=body)
@@ -450,6 +530,60 @@ class TestAPIServer:
             handler(h, route, query, body, plan)
         finally:
             self.store.set_manager(None)
+
+    def _authenticate(self, h: _Handler) -> Any:
+        """The request's user (None when authentication is off); 401 for a missing or unknown token."""
+        if not self.auth:
+            return None
+        header = h.headers.get("Authorization") or ""
+        if not header:  # anonymous requests are on by default: system:anonymous, system:unauthenticated
+            from workspace_fsm.testing.auth import User
+
+            return User("system:anonymous", ("system:unauthenticated",))
+        scheme, _, token = header.partition(" ")
+        user = self._tokens.get(token.strip()) if scheme.lower() == "bearer" else None
+        if user is None:
+            from workspace_fsm.testing.auth import unauthorized
+
+            raise unauthorized()
+        return user
+
+    def _access_review(self, h: _Handler, method: str, kind: str, body: bytes, user: Any) -> None:
+        """SelfSubjectAccessReview / SubjectAccessReview: the authorizer's decision, nothing stored."""
+        from workspace_fsm.testing.auth import User, forbidden
+
+        if method != "POST":
+            raise APIError.method_not_allowed()
+        doc = self._parse_body(h, body)
+        if not isinstance(doc, dict):
+            raise APIError.bad_request("the body of the request must be an object")
+        spec = doc.get("spec") if isinstance(doc.get("spec"), dict) else {}
+        if kind == "subjectaccessreviews":
+            if user is not None and not self.rbac.allowed(user, "create", "authorization.k8s.io",
+                                                          "subjectaccessreviews", None, None, None)[0]:
+                raise forbidden(user, "create", "authorization.k8s.io", "subjectaccessreviews", None, None, None,
+                                "", True)
+            subject = User(str(spec.get("user") or ""), tuple(spec.get("groups") or ()))
+        else:
+            subject = user if user is not None else User("workspace-fsm-test", ("system:masters",))
+        attrs = spec.get("resourceAttributes")
+        if isinstance(attrs, dict):
+            allowed, reason = self.rbac.allowed(subject, str(attrs.get("verb") or ""), str(attrs.get("group") or ""),
+                                                str(attrs.get("resource") or ""), attrs.get("subresource") or None,
+                                                attrs.get("namespace") or None, attrs.get("name") or None)
+        else:
+            allowed, reason = self.rbac.allowed(subject, str((spec.get("nonResourceAttributes") or {}).get("verb")
+                                                             or "get"), "", "", None, None, None,
+                                                resource_request=False)
+        if not self.auth:
+            allowed, reason = True, ""
+        status: dict[str, Any] = {"allowed": allowed}
+        if reason:
+            status["reason"] = reason
+        out = {"kind": "SelfSubjectAccessReview" if kind == "selfsubjectaccessreviews" else "SubjectAccessReview",
+               "apiVersion": "authorization.k8s.io/v1", "metadata": {"creationTimestamp": None},
+               "spec": spec, "status": status}
+        self._send(h, 201, out)
 
     def _route(self, group: str, version: str, rest: list[str]) -> _Route:
         registry = self.store.registry
