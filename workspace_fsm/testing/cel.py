@@ -128,6 +128,10 @@ def _check(schema: dict[str, Any], value: Any, old: Any, has_old: bool, path: st
 def _walk(schema: Any, value: Any, old: Any, has_old: bool, path: str, out: list[dict[str, str]]) -> None:
     if not isinstance(schema, dict):
         return
+    if has_old and value == old:
+        # Validation ratcheting (CRDValidationRatcheting, on by default since Kubernetes 1.30): a value an update
+        # leaves unchanged is not validated again, its rules included. It also keeps status writes cheap.
+        return
     _check(schema, value, old, has_old, path, out)
     if isinstance(value, dict):
         props = schema.get("properties") or {}
@@ -166,5 +170,7 @@ def cel_causes(schema: dict[str, Any] | None, obj: dict[str, Any], old: dict[str
         if key in ("apiVersion", "kind", "metadata") or key not in props:
             continue
         has_old = old is not None and key in old
+        if has_old and value == old.get(key):
+            continue  # unchanged: ratcheted (see _walk)
         _walk(props[key], value, old.get(key) if has_old else None, has_old, key, out)
     return out
