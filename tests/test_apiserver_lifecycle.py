@@ -117,11 +117,19 @@ def test_delete_preconditions(api_server, custom):
     created = custom.create_namespaced_custom_object(G, V, NS, WS, workspace("w"))
     with pytest.raises(ApiException) as err:
         custom.delete_namespaced_custom_object(G, V, NS, WS, "w", body={"preconditions": {"uid": "other"}})
-    assert err.value.status == 409 and "Precondition failed: UID in precondition" in json.loads(err.value.body)[
-        "message"]
+    # rest.BeforeDelete (registry/rest/delete.go) checks the preconditions, naming the kind
+    assert err.value.status == 409
+    body = json.loads(err.value.body)
+    assert body["message"] == (f'Operation cannot be fulfilled on Workspace.kaito.sh "w": the UID in the precondition '
+                               f'(other) does not match the UID in record ({created["metadata"]["uid"]}). The object '
+                               'might have been deleted and then recreated')
+    assert body["details"] == {"name": "w", "group": "kaito.sh", "kind": "Workspace"}
     with pytest.raises(ApiException) as err:
         custom.delete_namespaced_custom_object(G, V, NS, WS, "w", body={"preconditions": {"resourceVersion": "1"}})
     assert err.value.status == 409
+    assert json.loads(err.value.body)["message"].endswith(
+        f'the ResourceVersion in the precondition (1) does not match the ResourceVersion in record '
+        f'({created["metadata"]["resourceVersion"]}). The object might have been modified')
     custom.delete_namespaced_custom_object(G, V, NS, WS, "w", body={"preconditions": {
         "uid": created["metadata"]["uid"], "resourceVersion": created["metadata"]["resourceVersion"]}})
     assert gone(custom.get_namespaced_custom_object, G, V, NS, WS, "w")

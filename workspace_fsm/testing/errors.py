@@ -107,7 +107,7 @@ class APIError(Exception):
 
     @classmethod
     def expired(cls, requested: int, oldest: int) -> APIError:
-        return cls(410, "Expired", f"too old resource version: {requested} ({oldest})", {})
+        return cls(410, "Expired", f"too old resource version: {requested} ({oldest})", None)
 
     @classmethod
     def unprocessable(cls, message: str) -> APIError:

@@ -598,13 +598,20 @@ class Store:
                 raise APIError.not_found(info, name)
             old_meta = old["metadata"]
             pre = options.get("preconditions") or {}
+            # rest.BeforeDelete checks preconditions first, naming the kind (GroupResource{group, Kind})
+            by_kind = f"{info.kind}.{info.group}" if info.group else info.kind
+            details = {"name": name, **({"group": info.group} if info.group else {}), "kind": info.kind}
             if pre.get("uid") and pre["uid"] != old_meta["uid"]:
-                raise APIError.conflict(info, name, f"Precondition failed: UID in precondition: {pre['uid']}, "
-                                                    f"UID in object meta: {old_meta['uid']}")
+                raise APIError(409, "Conflict", f'Operation cannot be fulfilled on {by_kind} "{name}": the UID in the '
+                                                f'precondition ({pre["uid"]}) does not match the UID in record '
+                                                f'({old_meta["uid"]}). The object might have been deleted and then '
+                                                'recreated', details)
             if pre.get("resourceVersion") and pre["resourceVersion"] != old_meta["resourceVersion"]:
-                raise APIError.conflict(info, name, "Precondition failed: ResourceVersion in precondition: "
-                                                    f"{pre['resourceVersion']}, ResourceVersion in object meta: "
-                                                    f"{old_meta['resourceVersion']}")
+                raise APIError(409, "Conflict", f'Operation cannot be fulfilled on {by_kind} "{name}": the '
+                                                f'ResourceVersion in the precondition ({pre["resourceVersion"]}) does '
+                                                f'not match the ResourceVersion in record '
+                                                f'({old_meta["resourceVersion"]}). The object might have been '
+                                                'modified', details)
             policy = options.get("propagationPolicy")
             orphan = options.get("orphanDependents")
             if policy is None and orphan is not None:
