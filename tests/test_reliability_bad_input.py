@@ -161,7 +161,7 @@ def test_validate_names_the_object_and_the_field_of_every_bad_workspace(bad):
     rc, out, err, path = _validate(bad.doc)
     assert "Traceback" not in out + err
     if not isinstance(bad.doc, dict):
-        assert rc == 0 and "skipped, not a Workspace" in out and "no Workspace in this file" in out
+        assert rc == 0 and "skipped, not a Workspace or a RAGEngine" in out and "no Workspace or RAGEngine in this file" in out
         return
     if any(reason == "IntegerOutOfRange" for _, reason in bad.expect) and err:
         # YAML itself cannot hold an integer of thousands of digits: said with the line and column.

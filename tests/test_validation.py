@@ -107,14 +107,14 @@ def test_accelerator_example_needs_byo_nodes(examples):
 
 def test_kaito_examples_through_validate_files(kaito_dir):
     files = sorted((kaito_dir / "examples").glob("*/*.yaml"))
-    files = [f for f in files if f.name != ACCELERATOR_EXAMPLE]
+    files = [f for f in files if f.name != ACCELERATOR_EXAMPLE and f.parent.name != "rag"]  # RAG: its own test
     out, err = io.StringIO(), io.StringIO()
     assert validate_files(files, out=out, err=err) == 0, out.getvalue() + err.getvalue()
     assert err.getvalue() == ""
     summary = out.getvalue().splitlines()[-1]
     assert re.fullmatch(r"\d+ Workspaces checked, 0 invalid, 0 problems", summary)
-    assert "document 1 (ConfigMap ds-inference-params): skipped, not a Workspace" in out.getvalue()
-    assert "kaito_multiroleinference_phi4_4.yaml: note: no Workspace in this file" in out.getvalue()
+    assert "document 1 (ConfigMap ds-inference-params): skipped, not a Workspace or a RAGEngine" in out.getvalue()
+    assert "kaito_multiroleinference_phi4_4.yaml: note: no Workspace or RAGEngine in this file" in out.getvalue()
 
 
 def test_default_catalogue_matches_supported_models(kaito_dir):
@@ -492,7 +492,7 @@ def test_validate_files_valid(tmp_path):
     rc, out, err = _run([path])
     assert rc == 0 and err == []
     assert out == [
-        f"{path}: document 1 (ConfigMap params): skipped, not a Workspace",
+        f"{path}: document 1 (ConfigMap params): skipped, not a Workspace or a RAGEngine",
         "2 Workspaces checked, 0 invalid, 0 problems",
     ]
 
@@ -537,9 +537,9 @@ def test_validate_files_no_workspace_is_a_note(tmp_path):
     rc, out, err = _run([path])
     assert rc == 0 and err == []
     assert out == [
-        f"{path}: document 2 (Secret hf-token): skipped, not a Workspace",
-        f"{path}: document 3 (array): skipped, not a Workspace",
-        f"{path}: note: no Workspace in this file",
+        f"{path}: document 2 (Secret hf-token): skipped, not a Workspace or a RAGEngine",
+        f"{path}: document 3 (array): skipped, not a Workspace or a RAGEngine",
+        f"{path}: note: no Workspace or RAGEngine in this file",
         "0 Workspaces checked, 0 invalid, 0 problems",
     ]
 
@@ -656,3 +656,16 @@ def test_check_document_never_raises_on_mutated_examples(examples, data):
         doc = _mutate(doc, path, op, data.draw(json_like))
     problems = check_document(doc, auto_provisioning=data.draw(st.booleans()))
     assert all(isinstance(p, Problem) for p in problems)
+
+
+def test_validate_judges_ragengines_as_kaitos_webhook_does(kaito_dir):
+    """KAITO's RAG examples: the retrieve-only one is valid, the two with the placeholder inference URL (which
+    KAITO's own webhook refuses) are not, each with its specific reason; the PVC beside one is skipped."""
+    rag = sorted(str(p) for p in (kaito_dir / "examples" / "rag").glob("*.yaml"))
+    out = io.StringIO()
+    rc = validate_files(rag, out=out, err=io.StringIO())
+    text = out.getvalue()
+    assert rc == 1
+    assert text.count("[InferenceURLPlaceholder]") == 2 and "ragengine-retrieve" not in text
+    assert "(PersistentVolumeClaim pvc-ragengine-vector-db): skipped" in text
+    assert text.splitlines()[-1] == "0 Workspaces and 3 RAGEngines checked, 2 invalid, 2 problems"

@@ -1018,7 +1018,7 @@ def validate_files(
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
     cat = catalogue if catalogue is not None else Catalogue.default()
-    checked = invalid = problem_count = 0
+    checked = invalid = problem_count = rag_checked = 0
     unreadable = unparseable = 0
 
     for raw_path in paths:
@@ -1043,7 +1043,21 @@ def validate_files(
                 if doc is None:
                     continue
                 if not is_workspace(doc):
-                    print(f"{path}: document {index} ({_describe_other(doc)}): skipped, not a Workspace", file=out)
+                    from workspace_fsm.kaito.ragengine import check_ragengine, is_ragengine
+
+                    if is_ragengine(doc):  # judged as KAITO's RAGEngine webhook judges it
+                        workspaces_here += 1
+                        rag_checked += 1
+                        rag_problems = check_ragengine(doc)
+                        invalid += 1 if rag_problems else 0
+                        problem_count += len(rag_problems)
+                        for p in rag_problems:
+                            where = f"{p.path}: " if p.path else ""
+                            print(f"{path}: document {index}: RAGEngine {object_ref(doc)}: {where}[{p.reason}] "
+                                  f"{p.message}", file=out)
+                        continue
+                    print(f"{path}: document {index} ({_describe_other(doc)}): skipped, not a Workspace or a "
+                          f"RAGEngine", file=out)
                     continue
                 workspaces_here += 1
                 checked += 1
@@ -1060,10 +1074,12 @@ def validate_files(
             unparseable += 1
             continue
         if workspaces_here == 0:
-            print(f"{path}: note: no Workspace in this file", file=out)
+            print(f"{path}: note: no Workspace or RAGEngine in this file", file=out)
 
     summary = (
-        f"{checked} Workspace{'s' if checked != 1 else ''} checked, {invalid} invalid, "
+        f"{checked} Workspace{'s' if checked != 1 else ''}"
+        + (f" and {rag_checked} RAGEngine{'s' if rag_checked != 1 else ''}" if rag_checked else "")
+        + f" checked, {invalid} invalid, "
         f"{problem_count} problem{'s' if problem_count != 1 else ''}"
     )
     if unparseable:
