@@ -197,7 +197,7 @@ def _to_v2(node: Any) -> Any:
 
 def openapi_v2(by_gv: dict[tuple[str, str], list[Any]]) -> dict[str, Any]:
     definitions: dict[str, Any] = {}
-    for (group, version), infos in sorted(by_gv.items()):
+    for (_group, version), infos in sorted(by_gv.items()):
         components, _ = _schemas_for(infos, version)
         definitions.update(_to_v2(components))
     return {"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.32.0"}, "paths": {},

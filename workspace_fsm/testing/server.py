@@ -459,7 +459,8 @@ class TestAPIServer:
                 "selfsubjectaccessreviews", "subjectaccessreviews"):
             self._access_review(h, method, parts[3], body, user)
             return
-        discovery = bool(parts) and ((parts[0] == "api" and len(parts) <= 2) or (parts[0] == "apis" and len(parts) <= 3))
+        discovery = bool(parts) and ((parts[0] == "api" and len(parts) <= 2)
+                                     or (parts[0] == "apis" and len(parts) <= 3))
         if not parts or parts[0] not in ("api", "apis") or discovery:
             public = "/" + "/".join(parts) in ("/version", "/healthz", "/livez", "/readyz")  # system:public-info-viewer
             if user is not None and not public and not self.rbac.allowed(user, method.lower(), "", "", None, None,
