@@ -168,3 +168,55 @@ def test_kubectl_chunk_size(api_server, seeded, api_server_kubectl):
     out = api_server_kubectl("get", "configmaps", "-A", "--chunk-size=3")
     rows = out.stdout.splitlines()
     assert rows[0].split()[:2] == ["NAMESPACE", "NAME"] and len(rows) == 10
+
+
+# ---------------------------------------------------------------------------- property
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def paging_server():
+    from workspace_fsm.testing import TestAPIServer
+
+    with TestAPIServer(seed=11, gc=False) as server:
+        api = client.CoreV1Api(server.api_client())
+        for ns in ("a", "a-b", "b"):
+            api.create_namespace({"metadata": {"name": ns}})
+            for i in range(6):
+                api.create_namespaced_config_map(ns, cm(f"c{i}", {"mod": str(i % 3)}))
+        yield server, api
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(limit=st.integers(1, 8), namespace=st.sampled_from([None, "a", "a-b", "b"]),
+       selector=st.sampled_from([None, "mod=1", "mod!=0", "mod in (0,2)"]),
+       writes=st.lists(st.tuples(st.sampled_from(["a", "a-b", "b"]), st.integers(0, 9)), max_size=3))
+def test_property_pages_add_up_to_the_list_of_the_first_revision(paging_server, limit, namespace, selector, writes):
+    """Whatever the limit, selector and writes between pages: the pages, in order, are exactly the list at the
+    first page's revision, each at most ``limit`` long, all at that revision."""
+    server, api = paging_server
+    kwargs = {"label_selector": selector} if selector else {}
+    fn = (lambda **kw: api.list_namespaced_config_map(namespace, **kw)) if namespace else \
+        (lambda **kw: api.list_config_map_for_all_namespaces(**kw))
+    whole = fn(**kwargs)
+    first = fn(limit=limit, **kwargs)
+    got = list(first.items)
+    cont = first.metadata._continue
+    for ns, i in writes:  # changes after the snapshot must not show
+        api.patch_namespaced_config_map(f"c{i % 6}", ns, {"data": {"k": f"w{i}"}})
+    while cont:
+        page = fn(limit=limit, _continue=cont, **kwargs)
+        assert len(page.items) <= limit
+        assert page.metadata.resource_version == first.metadata.resource_version
+        got.extend(page.items)
+        cont = page.metadata._continue
+    assert first.metadata.resource_version == whole.metadata.resource_version  # nothing written in between
+    assert [(i.metadata.namespace, i.metadata.name, i.data) for i in got] == \
+        [(i.metadata.namespace, i.metadata.name, i.data) for i in whole.items]
+    assert [(i.metadata.namespace, i.metadata.name, i.data) for i in got] == \
+        [(i.metadata.namespace, i.metadata.name, i.data) for i in fn(resource_version=first.metadata.resource_version,
+                                                                   resource_version_match="Exact", **kwargs).items]
+    keys = [f"{i.metadata.namespace}/{i.metadata.name}" for i in got]
+    assert keys == sorted(keys)  # storage-key order ("a-b/..." before "a/...", as etcd's bytes sort)
