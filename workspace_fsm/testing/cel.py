@@ -70,6 +70,34 @@ _OLD_SELF = re.compile(r"\boldSelf\b")
 
 
 def _evaluate(expr: str, value: Any, old: Any, has_old: bool) -> Any:
+    """A rule's result; rules are pure functions of ``self`` (and ``oldSelf``), so results are memoized by
+    value: the interpreter takes about a millisecond a rule, and the same values (requirement keys, refs)
+    come back on every object."""
+    try:
+        key = json.dumps([expr, value, old if has_old else None, has_old], sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return _evaluate_now(expr, value, old, has_old)
+    kind, result = _memo(key)
+    if kind == "error":
+        raise RuntimeError(result)
+    return result
+
+
+@lru_cache(maxsize=8192)
+def _memo(key: str) -> tuple[str, Any]:
+    expr, value, old, has_old = json.loads(key)
+    try:
+        result = _evaluate_now(expr, value, old, has_old)
+    except Exception as exc:  # remembered as the same evaluation error
+        return "error", str(exc)
+    if celtypes is not None and isinstance(result, celtypes.BoolType):
+        return "ok", bool(result)
+    if isinstance(result, str):
+        return "ok", str(result)
+    return "ok", result
+
+
+def _evaluate_now(expr: str, value: Any, old: Any, has_old: bool) -> Any:
     activation = {"self": celpy.json_to_cel(value)}
     if has_old:
         activation["oldSelf"] = celpy.json_to_cel(old)
