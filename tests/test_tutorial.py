@@ -148,3 +148,52 @@ def test_explain_says_the_state_each_guard_and_what_the_machine_waits_for(site):
     assert "Website default/explained (website lifecycle): Ready since" in text and "site_unready = False" in text
     missing = subprocess.run([*cmd[:4], "website/nope", *cmd[5:]], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "not found" in missing.stderr
+
+
+def test_a_lifecycle_may_keep_its_record_in_an_annotation(site):
+    """AnnotationStore: the record rides in an annotation (for a resource whose status has no conditions),
+    written before the status with the observed resourceVersion, and read back on the next pass."""
+    from datetime import datetime, timezone
+
+    from workspace_fsm.adapters.kubernetes.generic import ResourceAdapter
+    from workspace_fsm.engine import AnnotationStore, RecordFormat
+    from workspace_fsm.engine.runner import FsmReconciler
+
+    tutorial = load_lifecycle(TUTORIAL)
+
+    def always(f):
+        return True
+
+    noted = Lifecycle("noted", resource=tutorial.resource, parse=tutorial.parse, summary_field="phase",
+                      record=RecordFormat(store=AnnotationStore("tutorial.example.com/record")),
+                      states=(State("Pending", "new"), State("Seen", "seen once", summary="Seen")),
+                      edges=(Edge("Pending", "Seen", always),))
+    k8s.CoreV1Api(site.api).create_namespace({"metadata": {"name": "other"}})  # the site's runner watches all
+    custom = k8s.CustomObjectsApi(site.api)
+    adapter = ResourceAdapter(site.api, noted, namespace="other")
+    adapter.start()
+    try:
+        assert adapter.wait_synced(10)
+        custom.create_namespaced_custom_object(G, V, "other", P, {
+            "apiVersion": f"{G}/{V}", "kind": "Website", "metadata": {"name": "noted"}, "spec": {"message": "m"}})
+        wait_for("the cache", lambda: adapter.observe("other/noted")[0] is not None)
+        r = FsmReconciler(adapter, time.time, epoch=datetime(1970, 1, 1, tzinfo=timezone.utc))
+
+        def pass_then_record():
+            # The site's own runner writes this Website too (its lifecycle watches every namespace): a pass
+            # that meets its write gets a 409 and is simply run again, as the queue would.
+            for _ in r.reconcile("other/noted"):
+                pass
+            return (custom.get_namespaced_custom_object(G, V, "other", P, "noted")["metadata"].get("annotations")
+                    or {}).get("tutorial.example.com/record")
+
+        text = wait_for("the record", pass_then_record)
+        assert '"state":"Seen"' in text
+        again = adapter.observe("other/noted")[0]
+        rec = noted.record.read(again)
+        assert rec is not None and rec.state == "Seen" and [h.why for h in rec.history] == ["always"]
+        # The website lifecycle's own record (a condition) and this one (an annotation) live side by side.
+        stored = custom.get_namespaced_custom_object(G, V, "other", P, "noted")
+        assert any(c["type"] == "workspace-fsm/Lifecycle" for c in (stored.get("status") or {}).get("conditions") or ())
+    finally:
+        adapter.stop()

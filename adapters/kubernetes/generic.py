@@ -403,6 +403,22 @@ class ResourceAdapter:
 
     # ------------------------------------------------------------------ persist
 
+    def annotate(self, obj: Any, annotations: Sequence[tuple[str, str]]) -> None:
+        """Write annotations (a record kept in one, see AnnotationStore) with the observed resourceVersion: a
+        409 means another writer was first; the status write that follows carries the version this produced."""
+        r, m = self.lifecycle.resource, obj.metadata
+        with self._lock:
+            ov = self._overlay.get(obj.key)
+        rv = m.resource_version
+        if ov is not None and ov[0].metadata.generation == m.generation:
+            rv = (ov[1].get("metadata") or {}).get("resourceVersion", rv)
+        patch = {"metadata": {"annotations": dict(annotations), "resourceVersion": rv}}
+        result = self._call("patch", r.kind, f"writing the record of {obj.key}",
+                            lambda: self.rest.patch(r, m.namespace, m.name, patch), ok=(404,))
+        if not isinstance(result, dict):
+            raise Conflict(f"writing the record of {obj.key}: the {r.kind} is gone")
+        self._keep(obj.key, result)
+
     def _keep(self, key: str, raw: dict[str, Any]) -> None:
         rv = (raw.get("metadata") or {}).get("resourceVersion", "")
         try:

@@ -25,7 +25,7 @@ from transitions import Machine
 from workspace_fsm.engine.actions import Action, WakeUp
 from workspace_fsm.engine.kinds import Kind, Owns, Watches
 from workspace_fsm.engine.objects import Condition
-from workspace_fsm.engine.record import NoBookkeeping, Record, RecordFormat
+from workspace_fsm.engine.record import ConditionStore, NoBookkeeping, Record, RecordFormat
 
 if TYPE_CHECKING:
     from workspace_fsm.engine.interpret import Decision
@@ -246,6 +246,10 @@ class Lifecycle(Generic[F]):
         self.facts: Callable[..., Any] = facts or Facts
         self.conditions = frozenset(conditions) | ({invalid} if invalid else set())
         self.invalid = invalid
+        # What this lifecycle writes in status.conditions: its own types and its record's. Every other condition
+        # (another controller's, another lifecycle's record) is kept as it is.
+        store = self.record.store
+        self.owned_conditions = self.conditions | ({store.type} if isinstance(store, ConditionStore) else set())
         self.project = project or default_project(summary_field)
         self.wake = tuple(wake)
         self.on_write = on_write

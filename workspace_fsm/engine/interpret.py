@@ -31,7 +31,6 @@ from workspace_fsm.engine.record import HistoryEntry, Record
 
 __all__ = ["Decision", "decide", "merge_conditions"]
 
-ENGINE_CONDITION_PREFIX = "workspace-fsm/"  # condition types the engine itself owns (the record's)
 
 
 @attrs.frozen
@@ -77,7 +76,7 @@ def merge_conditions(previous: Sequence[Condition], wanted: Iterable[tuple[str, 
         ltt = old.last_transition_time if old is not None and old.status == status else stamp
         result.append(Condition(type_, status, reason, message, ltt, generation))
     for c in previous:
-        if c.type not in wanted_types and c.type not in managed and not c.type.startswith(ENGINE_CONDITION_PREFIX):
+        if c.type not in wanted_types and c.type not in managed:
             result.append(c)
     return tuple(result)
 
@@ -118,7 +117,7 @@ def _status(lc: Lifecycle[Any], obj: Any, f: Any, state: str, rec: Record[Any], 
             read: Record[Any] | None) -> Any:
     spec = lc.states[state]
     wanted = spec.conditions(f) if spec.conditions is not None else ()
-    conds = merge_conditions(obj.status.conditions, wanted, stamp, obj.metadata.generation, lc.conditions)
+    conds = merge_conditions(obj.status.conditions, wanted, stamp, obj.metadata.generation, lc.owned_conditions)
     summary = spec.summary(f) if callable(spec.summary) else spec.summary
     fields = spec.fields(f) if spec.fields is not None else None
     return lc.project(obj, f, state, conds + _record_condition(lc, obj, rec, stamp, read), summary, fields)
@@ -132,7 +131,7 @@ def _invalid(lc: Lifecycle[Any], obj: Any, rec: Record[Any] | None, stamp: datet
     wanted = [(lc.invalid, "False", first.reason, message[:32000])] if lc.invalid else []
     state = rec.state if rec is not None else lc.initial
     rec = rec or Record(state=lc.initial, data=lc.record.data(), entered_at=stamp, generation=0, since=stamp)
-    conds = merge_conditions(obj.status.conditions, wanted, stamp, obj.metadata.generation, lc.conditions)
+    conds = merge_conditions(obj.status.conditions, wanted, stamp, obj.metadata.generation, lc.owned_conditions)
     status = lc.project(obj, None, None, conds + _record_condition(lc, obj, rec, stamp, read), None, None)
     annotations = _record_annotation(lc, obj, rec, read)
     changed = status != obj.status or bool(annotations)

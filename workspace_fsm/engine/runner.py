@@ -169,6 +169,8 @@ class FsmReconciler:
                 yield from self._apply(key, ws, decision.before)
                 if decision.status_changed:
                     before = self.calls()
+                    if decision.annotations:  # a record kept in an annotation (AnnotationStore): written first
+                        self.adapter.annotate(ws, decision.annotations)  # type: ignore[attr-defined]
                     self.adapter.persist(ws, decision.status)
                     held = self._held(before)
                     if held:
