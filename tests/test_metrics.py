@@ -184,7 +184,8 @@ def test_metrics_agree_with_the_cluster_through_create_and_delete(cluster):
     assert value(m, "workspace_fsm_adapter_cache_entries", cache="parsed") == len(docs)
     assert value(m, "workspace_fsm_adapter_cache_entries", cache="known") <= sum(live.values())
     assert value(m, "workspace_fsm_api_requests_total", verb="create", kind="NodeClaim") >= 5
-    assert value(m, "workspace_fsm_worker_threads") == value(m, "workspace_fsm_workers_configured") == 5
+    # 5 workers for each lifecycle driven: Workspace and RAGEngine (the embedded cluster serves both CRDs).
+    assert value(m, "workspace_fsm_worker_threads") == value(m, "workspace_fsm_workers_configured") == 10
     assert abs(value(m, "workspace_fsm_threads") - threading.active_count()) <= 3
     assert value(m, "process_resident_memory_bytes") > 10 * 1024 * 1024
     assert value(m, "process_open_fds") > 0

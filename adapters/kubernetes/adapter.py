@@ -165,6 +165,7 @@ class KubernetesAdapter:
         self.workspaces = Informer("workspaces", _watchable(ws_list, "object"), **kw)
         self.nodeclaims = Informer("nodeclaims", _watchable(
             lambda **k: self.custom.list_cluster_custom_object(*NODECLAIMS, **k), "object"), label_selector=sel, **kw)
+        self.nodeclaims.add_index("owner", _owner_key)
         self.nodes = Informer("nodes", _watchable(lambda **k: self.core.list_node(**k), "V1NodeList"),
                               label_selector=sel, to_dict=san, **kw)
         self.deployments = Informer("deployments", _watchable(
@@ -271,12 +272,11 @@ class KubernetesAdapter:
             return None, Snapshot()
         ns, name = key.split("/", 1)
         claims: list[NodeClaim] = []
-        for obj in self.nodeclaims.items():
-            if _owner_key(obj) == key:
-                try:
-                    claims.append(to_nodeclaim(obj))
-                except (KeyError, TypeError, ValueError) as exc:
-                    log.warning("workspace %s: NodeClaim %s cannot be read: %s", key, object_key(obj), exc)
+        for obj in self.nodeclaims.by_index("owner", key):  # its own NodeClaims only: never a scan of the cache
+            try:
+                claims.append(to_nodeclaim(obj))
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("workspace %s: NodeClaim %s cannot be read: %s", key, object_key(obj), exc)
         claims.sort(key=lambda c: c.name)
         nodes: dict[str, Node] = {}
         if ws.resource is not None and ws.resource.byo_nodes:

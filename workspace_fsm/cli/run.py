@@ -285,7 +285,7 @@ def run_against(api, args: argparse.Namespace, stop: threading.Event | None = No
 
         _, adapter, queue, reconciler, _ = controllers[0]
         serve_health(health, ready=synced, alive=lambda: not stop.is_set(),
-                     registry=build_registry(adapter, queue, reconciler, workers=workers))
+                     registry=build_registry(adapter, queue, reconciler, workers=workers * len(controllers)))
         log.info("serving /healthz, /readyz and /metrics on port %d", health.port)
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:

@@ -171,7 +171,7 @@ class RunnerCollector(Collector):
         yield GaugeMetricFamily(f"{PREFIX}_worker_threads",
                                 "Worker threads alive; fewer than --workers means a worker died.", value=alive)
         if self.workers is not None:
-            yield GaugeMetricFamily(f"{PREFIX}_workers_configured", "Worker threads configured (--workers).",
+            yield GaugeMetricFamily(f"{PREFIX}_workers_configured", "Worker threads configured (--workers, for each lifecycle driven).",
                                     value=self.workers)
 
 
