@@ -155,7 +155,7 @@ def test_a_lifecycle_may_keep_its_record_in_an_annotation(site):
     written before the status with the observed resourceVersion, and read back on the next pass."""
     from datetime import datetime, timezone
 
-    from workspace_fsm.adapters.kubernetes.generic import ResourceAdapter
+    from workspace_fsm.adapters.kubernetes.generic import Owned, ResourceAdapter
     from workspace_fsm.engine import AnnotationStore, RecordFormat
     from workspace_fsm.engine.runner import FsmReconciler
 
@@ -192,8 +192,11 @@ def test_a_lifecycle_may_keep_its_record_in_an_annotation(site):
         again = adapter.observe("other/noted")[0]
         rec = noted.record.read(again)
         assert rec is not None and rec.state == "Seen" and [h.why for h in rec.history] == ["always"]
-        # The website lifecycle's own record (a condition) and this one (an annotation) live side by side.
-        stored = custom.get_namespaced_custom_object(G, V, "other", P, "noted")
-        assert any(c["type"] == "workspace-fsm/Lifecycle" for c in (stored.get("status") or {}).get("conditions") or ())
+        # Another lifecycle's record on the same object (the website's, a condition) is kept by this one's pass.
+        foreign = {"type": "workspace-fsm/Lifecycle", "status": "True", "reason": "Ready", "message": "{}",
+                   "lastTransitionTime": "2026-01-01T00:00:00Z"}
+        doc = {**custom.get_namespaced_custom_object(G, V, "other", P, "noted"), "status": {"conditions": [foreign]}}
+        d = noted.decide(noted.parse(doc), Owned(), datetime(2026, 1, 2, tzinfo=timezone.utc))
+        assert [c.type for c in d.status.conditions] == ["workspace-fsm/Lifecycle"]
     finally:
         adapter.stop()
