@@ -71,6 +71,12 @@ class Facts:
         """The lifecycle's own bookkeeping in the record."""
         return self.rec.data
 
+    @property
+    def deadline_fired(self) -> bool:
+        """The current state's deadline has fired since the state was entered (conditions say so)."""
+        lc = self.lifecycle
+        return self.rec.attempts > 0 and lc is not None and lc.states[self.rec.state].deadline is not None
+
 
 G = TypeVar("G", bound=Callable[..., bool])
 

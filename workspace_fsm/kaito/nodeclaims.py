@@ -29,7 +29,7 @@ from workspace_fsm.kaito.model import LabelSelector, NodeClaim, Snapshot
 __all__ = ["ABOVE_TARGET", "NodeClaimBook", "NodeFacts", "delete_nodeclaims", "ensure_nodeclaims", "forget_gone",
            "gpus_ready", "in_flight_wake", "loss_settled", "nodeclaim_name", "nodes_lost", "nodes_ready",
            "recheck_byo_nodes", "recheck_gpu_capacity", "replace_unready_nodeclaims", "trim_above_target",
-           "nodes_confirmations", "drop_claim_marker"]
+           "nodes_confirmations", "drop_claim_marker", "workers_now", "loss_settle_left"]
 
 #: DeleteNodeClaim reason and Warning Event reason for NodeClaims above targetNodeCount.
 ABOVE_TARGET = "NodeClaimAboveTarget"
@@ -421,6 +421,19 @@ def replace_unready_nodeclaims(f: NodeFacts, book: NodeClaimBook, out: list[Any]
 
 
 # ----------------------------------------------------------------------------- timers and record
+
+
+def workers_now(f: NodeFacts) -> Mapping[str, Any]:
+    """status.workerNodes: the Ready nodes serving the owner."""
+    return {"workerNodes": f.ready_nodes} if f.ready_nodes else {}
+
+
+def loss_settle_left(f: NodeFacts) -> timedelta | None:
+    """How long until the state has been held for Config.loss_settle (None once it has: a loss then counts)."""
+    entered = f.rec.entered_at
+    if entered is None or f.now >= entered + f.config.loss_settle:
+        return None
+    return entered + f.config.loss_settle - f.now
 
 
 def recheck_gpu_capacity(f: NodeFacts) -> WakeUp | None:

@@ -1176,10 +1176,6 @@ def ensure_deployment(f: RAGEngineFacts, book: RAGEngineBook, out: list[Any]) ->
 Conds = list[tuple[str, str, str, str]]
 
 
-def _fired(f: RAGEngineFacts) -> bool:
-    return f.rec.attempts > 0 and RAGENGINE.states[f.rec.state].deadline is not None
-
-
 def _no_longer_serving(f: RAGEngineFacts, why: str) -> Conds:
     """Before the service is ready: RAGEngineSucceeded False, and ServiceReady False if it was True before."""
     out: Conds = []
@@ -1210,7 +1206,7 @@ def show_provisioning(f: RAGEngineFacts) -> Conds:
                f"{f.instance_type} availability, then delete and re-create the RAGEngine")
         claims = (NODECLAIM_READY, "False", "nodeClaimFailedCreation", msg)
         resource = (RESOURCE_READY, "False", "ragengineResourceStatusFailed", msg)
-    elif _fired(f):
+    elif f.deadline_fired:
         msg = f"{n} NodeClaim(s) not Ready in time; unready ones are replaced"
         claims = (NODECLAIM_READY, "False", "checkNodeClaimStatusFailed", msg)
         resource = (RESOURCE_READY, "False", "ragengineResourceStatusFailed", msg)
@@ -1221,7 +1217,7 @@ def show_provisioning(f: RAGEngineFacts) -> Conds:
 
 
 def show_plugins(f: RAGEngineFacts) -> Conds:
-    if _fired(f):
+    if f.deadline_fired:
         resource = (RESOURCE_READY, "False", "ragengineResourceStatusFailed",
                     "node plugin installation timed out: nodes are Ready but do not advertise nvidia.com/gpu; check the "
                     "NVIDIA device plugin on " + ", ".join(f.ready_nodes))
@@ -1236,7 +1232,7 @@ def show_deploying(f: RAGEngineFacts) -> Conds:
     d = f.snap.deployment
     problem = d.problem if d is not None and d.problem else None
     what = f"RAG service Deployment {f.name} is not ready" + (f": {problem}" if problem else "")
-    if _fired(f):
+    if f.deadline_fired:
         return _resources_ready(f) + [
             (SERVICE_READY, "False", "RAGEngineServiceStatusFailed", what + " after its deadline"),
             (RAGENGINE_SERVICE_READY, "False", "RAGEngineServiceStatusFailed", what + " after its deadline"),
@@ -1257,9 +1253,7 @@ def show_deleting(f: RAGEngineFacts) -> Conds:
     return [(RAGENGINE_DELETING, "True", "ragengineDeleted", "ragengine is being deleted")]
 
 
-def workers_now(f: RAGEngineFacts) -> Mapping[str, Any]:
-    """status.workerNodes: the Ready nodes serving the RAGEngine."""
-    return {"workerNodes": f.ready_nodes} if f.ready_nodes else {}
+workers_now = nc.workers_now
 
 
 def project(rag: RAGEngine, f: RAGEngineFacts | None, state: str | None, conditions: tuple[Condition, ...],
@@ -1287,12 +1281,12 @@ def confirmations(rag: RAGEngine, rec: Record[RAGEngineBook] | None = None) -> f
 def loss_held(f: RAGEngineFacts) -> WakeUp | None:
     """Nodes or the service look lost too soon after entering the state: look again once Config.loss_settle
     has passed (then it counts)."""
-    entered = f.rec.entered_at
-    if entered is None or f.now >= entered + f.config.loss_settle:
+    left = nc.loss_settle_left(f)
+    if left is None:
         return None
     lost_nodes = f.provisions and not f.nodes_ready
     if lost_nodes or (f.rec.state == "Ready" and not rag_service_ready(f)):
-        return WakeUp(entered + f.config.loss_settle - f.now,
+        return WakeUp(left,
                       f"{f.rec.state}: nodes or the service look lost; confirmed after {f.config.loss_settle} in the state")
     return None
 

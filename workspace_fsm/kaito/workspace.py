@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 
 from workspace_fsm.engine import (Config as EngineConfig, ConditionStore, Deadline, Edge, GoTo, Kind, Lifecycle,
-                                  Owns, RecordFormat, Report, Run, State, WakeUp, Watches, by_labels,
+                                  Owns, RecordFormat, Run, State, WakeUp, Watches, by_labels,
                                   by_owner_reference, guard)
 from workspace_fsm.engine.hooks import ActionEvent, Counters, Hooks
 from workspace_fsm.engine.interpret import Decision, decide as _interpret
@@ -338,11 +338,6 @@ def adopt_job_revision(f: WorkspaceFacts, book: WorkspaceBook, out: list[Any]) -
 Conds = list[tuple[str, str, str, str]]
 
 
-def _fired(f: WorkspaceFacts) -> bool:
-    d = WORKSPACE.states[f.rec.state].deadline
-    return f.rec.attempts > 0 and d is not None
-
-
 def _provisioning(f: WorkspaceFacts) -> Conds:
     n = f.target
     out: Conds = []
@@ -356,7 +351,7 @@ def _provisioning(f: WorkspaceFacts) -> Conds:
                     f"Check instance type {f.instance_type} availability, then delete and re-create the Workspace"))
         nodes = (NODES_READY, "False", "NodeClaimProvisioningFailed", "nodes cannot be provisioned")
     else:
-        fired = _fired(f)
+        fired = f.deadline_fired
         out.append((NODECLAIM_READY, "False", "NodeClaimNotReady" if fired else "NodeClaimsNotReady",
                     f"waiting for {n} NodeClaim(s) to be Ready" + (" (deadline passed; unready ones replaced)" if fired else "")))
         nodes = (NODES_READY, "False", "NodesNotReady", f"waiting for {n} node(s) to be Ready")
@@ -371,7 +366,7 @@ def _claims_ready(f: WorkspaceFacts) -> tuple[str, str, str, str]:
 
 
 def _plugins_pending(f: WorkspaceFacts) -> Conds:
-    reason = "GPUDevicePluginNotReady" if _fired(f) else "GPUCapacityNotReady"
+    reason = "GPUDevicePluginNotReady" if f.deadline_fired else "GPUCapacityNotReady"
     msg = f"nodes are Ready; waiting for nvidia.com/gpu capacity on {f.target} node(s)"
     return [_claims_ready(f), (NODES_READY, "False", reason, msg), (RESOURCE_READY, "False", reason, msg)]
 
@@ -407,7 +402,7 @@ def show_plugins(f: WorkspaceFacts) -> Conds:
 def show_deploying(f: WorkspaceFacts) -> Conds:
     w = f.snap.workload
     problem = w.problem if w is not None and w.problem else None
-    reason = problem or ("WorkloadNotReady" if _fired(f) else "WorkloadDeploying")
+    reason = problem or ("WorkloadNotReady" if f.deadline_fired else "WorkloadDeploying")
     msg = f"inference workload {f.ws.metadata.name} is not ready" + (f": {problem}" if problem else "")
     return _resources_ready(f) + [(INFERENCE_READY, "False", reason, msg), (WORKSPACE_SUCCEEDED, "False", "WorkspaceNotReady", msg)]
 
@@ -468,9 +463,7 @@ def workers_kept(f: WorkspaceFacts) -> Mapping[str, Any]:
     return {"workerNodes": kept if len(kept) != len(prev) else prev}
 
 
-def workers_now(f: WorkspaceFacts) -> Mapping[str, Any]:
-    """status.workerNodes: the Ready nodes serving the Workspace."""
-    return {"workerNodes": f.ready_nodes} if f.ready_nodes else {}
+workers_now = nc.workers_now
 
 
 def workers_now_or_kept(f: WorkspaceFacts) -> Mapping[str, Any]:
@@ -518,11 +511,11 @@ def loss_held_or_replicas(f: WorkspaceFacts) -> WakeUp | None:
 
 
 def _loss_held(f: WorkspaceFacts, workload: bool) -> WakeUp | None:
-    entered = f.rec.entered_at
-    if entered is None or f.now >= entered + f.config.loss_settle:
+    left = nc.loss_settle_left(f)
+    if left is None:
         return None
     if (not f.nodes_ready and not nodes_lost(f)) or (workload and not workload_ready(f)):
-        return WakeUp(entered + f.config.loss_settle - f.now,
+        return WakeUp(left,
                       f"{f.rec.state}: nodes or replicas look lost; confirmed after {f.config.loss_settle} in the state")
     return None
 
@@ -645,4 +638,4 @@ def decide(ws: Workspace, snapshot: Snapshot, now: datetime, config: Config = DE
 
 
 __all__ += ["HistoryEntry", "STATES", "STATE_TABLE", "EDGES", "MACHINE", "TRIGGER", "step", "step_via_trigger",
-            "edge_guard_name", "mermaid", "workload_kind", "Report"]
+            "edge_guard_name", "mermaid", "workload_kind"]
