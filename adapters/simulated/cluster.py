@@ -64,6 +64,7 @@ WORKLOAD_PROBLEMS = ("CrashLoopBackOff", "ImagePullBackOff")
 
 _WS, _CLAIM, _NODE, _WORKLOAD, _JOB = "Workspace", "NodeClaim", "Node", "Workload", "Job"
 _CLUSTER_SCOPED = (_CLAIM, _NODE)
+_ROLLED_OUT = ("Deployment", "StatefulSet")  # documents whose pods the simulated kubelet makes ready
 _MASK64 = (1 << 64) - 1
 
 
@@ -104,17 +105,33 @@ def _brief(obj: Any) -> str:
     return type(obj).__name__
 
 
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: objects merge, ``null`` removes, anything else replaces."""
+    if not isinstance(patch, Mapping):
+        return patch
+    out = dict(target) if isinstance(target, Mapping) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = _merge_patch(out.get(k), v)
+    return out
+
+
 # --------------------------------------------------------------------------- per-Workspace record
 
 
 @attrs.define
 class WorkspaceRecord:
-    """What the benchmark reports per Workspace. Times are virtual seconds."""
+    """What the benchmark reports per resource (a Workspace, or another lifecycle's resource such as a
+    RAGEngine: ``kind`` and ``lifecycle`` say which). Times are virtual seconds."""
 
     key: str
     tuning: bool
-    nodes: int
+    nodes: int  # GPU nodes it needs (0: none of its own, e.g. a RAGEngine without compute)
     preset: str = ""
+    kind: str = "Workspace"
+    lifecycle: str = "workspace"
     created_at: float | None = None
     generation: int = 1
     #: generation -> (time, state) the first time status.state reached the goal for that generation
@@ -160,11 +177,11 @@ class WorkspaceRecord:
         became Ready (creation -> Ready -> GPU capacity) plus the first workload rollout or Job run.
         None until those have been sampled (or when the workload never becomes ready)."""
         paths = [p for p in self.claim_paths.values() if p is not None]
-        if not paths:
+        if not paths and self.nodes:
             return None
         tail = self.job_paths[0] if self.tuning and self.job_paths else (
             self.workload_paths[0] if not self.tuning and self.workload_paths else None)
-        return None if tail is None else max(paths) + tail
+        return None if tail is None else max(paths, default=0.0) + tail
 
     @property
     def stuck(self) -> bool:
@@ -266,6 +283,19 @@ class SimCluster:
         self._own_known: set[tuple[str, str]] = set()
         self._tombs_of: dict[str, dict[str, None]] = {}
         self._handler: Callable[[str], None] | None = None
+
+        # Other lifecycles' resources and the children they create (see "other lifecycles" below): kept as
+        # the API server keeps them, as dicts. None of this is touched by a Workspace-only population.
+        self._objs: dict[str, dict[str, dict[str, Any]]] = {}  # kind -> key -> document
+        self._children_of: dict[str, dict[tuple[str, str], None]] = {}  # owner token -> its (kind, key)
+        self._cache_owned: dict[tuple[str, str], dict[str, None]] = {}  # (kind, owner token) -> cached keys
+        self._generic_kinds: set[str] = set()
+        #: resource kind -> the adapter serving it (routes its events, see :meth:`register`)
+        self._routes: dict[str, Any] = {}
+        self._obj_overlay: dict[str, tuple[dict[str, Any] | None, int]] = {}
+        self._obj_own_patches: dict[str, dict[str, str]] = {}
+        #: lifecycle name -> "verb Kind" -> count: the calls of the adapters serving other lifecycles
+        self.api_calls_by: dict[str, dict[str, int]] = {}
 
         # write-through overlay: key -> (the version this adapter wrote (None: it removed it), its change seq)
         self._overlay: dict[str, tuple[Workspace | None, int]] = {}
@@ -399,6 +429,9 @@ class SimCluster:
 
     def _deliver(self, entry: tuple[float, int, str, str, Any, str | None]) -> None:
         _, seq, kind, key, obj, owner = entry
+        if kind in self._generic_kinds:
+            self._deliver_object(seq, kind, key, obj, owner)
+            return
         store = self._cache[kind]
         if obj is None:
             store.pop(key, None)
@@ -420,7 +453,9 @@ class SimCluster:
                 if old_owner is not None:
                     self._tombs_of.get(old_owner, {}).pop(_absent_name(kind, key), None)
         self._cache_seq = seq
-        if self._handler is not None and owner is not None and (kind != _NODE or self.params.nodes_from_cache):
+        if owner is not None and self._routes and ":" in owner:
+            self._route(kind, owner)  # another lifecycle's NodeClaim or Node
+        elif self._handler is not None and owner is not None and (kind != _NODE or self.params.nodes_from_cache):
             # Nodes wake their Workspace only when they are cached (a label-selected watch of the
             # Workspace's own nodes); otherwise they are not watched and a timer re-checks them.
             self._handler(owner)
@@ -523,19 +558,22 @@ class SimCluster:
 
     # ------------------------------------------------------------------ API accounting
 
-    def _count(self, verb: str, kind: str) -> None:
+    def _count(self, verb: str, kind: str, by: str | None = None) -> None:
         name = f"{verb} {kind}"
         self.api_calls[name] = self.api_calls.get(name, 0) + 1
+        if by is not None:
+            mine = self.api_calls_by.setdefault(by, {})
+            mine[name] = mine.get(name, 0) + 1
 
-    def _read(self, verb: str, kind: str) -> None:
+    def _read(self, verb: str, kind: str, by: str | None = None) -> None:
         self.reads += 1
         self.api_call_count += 1
-        self._count(verb, kind)
+        self._count(verb, kind, by)
 
-    def _write(self, verb: str, kind: str) -> None:
+    def _write(self, verb: str, kind: str, by: str | None = None) -> None:
         self.writes += 1
         self.api_call_count += 1
-        self._count(verb, kind)
+        self._count(verb, kind, by)
         rate = self.params.api_error_rate
         if rate and self._err_rng.random() < rate:
             raise AdapterError(f"simulated API error: {verb} {kind} failed (500 Internal Server Error)")
@@ -1014,12 +1052,284 @@ class SimCluster:
         self._read("get", _JOB)
         return self._jobs.get(key)
 
+    # ------------------------------------------------------------------ other lifecycles: resources as dicts
+
+    # A lifecycle other than the Workspace's (KAITO's RAGEngine, an author's) is served by
+    # :class:`~.generic.SimResourceAdapter` from its declaration alone. Its resources and the children it
+    # creates are kept here as the API server keeps them, as documents: the same change log, cache lag,
+    # tombstones and resourceVersions as the Workspace's objects. A child's owner is a token
+    # ``"<Kind>:<namespace>/<name>"`` (Kubernetes names hold no colon), so a RAGEngine and a Workspace of the same
+    # name never share NodeClaims, random streams or events. NodeClaims and Nodes stay the typed ones Karpenter's
+    # simulation already drives: one Karpenter for every lifecycle.
+
+    def register(self, adapter: Any) -> None:
+        """Serve ``adapter.kind``'s resources: their events, and those of the children its lifecycle declares
+        as waking it, go to ``adapter.notify``. Called by the adapter itself."""
+        self._routes[adapter.kind] = adapter
+        for k in adapter.kinds:
+            if k not in (_CLAIM, _NODE):
+                self._generic_kinds.add(k)
+                self._cache.setdefault(k, {})
+                self._objs.setdefault(k, {})
+
+    def _route(self, kind: str, owner: str) -> None:
+        prefix, _, key = owner.partition(":")
+        adapter = self._routes.get(prefix)
+        if adapter is not None and kind in adapter.waking_kinds:
+            adapter.notify(key)
+
+    def _deliver_object(self, seq: int, kind: str, key: str, obj: dict[str, Any] | None, owner: str | None) -> None:
+        store = self._cache[kind]
+        primary = owner is not None and owner == f"{kind}:{key}"
+        if obj is None:
+            store.pop(key, None)
+            if primary:
+                self._tombs_of.pop(owner, None)  # type: ignore[arg-type]
+            else:
+                self._tombs[(kind, key)] = owner
+                if owner is not None:
+                    self._cache_owned.get((kind, owner), {}).pop(key, None)
+                    self._tombs_of.setdefault(owner, {})[_absent_name(kind, key)] = None
+        else:
+            store[key] = obj
+            self._own_known.discard((kind, key))
+            if owner is not None and not primary:
+                self._cache_owned.setdefault((kind, owner), {})[key] = None
+            if (kind, key) in self._tombs:
+                old_owner = self._tombs.pop((kind, key))
+                if old_owner is not None:
+                    self._tombs_of.get(old_owner, {}).pop(_absent_name(kind, key), None)
+        self._cache_seq = seq
+        if owner is not None:
+            self._route(kind, owner)
+
+    def _put_object(self, kind: str, key: str, doc: dict[str, Any], owner: str | None) -> int:
+        """Store a new version of a document with a fresh resourceVersion; returns its change seq."""
+        seq = self._seq + 1
+        doc = {**doc, "metadata": {**doc["metadata"], "resourceVersion": _resource_version(seq)}}
+        self._objs[kind][key] = doc
+        assert self._change(kind, key, doc, owner) == seq
+        return seq
+
+    def object(self, kind: str, key: str) -> dict[str, Any] | None:
+        """The stored document (the API server's truth: free, for tests, metrics and the adapters' writes)."""
+        return self._objs.get(kind, {}).get(key)
+
+    def create_resource(self, kind: str, doc: Mapping[str, Any], *, at: float | None = None, nodes: int = 0,
+                        lifecycle: str = "") -> str:
+        """A user creates a resource of a registered lifecycle (``kubectl apply``; not counted as controller
+        API calls), now or at virtual time ``at``. ``nodes``: the GPU nodes it needs. Returns its key."""
+        meta = dict(doc.get("metadata") or {})
+        key = f"{meta.get('namespace') or 'default'}/{meta['name']}"
+        token = f"{kind}:{key}"
+        if not meta.get("uid"):
+            digest = hashlib.sha256(f"{self.seed}/uid/{token}/{len(self.records)}".encode()).digest()
+            meta["uid"] = str(uuid.UUID(bytes=digest[:16], version=4))
+        meta.setdefault("namespace", "default")
+        doc = {**doc, "metadata": meta}
+        if token not in self.records or self.records[token].removed_at is not None:
+            self.records[token] = WorkspaceRecord(key=token, tuning=False, nodes=nodes, kind=kind,
+                                                  lifecycle=lifecycle or kind.lower())
+        if at is not None and at > self.now:
+            self._at(at, "obj_arrive", kind, key, doc)
+        else:
+            self._ev_obj_arrive(kind, key, doc)
+        return key
+
+    def _ev_obj_arrive(self, kind: str, key: str, doc: dict[str, Any]) -> None:
+        if key in self._objs[kind]:
+            return
+        meta = {**doc["metadata"], "generation": max(1, int(doc["metadata"].get("generation") or 1)),
+                "creationTimestamp": format_time(whole_seconds(self.now_dt))}
+        meta.pop("deletionTimestamp", None)
+        token = f"{kind}:{key}"
+        self._put_object(kind, key, {**doc, "metadata": meta}, token)
+        rec = self.records.get(token)
+        if rec is not None:
+            rec.created_at = self.now
+            rec.generation = meta["generation"]
+
+    def delete_resource(self, kind: str, key: str, *, at: float | None = None) -> None:
+        """A user deletes a resource: deletionTimestamp is set, and it goes once it has no finalizers."""
+        if at is not None and at > self.now:
+            self._at(at, "obj_delete", kind, key)
+        else:
+            self._ev_obj_delete(kind, key)
+
+    def _ev_obj_delete(self, kind: str, key: str) -> None:
+        doc = self._objs[kind].get(key)
+        if doc is None or doc["metadata"].get("deletionTimestamp"):
+            return
+        token = f"{kind}:{key}"
+        rec = self.records.get(token)
+        if rec is not None:
+            rec.delete_requested_at = self.now
+        if not doc["metadata"].get("finalizers"):
+            self.remove_resource(kind, key)
+            return
+        meta = {**doc["metadata"], "deletionTimestamp": format_time(whole_seconds(self.now_dt))}
+        self._put_object(kind, key, {**doc, "metadata": meta}, token)
+
+    def remove_resource(self, kind: str, key: str) -> int:
+        """The resource is gone (its last finalizer removed); its owned children are garbage-collected."""
+        token = f"{kind}:{key}"
+        doc = self._objs[kind].pop(key)
+        seq = self._change(kind, key, None, token)
+        rec = self.records.get(token)
+        if rec is not None:
+            rec.removed_at = self.now
+        delay = self.params.latencies.owner_gc.sample(self._rng(token, "gc"))
+        self._at(self.now + delay, "obj_gc", token, doc["metadata"].get("uid", ""))
+        return seq
+
+    def _ev_obj_gc(self, token: str, uid: str) -> None:
+        for kind, key in list(self._children_of.get(token, ())):
+            meta = self._meta.get((kind, key))
+            if meta is not None and meta.owner_uid == uid and key in self._objs.get(kind, {}):
+                self._drop_child(kind, key)
+
+    def _drop_child(self, kind: str, key: str) -> None:
+        meta = self._meta.pop((kind, key))
+        del self._objs[kind][key]
+        self._children_of.get(meta.owner, {}).pop((kind, key), None)
+        self._change(kind, key, None, meta.owner)
+
+    def create_child(self, kind: str, key: str, body: dict[str, Any], owner: str, owner_uid: str) -> bool:
+        """Store a child a lifecycle created (the adapter counts the call). False when it already exists.
+        A Deployment or StatefulSet rolls out as the workload controllers and the kubelet would."""
+        if key in self._objs[kind]:
+            return False
+        meta = {**body.get("metadata", {}), "generation": 1,
+                "creationTimestamp": format_time(whole_seconds(self.now_dt))}
+        meta["uid"] = str(uuid.UUID(bytes=hashlib.sha256(f"{self.seed}/child/{kind}/{key}/{self._seq}".encode())
+                                     .digest()[:16], version=4))
+        self._meta[(kind, key)] = _Obj(self._next_inc(), owner, owner_uid)
+        self._children_of.setdefault(owner, {})[(kind, key)] = None
+        self._own_known.add((kind, key))
+        self._put_object(kind, key, {**body, "metadata": meta}, owner)
+        if kind in _ROLLED_OUT:
+            self._roll_object(kind, key)
+        return True
+
+    def patch_child(self, kind: str, key: str, patch: Mapping[str, Any]) -> bool:
+        """A JSON merge patch (RFC 7386). A change of ``spec`` makes a new generation, which rolls out anew.
+        False when the object does not exist."""
+        doc = self._objs[kind].get(key)
+        if doc is None:
+            return False
+        new = _merge_patch(doc, patch)
+        if new.get("spec") != doc.get("spec"):
+            new["metadata"] = {**new["metadata"], "generation": int(doc["metadata"].get("generation", 1)) + 1}
+        if new == doc:
+            return True
+        meta = self._meta.get((kind, key))
+        self._put_object(kind, key, new, meta.owner if meta is not None else None)
+        if kind in _ROLLED_OUT and new["metadata"]["generation"] != doc["metadata"].get("generation"):
+            self._roll_object(kind, key)
+        return True
+
+    def delete_child(self, kind: str, key: str) -> None:
+        """Delete a child (NotFound is no error). Children here have no finalizers: they go at once."""
+        if key in self._objs.get(kind, {}):
+            self._drop_child(kind, key)
+
+    def _roll_object(self, kind: str, key: str) -> None:
+        """The workload's pods start: ready after the rollout latency (or never, for a failure that does not
+        recover), drawn from the owner's workload stream as the Workspace's workloads are."""
+        meta = self._meta[(kind, key)]
+        p, lat = self.params, self.params.latencies
+        rng = self._rng(meta.owner, "workload")
+        r_fail, r_recover, _ = rng.random(), rng.random(), rng.random()
+        rollout, problem, recovery = (lat.workload_rollout.sample(rng), lat.workload_problem.sample(rng),
+                                      lat.workload_recovery.sample(rng))
+        meta.inc = self._next_inc()  # voids the readiness an older generation had scheduled
+        path: float | None = rollout
+        if r_fail < p.workload_failure_rate:
+            path = problem + recovery if r_recover < p.workload_recovery_share else None
+        if path is not None:
+            self._at(self.now + path, "obj_ready", kind, key, meta.inc)
+        rec = self.records.get(meta.owner)
+        if rec is not None:
+            rec.workload_paths.append(path)
+
+    def _ev_obj_ready(self, kind: str, key: str, inc: int) -> None:
+        meta = self._live(kind, key, inc)
+        doc = self._objs[kind].get(key)
+        if meta is None or doc is None:
+            return
+        replicas = int((doc.get("spec") or {}).get("replicas", 1) or 0)
+        status = {**(doc.get("status") or {}), "observedGeneration": doc["metadata"].get("generation", 1),
+                  "replicas": replicas, "readyReplicas": replicas, "updatedReplicas": replicas,
+                  "availableReplicas": replicas}
+        self._put_object(kind, key, {**doc, "status": status}, meta.owner)
+
+    def observed_object(self, kind: str, key: str) -> dict[str, Any] | None:
+        """A resource as its adapter sees it: the cache, or the version the adapter last wrote while the cache
+        has not caught up with it (None when gone)."""
+        token = f"{kind}:{key}"
+        ov = self._obj_overlay.get(token)
+        if ov is not None:
+            if self._cache_seq < ov[1]:
+                return ov[0]
+            del self._obj_overlay[token]
+        return self._cache[kind].get(key)
+
+    def cached_children(self, kind: str, owner: str) -> list[Any]:
+        """The cached children of ``kind`` of owner token ``owner`` (by the owner index, no scan): typed
+        NodeClaims for ``NodeClaim``, documents otherwise."""
+        if kind == _CLAIM:
+            return [self._cache[_CLAIM][n] for n in self._cache_claims_of.get(owner, ())]
+        cache = self._cache[kind]
+        return [cache[k] for k in self._cache_owned.get((kind, owner), ())]
+
+    def cached(self, kind: str, key: str) -> Any:
+        return self._cache.get(kind, {}).get(key)
+
+    def absent(self, kind: str, key: str, by: str) -> bool:
+        """Positive knowledge that a child is gone: a tombstone, or a counted GET of what the cache cannot
+        vouch for (never for what this adapter created and its watch has not shown yet)."""
+        if key in self._cache.get(kind, {}) or (kind, key) in self._own_known:
+            return False
+        if (kind, key) in self._tombs:
+            return True
+        self._read("get", kind, by)
+        store = self._claims if kind == _CLAIM else self._objs.get(kind, {})
+        return key not in store
+
+    def write_resource(self, kind: str, key: str, doc: dict[str, Any], *, own_patch_of: str | None = None) -> dict:
+        """Store the adapter's write of a resource (a finalizer patch, a status write) and overlay it until the
+        cache shows it. ``own_patch_of``: the resourceVersion a metadata patch was made on (see persist)."""
+        token = f"{kind}:{key}"
+        seq = self._put_object(kind, key, doc, token)
+        new = self._objs[kind][key]
+        if own_patch_of is not None:
+            self._obj_own_patches.setdefault(token, {})[own_patch_of] = new["metadata"]["resourceVersion"]
+        self._obj_overlay[token] = (new, seq)
+        return new
+
+    def remove_written(self, kind: str, key: str) -> None:
+        """The adapter removed the last finalizer of a deleting resource: it is gone."""
+        seq = self.remove_resource(kind, key)
+        self._obj_overlay[f"{kind}:{key}"] = (None, seq)
+
+    def own_patches(self, kind: str, key: str) -> dict[str, str]:
+        return self._obj_own_patches.pop(f"{kind}:{key}", {})
+
+    def note_goal(self, token: str, state: str, generation: int) -> None:
+        """A resource of another lifecycle reached its goal state for ``generation`` (first time counts)."""
+        rec = self.records.get(token)
+        if rec is not None and generation not in rec.goals:
+            rec.goals[generation] = (self.now, state)
+            rec.generation = generation
+
+
     # ------------------------------------------------------------------ results
 
     def settled(self) -> bool:
         """Every Workspace created so far, and every one the scenario will create, is settled."""
         return all(r.settled for r in self.records.values()) and all(
-            op not in ("ws_arrive", "ws_spec_change", "ws_delete") for _, _, op, _ in self._heap)
+            op not in ("ws_arrive", "ws_spec_change", "ws_delete", "obj_arrive", "obj_delete")
+            for _, _, op, _ in self._heap)
 
     def metrics(self) -> dict[str, Any]:
         recs = list(self.records.values())

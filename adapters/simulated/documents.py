@@ -8,7 +8,7 @@ from typing import Any
 from workspace_fsm.kaito.model import (API_VERSION, KIND, InferenceSpec, ObjectMeta, ResourceSpec, TuningSpec, Workspace,
                                  WorkspaceStatus, parse_workspace)
 
-__all__ = ["inference_document", "tuning_document", "to_workspace"]
+__all__ = ["inference_document", "ragengine_document", "tuning_document", "to_workspace"]
 
 
 def _metadata(name: str, namespace: str, uid: str) -> dict[str, Any]:
@@ -74,3 +74,23 @@ def to_workspace(doc: Mapping[str, Any]) -> Workspace:
         api_version=str(doc.get("apiVersion", API_VERSION)),
         kind=str(doc.get("kind", KIND)),
     )
+
+
+def ragengine_document(name: str, *, compute: bool, instance_type: str = "Standard_NC6s_v3", count: int = 1,
+                       namespace: str = "default", uid: str = "",
+                       inference_url: str | None = None) -> dict[str, Any]:
+    """A RAGEngine like KAITO's ``examples/rag`` ones: with ``compute`` (GPU nodes of its own for the local
+    embedding model, as ``kaito_ragengine_phi_3.yaml``) or retrieve-only (``kaito_ragengine_cpu_retrieve_only.yaml``).
+
+    KAITO's examples carry a placeholder inference URL (``<inference-url>``) that its own validation refuses;
+    here a real-looking URL stands in (by default a Workspace Service's address in the same namespace)."""
+    spec: dict[str, Any] = {"embedding": {"local": {"modelID": "BAAI/bge-small-en-v1.5"}}}
+    if compute:
+        spec["compute"] = {"instanceType": instance_type, "count": count,
+                           "labelSelector": {"matchLabels": {"apps": name}}}
+        url = inference_url or f"http://workspace-phi-3-mini.{namespace}.svc.cluster.local/v1/chat/completions"
+        spec["inferenceService"] = {"url": url, "contextWindowSize": 4000}
+    meta: dict[str, Any] = {"name": name, "namespace": namespace}
+    if uid:
+        meta["uid"] = uid
+    return {"apiVersion": "kaito.sh/v1beta1", "kind": "RAGEngine", "metadata": meta, "spec": spec}

@@ -47,12 +47,21 @@ def _percentile(sorted_values: list[float], q: float) -> float | None:
 
 
 def state_counts(cluster: SimCluster) -> dict[str, int]:
-    """Machine state per Workspace (the lifecycle record's reason), or the summary state for baselines."""
+    """Machine state per Workspace (the lifecycle record's reason), or the summary state for baselines; the
+    resources of other lifecycles are counted under ``Kind/state``."""
     counts: dict[str, int] = {}
     for ws in cluster.truth.workspaces.values():
         rec = ws.status.condition("workspace-fsm/Lifecycle")
         name = rec.reason if rec is not None else (ws.status.state or "New")
         counts[name] = counts.get(name, 0) + 1
+    for kind, adapter in cluster._routes.items():
+        store = adapter.lifecycle.record.store
+        for doc in cluster._objs[kind].values():
+            state = "New"
+            for c in (doc.get("status") or {}).get("conditions") or ():
+                if c.get("type") == getattr(store, "type", None):
+                    state = c.get("reason") or state
+            counts[f"{kind}/{state}"] = counts.get(f"{kind}/{state}", 0) + 1
     return counts
 
 
@@ -74,6 +83,7 @@ def run_mode(scenario: Scenario, mode: str, workers: int = 5, *, config: Config 
     clock = VirtualClock()
     queue: WorkQueue[str] = WorkQueue(clock)
     cluster.set_event_handler(queue.add)
+    others = _other_controllers(cluster, scenario, clock, workers)
     if mode == "fsm":
         reconciler: Any = FsmReconciler(cluster, clock, config=config, api_latency_s=cluster.api_latency_s,
                                         call_counter=lambda: cluster.api_call_count, epoch=cluster.to_datetime(0.0),
@@ -82,15 +92,23 @@ def run_mode(scenario: Scenario, mode: str, workers: int = 5, *, config: Config 
         reconciler = BlockingReconciler(cluster, clock)
     else:
         reconciler = PollerReconciler(cluster, clock)
-    runner = VirtualTimeRunner(reconciler, queue, cluster, clock, workers=workers)
     def on_progress(t: float) -> None:
         if progress is not None:
             recs = cluster.records.values()
             progress(Progress(mode, t, state_counts(cluster), sum(1 for r in recs if r.first_goal_at is not None),
                               len(cluster.records) or scenario.workspaces))
 
-    stats = runner.run(cluster.settled, HORIZON_S, progress=on_progress if progress else None,
-                       progress_every_s=progress_every_s)
+    controllers = None
+    if others:  # a mixed population: one controller per lifecycle, each with its own queue and workers
+        from .population import Controller, run_controllers
+
+        controllers = [Controller("workspace", reconciler, queue, workers), *others]
+        stats = run_controllers(controllers, cluster, clock, cluster.settled, HORIZON_S,
+                                progress=on_progress if progress else None, progress_every_s=progress_every_s)
+    else:
+        runner = VirtualTimeRunner(reconciler, queue, cluster, clock, workers=workers)
+        stats = runner.run(cluster.settled, HORIZON_S, progress=on_progress if progress else None,
+                           progress_every_s=progress_every_s)
     if progress is not None:
         on_progress(clock.t)
     wall = time.perf_counter() - wall0
@@ -118,7 +136,7 @@ def run_mode(scenario: Scenario, mode: str, workers: int = 5, *, config: Config 
         "slowdown_p99": _round(_percentile(slow, 0.99), 4),
         "slowdown_max": _round(slow[-1] if slow else None, 4),
         "reached_goal": len(reached),
-        "workspaces": len(recs),
+        "workspaces": sum(1 for r in recs if r.kind == "Workspace"),
         "reconciles": stats.passes,
         "reconciles_per_workspace": round(stats.passes / len(recs), 2) if recs else None,
         "api_reads": m["reads"],
@@ -131,10 +149,106 @@ def run_mode(scenario: Scenario, mode: str, workers: int = 5, *, config: Config 
         "settled": cluster.settled(),
         "wall_s": round(wall, 3),
     }
+    if controllers is not None:
+        result["resources"] = len(recs)
+        result["lifecycles"] = {c.name: lifecycle_summary(cluster, c.name, c.stats.passes,
+                                                          "fsm" if c.name != "workspace" else mode)
+                                for c in controllers}
     result["_goals"] = sorted(ends)  # for pictures; keys starting with "_" are not part of the JSON
     if timeline:
         result["_histories"] = histories(cluster)
     return result
+
+
+def _other_controllers(cluster: SimCluster, scenario: Scenario, clock: VirtualClock, workers: int) -> list[Any]:
+    """The controllers of the scenario's other lifecycles (RAGEngines), always the machine: the baselines model
+    KAITO's Workspace controller only."""
+    if not scenario.ragengines:
+        return []
+    from workspace_fsm.kaito.ragengine import RAGENGINE
+
+    from .population import Controller, lifecycle_adapter, schedule_ragengines
+
+    adapter = lifecycle_adapter(cluster, RAGENGINE)
+    queue: WorkQueue[str] = WorkQueue(clock)
+    adapter.set_event_handler(queue.add)
+    schedule_ragengines(cluster, scenario, adapter)
+    reconciler = FsmReconciler(adapter, clock, api_latency_s=cluster.api_latency_s,
+                               call_counter=lambda: cluster.api_call_count, epoch=cluster.to_datetime(0.0),
+                               writer_id="sim-" + RAGENGINE.name)
+    return [Controller(RAGENGINE.name, reconciler, queue, workers)]
+
+
+_READS = ("get", "list")
+
+
+def lifecycle_summary(cluster: SimCluster, name: str, reconciles: int, controller: str) -> dict[str, Any]:
+    """One lifecycle's figures in a mixed population: its resources, the states they reached (from each one's
+    persisted record: the states it entered, bounded by the record's history), time to goal, its API calls."""
+    recs = [r for r in cluster.records.values() if r.lifecycle == name]
+    reached = [r for r in recs if r.first_goal_at is not None]
+    ttg = sorted(r.time_to_first_goal for r in reached)
+    if name == "workspace":
+        other = {}
+        for calls in cluster.api_calls_by.values():
+            for k, v in calls.items():
+                other[k] = other.get(k, 0) + v
+        calls = {k: v - other.get(k, 0) for k, v in cluster.api_calls.items() if v - other.get(k, 0)}
+    else:
+        calls = dict(cluster.api_calls_by.get(name, {}))
+    now_in: dict[str, int] = {}
+    entered: dict[str, int] = {}
+    for r in recs:
+        for state in _states_of(cluster, r):
+            entered[state] = entered.get(state, 0) + 1
+        final = _state_now(cluster, r)
+        now_in[final] = now_in.get(final, 0) + 1
+    return {
+        "controller": controller,
+        "resources": len(recs),
+        "reached_goal": len(reached),
+        "time_to_goal_p50_s": _round(_percentile(ttg, 0.5)),
+        "time_to_goal_p95_s": _round(_percentile(ttg, 0.95)),
+        "time_to_goal_max_s": _round(ttg[-1] if ttg else None),
+        "states_now": dict(sorted(now_in.items())),
+        "states_entered": dict(sorted(entered.items())),
+        "reconciles": reconciles,
+        "api_reads": sum(v for k, v in calls.items() if k.split(" ", 1)[0] in _READS),
+        "api_writes": sum(v for k, v in calls.items() if k.split(" ", 1)[0] not in _READS and k != "create Event"),
+        "api_calls": dict(sorted(calls.items())),
+        "nodeclaims_created": sum(len(r.claim_paths) for r in recs),
+    }
+
+
+def _record_of(cluster: SimCluster, r: Any) -> Any:
+    if r.kind == "Workspace":
+        from workspace_fsm.kaito.workspace import WORKSPACE
+
+        ws = cluster.truth.workspaces.get(r.key)
+        return None if ws is None else WORKSPACE.read_record(ws)
+    adapter = cluster._routes[r.kind]
+    doc = cluster.object(r.kind, r.key.split(":", 1)[1])
+    return None if doc is None else adapter.lifecycle.read_record(adapter.lifecycle.parse(doc))
+
+
+def _state_now(cluster: SimCluster, r: Any) -> str:
+    if r.removed_at is not None:
+        return "(removed)"
+    rec = _record_of(cluster, r)
+    if rec is not None:
+        return rec.state
+    ws = cluster.truth.workspaces.get(r.key) if r.kind == "Workspace" else None
+    return (ws.status.state if ws is not None else None) or "New"  # a baseline keeps no record
+
+
+def _states_of(cluster: SimCluster, r: Any) -> set[str]:
+    rec = _record_of(cluster, r)
+    if rec is None:
+        return set()
+    out = {rec.state}
+    for h in rec.history:
+        out.update((h.source, h.dest))
+    return out
 
 
 def histories(cluster: SimCluster) -> dict[str, list[tuple[str, float, float]]]:

@@ -328,10 +328,10 @@ DEFAULT_PRESETS = ("phi-4-mini-instruct", "falcon-7b", "llama-3.3-70b-instruct")
 
 @attrs.frozen
 class Scenario:
-    """A population of Workspaces and what happens to them. YAML keys mirror these fields."""
+    """A population of Workspaces (and RAGEngines) and what happens to them. YAML keys mirror these fields."""
 
-    #: How many Workspaces.
-    workspaces: int = attrs.field(default=100, metadata={"parse": _p_positive_int})
+    #: How many Workspaces (0 is allowed when there are RAGEngines).
+    workspaces: int = attrs.field(default=100, metadata={"parse": _p_nonneg_int})
     #: ``burst``: all created at t=0; ``spread``: created uniformly over ``arrival_window_s``.
     arrival: str = attrs.field(default="burst", metadata={"parse": _p_choice("burst", "spread")})
     arrival_window_s: float = attrs.field(default=0.0, metadata={"parse": _p_seconds})
@@ -359,9 +359,23 @@ class Scenario:
     delete_after: LatencyRange = attrs.field(default=LatencyRange(600, 3600), converter=_to_range,
                                              metadata={"parse": _p_range})
     seed: int = attrs.field(default=1, metadata={"parse": _p_int})
+    #: How many KAITO RAGEngines beside the Workspaces (a mixed population). They arrive as the Workspaces do
+    #: (``arrival``, ``arrival_window_s``), are deleted with the same ``delete_share`` and ``delete_after``, and
+    #: draw from random streams of their own: adding RAGEngines changes nothing of the Workspaces' draws.
+    ragengines: int = attrs.field(default=0, metadata={"parse": _p_nonneg_int})
+    #: Share of RAGEngines with ``spec.compute`` (GPU nodes of their own for a local embedding model, as KAITO's
+    #: ``kaito_ragengine_phi_3.yaml``); the others are retrieve-only (Service and Deployment only).
+    ragengine_compute_share: float = attrs.field(default=0.5, metadata={"parse": _p_share})
+    #: The instance type a RAGEngine's compute asks for (KAITO's examples: Standard_NC6s_v3).
+    ragengine_instance_type: str = attrs.field(default="Standard_NC6s_v3", metadata={"parse": _p_name})
+    #: GPU nodes per RAGEngine with compute (``compute.count``): fixed, or [lo, hi] drawn uniformly.
+    ragengine_nodes: tuple[int, int] = attrs.field(default=(1, 1), converter=_to_count_range,
+                                                   metadata={"parse": _p_count_range})
     params: SimParams = attrs.field(factory=SimParams, metadata={"nested": SimParams})
 
     def __attrs_post_init__(self) -> None:
+        if self.workspaces + self.ragengines < 1:
+            raise ValueError("workspaces: the population is empty; ask for at least one Workspace or RAGEngine")
         if self.arrival == "spread" and self.arrival_window_s <= 0:
             raise ValueError("arrival: spread needs arrival_window_s > 0")
         lo, hi = self.nodes_per_workspace
