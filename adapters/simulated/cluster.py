@@ -150,6 +150,8 @@ class WorkspaceRecord:
     job_paths: list[float] = attrs.field(factory=list)
     #: max over time of (NodeClaims that exist, deleting ones included) - targetNodeCount.
     over_target_max: int = 0
+    #: The machine states it entered (committed transitions, in order; filled in by a mixed run's hooks).
+    states: dict[str, None] = attrs.field(factory=dict)
 
     @property
     def first_goal_at(self) -> float | None:
@@ -1150,7 +1152,11 @@ class SimCluster:
             rec.generation = meta["generation"]
 
     def delete_resource(self, kind: str, key: str, *, at: float | None = None) -> None:
-        """A user deletes a resource: deletionTimestamp is set, and it goes once it has no finalizers."""
+        """A user deletes a resource: deletionTimestamp is set, and it goes once it has no finalizers. The run is
+        not settled until it is gone."""
+        rec = self.records.get(f"{kind}:{key}")
+        if rec is not None and rec.delete_at is None:
+            rec.delete_at = self.now if at is None else at
         if at is not None and at > self.now:
             self._at(at, "obj_delete", kind, key)
         else:

@@ -17,13 +17,20 @@ model rollout, tuning Jobs), driven by W workers on a virtual clock, under three
 machine (fsm), KAITO's old reconcile that waits inside its pass (blocking) and KAITO's later
 fixed-interval poller (poller). Same cluster, same seed, same queue and workers for every mode.
 Defaults: 100 Workspaces at t=0, 5 workers, seed 1, every API call 10 ms
-(see adapters/simulated/params.py and docs/simulator.md for where the latencies come from)."""
+(see adapters/simulated/params.py and docs/simulator.md for where the latencies come from).
+
+A scenario may add KAITO RAGEngines (--ragengines, or `ragengines:` in the file; see
+examples/scenarios/mixed-rag.yaml): each lifecycle then has its own controller (queue and W
+workers), and the figures are also given per lifecycle. RAGEngines are always driven by the
+machine: the blocking and poller designs model KAITO's Workspace controller only."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="run Workspaces on a simulated cluster: fsm vs blocking vs poller",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workspaces", type=_positive_int, metavar="N", help="how many Workspaces (default 100, or the scenario's)")
+    p.add_argument("--ragengines", type=_nonnegative_int, metavar="N",
+                   help="how many RAGEngines beside the Workspaces (default 0, or the scenario's)")
     p.add_argument("--workers", type=_positive_int, default=5, metavar="W", help="concurrent reconcilers (default 5, as KAITO)")
     p.add_argument("--seed", type=int, metavar="S", help="random seed (default 1, or the scenario's)")
     p.add_argument("--mode", choices=MODE_CHOICES, default="all", help="which design to run (default all)")
@@ -43,6 +50,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
+
+
 def load_scenario(args: argparse.Namespace):
     from workspace_fsm.adapters.simulated.params import Scenario
 
@@ -52,6 +69,8 @@ def load_scenario(args: argparse.Namespace):
         changes["workspaces"] = args.workspaces
     if args.seed is not None:
         changes["seed"] = args.seed
+    if getattr(args, "ragengines", None) is not None:
+        changes["ragengines"] = args.ragengines
     return attrs.evolve(scenario, **changes) if changes else scenario
 
 
@@ -64,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     err = Console(stderr=True, soft_wrap=True)
     try:
         scenario = load_scenario(args)
-    except ScenarioError as exc:
+    except (ScenarioError, ValueError) as exc:
         err.print(f"[bold red]workspace-fsm simulate:[/] bad scenario: {exc}", highlight=False)
         return 2
     except OSError as exc:
@@ -75,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     modes = MODES if args.mode == "all" else (args.mode,)
     results: dict[str, dict[str, Any]] = {}
-    with _ProgressDisplay(err, modes, scenario.workspaces) as display:
+    with _ProgressDisplay(err, modes, scenario.workspaces + scenario.ragengines) as display:
         for mode in modes:
             results[mode] = run_mode(scenario, mode, args.workers, progress=display.update,
                                      progress_every_s=30.0, timeline=bool(args.plot) and mode == "fsm")
@@ -90,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
             err.print(f"[bold red]workspace-fsm simulate:[/] cannot write {args.plot}: {exc.strerror}", highlight=False)
             return 2
     if args.json:
-        print(json.dumps({"workspaces": scenario.workspaces, "workers": args.workers, "seed": scenario.seed,
+        print(json.dumps({"workspaces": scenario.workspaces, "ragengines": scenario.ragengines,
+                          "workers": args.workers, "seed": scenario.seed,
                           "scenario": scenario_name, "results": results, "ratios": ratios}))
     else:
         _print_tables(results, ratios, scenario, args.workers, scenario_name)
@@ -143,9 +163,9 @@ class _ProgressDisplay:
     def _render(self):
         from rich.table import Table
 
-        t = Table(title=f"simulating {self.total} Workspaces", show_header=True, header_style="bold")
+        t = Table(title=f"simulating {self.total} resources", show_header=True, header_style="bold")
         t.add_column("mode")
-        t.add_column("virtual time, goals reached, Workspaces per state")
+        t.add_column("virtual time, goals reached, resources per state")
         for m in self.modes:
             t.add_row(m, self.rows[m])
         return t
@@ -157,7 +177,7 @@ class _ProgressDisplay:
             self.live.update(self._render())
 
     def finish(self, mode: str, result: dict[str, Any]) -> None:
-        line = (f"{mode}: {result['reached_goal']}/{result['workspaces']} reached their goal, makespan "
+        line = (f"{mode}: {result['reached_goal']}/{result.get('resources', result['workspaces'])} reached their goal, makespan "
                 f"{result['makespan_s']} s (simulated), {result['reconciles']} reconciles, {result['wall_s']:.1f} s wall")
         self.rows[mode] = "done: " + line.split(": ", 1)[1]
         if self.live is not None:
@@ -193,15 +213,54 @@ def _print_tables(results, ratios, scenario, workers: int, name: str) -> None:
     from rich.table import Table
 
     console = Console()
-    t = Table(title=f"{scenario.workspaces} Workspaces, {workers} workers, seed {scenario.seed}, scenario {name}")
+    population = f"{scenario.workspaces} Workspaces" + (f" and {scenario.ragengines} RAGEngines" if scenario.ragengines else "")
+    t = Table(title=f"{population}, {workers} workers, seed {scenario.seed}, scenario {name}")
     t.add_column("")
     for m in results:
         t.add_column(m, justify="right")
     for label, key in ROWS:
+        if scenario.ragengines:  # a mixed population: the top-level figures cover every resource
+            label = label.replace("per Workspace", "per resource")
         t.add_row(label, *(_fmt(results[m].get(key)) for m in results))
     console.print(t)
+    for m, r in results.items():
+        if r.get("lifecycles"):
+            console.print(_lifecycle_table(m, r["lifecycles"]))
     for k, v in ratios.items():
         console.print(f"{k.replace('_', ' ')}: {v}", highlight=False)
+
+
+LIFECYCLE_ROWS = (
+    ("driven by", "controller"),
+    ("resources", "resources"),
+    ("reached goal", "reached_goal"),
+    ("time to goal p50 (s)", "time_to_goal_p50_s"),
+    ("time to goal p95 (s)", "time_to_goal_p95_s"),
+    ("time to goal max (s)", "time_to_goal_max_s"),
+    ("reconciles", "reconciles"),
+    ("API reads", "api_reads"),
+    ("API writes", "api_writes"),
+    ("NodeClaims created", "nodeclaims_created"),
+)
+
+
+def _lifecycle_table(mode: str, lifecycles: dict[str, dict[str, Any]]):
+    from rich.table import Table
+
+    t = Table(title=f"{mode}: per lifecycle")
+    t.add_column("")
+    for name in lifecycles:
+        t.add_column(name, justify="right")
+    for label, key in LIFECYCLE_ROWS:
+        t.add_row(label, *(_fmt(lc.get(key)) for lc in lifecycles.values()))
+    t.add_row("states now", *(_states(lc["states_now"]) for lc in lifecycles.values()))
+    t.add_row("states entered", *(_states(lc["states_entered"]) for lc in lifecycles.values()))
+    t.add_row("API calls", *(_states(lc["api_calls"]) for lc in lifecycles.values()))
+    return t
+
+
+def _states(counts: dict[str, int] | None) -> str:
+    return "-" if counts is None else "\n".join(f"{k} {v:,}" for k, v in counts.items())
 
 
 def _fmt(v: Any) -> str:
