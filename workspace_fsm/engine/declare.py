@@ -30,8 +30,8 @@ from workspace_fsm.engine.record import ConditionStore, NoBookkeeping, Record, R
 if TYPE_CHECKING:
     from workspace_fsm.engine.interpret import Decision
 
-__all__ = ["Config", "Deadline", "Edge", "Facts", "GoTo", "Lifecycle", "LifecycleError", "Report", "Run",
-           "State", "guard"]
+__all__ = ["Config", "Deadline", "Edge", "Facts", "GoTo", "Invariant", "Lifecycle", "LifecycleError", "Report",
+           "Run", "State", "guard"]
 
 TRIGGER = "advance"
 F = TypeVar("F", bound="Facts")
@@ -147,6 +147,8 @@ class Deadline:
 # ----------------------------------------------------------------------------- rows
 
 Step = Callable[[Any, Any, list[Action]], Any]  # (facts, data, out) -> data
+# (resource, children by kind as documents) -> holds; checked by the model harness, never by the engine
+Invariant = Callable[[Any, Mapping[str, Sequence[Mapping[str, Any]]]], bool]
 Projection = Callable[[Any], Iterable[tuple[str, str, str, str]]]  # facts -> (type, status, reason, message)
 
 
@@ -224,6 +226,10 @@ class Lifecycle(Generic[F]):
       adapter builds the snapshot, turns actions into requests, and which absences it must confirm.
     - ``config``: the default configuration; ``hooks``: :class:`~workspace_fsm.engine.hooks.Hooks`;
       ``crds``: paths of the resource's CRD manifests (the embedded test cluster installs them).
+    - ``invariants``: the author's own safety properties, ``invariant(obj, children) -> bool`` over the
+      persisted resource and its children as documents by kind (``{"Deployment": (doc, ...)}``); named
+      functions whose docstring says what must hold. The engine never calls them: the model harness
+      (:mod:`workspace_fsm.testing.model`) checks them at every change of its model world.
     """
 
     def __init__(self, name: str, *, resource: Kind, states: Sequence[State], edges: Sequence[Edge],
@@ -235,7 +241,7 @@ class Lifecycle(Generic[F]):
                  snapshot: Callable[..., Any] | None = None, render: Callable[..., Any] | None = None,
                  confirm: Callable[[Any, Record[Any] | None], Iterable[str]] | None = None,
                  config: Config | None = None, doc: str = "", hooks: Any = None, summary_field: str = "state",
-                 crds: Sequence[Any] = ()) -> None:
+                 crds: Sequence[Any] = (), invariants: Sequence[Invariant] = ()) -> None:
         self.name = name
         self.doc = doc
         self.resource = resource
@@ -268,6 +274,7 @@ class Lifecycle(Generic[F]):
         self.config = config or Config()
         self.hooks = hooks
         self.crds = tuple(crds)  # CRD manifests of its resource (paths): what the embedded cluster installs
+        self.invariants: tuple[Invariant, ...] = tuple(invariants)
         declared = tuple(edges)
         if deleting is not None:
             live = tuple(s.name for s in self.state_table if s.name != deleting)
@@ -308,6 +315,10 @@ class Lifecycle(Generic[F]):
             if getattr(e.guard, "__name__", "<lambda>") == "<lambda>":
                 raise LifecycleError(f"lifecycle {n}: the guard of {e.sources} -> {e.dest} needs a name "
                                      f"(a def, not a lambda): history and explain show it")
+        for inv in self.invariants:
+            if getattr(inv, "__name__", "<lambda>") == "<lambda>":
+                raise LifecycleError(f"lifecycle {n}: an invariant needs a name (a def, not a lambda): a "
+                                     f"violation names it")
         for row in self.state_table:
             then = row.deadline.then if row.deadline is not None else None
             if isinstance(then, GoTo) and then.state not in self.states:
