@@ -168,7 +168,7 @@ def render_create_now(a: Any, obj: Any) -> list[Any]:
 
 def caught(w: ModelWorld) -> ModelViolation:
     with pytest.raises(ModelViolation) as info:
-        check_lifecycle(w, max_examples=100, steps=40, shrink=False)
+        check_lifecycle(w, max_examples=200, steps=40, shrink=False)
     return info.value
 
 

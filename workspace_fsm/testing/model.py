@@ -187,7 +187,7 @@ def _meta(doc: Mapping[str, Any]) -> dict[str, Any]:
 @attrs.define
 class _Runner:
     name: str
-    cache: int = 0  # the version of the world its cache shows
+    cache: dict[str, int] = attrs.field(factory=dict)  # the version each of its caches shows (resource, "*" children)
     overlay: dict[str, tuple[str, Any]] = attrs.field(factory=dict)  # key -> (resourceVersion, its own write)
     passes: int = 0
     open: Any = None  # a pass begun and not finished (observe+decide done)
@@ -435,6 +435,22 @@ class ModelCluster:
                     self._create(item[1], item[2], landed_late=True)
         self.now = target
 
+    def until_deadline(self, key: str, *, land_late: bool = True) -> bool:
+        """Nothing happens until the deadline of the resource's current state (as its persisted record says)
+        has passed: time jumps there. False when the state has no deadline pending."""
+        obj = self.resource(key)
+        rec = None if obj is None else self.lifecycle.record.read(obj)
+        if rec is None or rec.entered_at is None or rec.state not in self.lifecycle.states:
+            return False
+        d = self.lifecycle.states[rec.state].deadline
+        after = self.lifecycle.deadline(rec.state, self.config)
+        if d is None or after is None or rec.attempts >= d.max_firings:
+            return False
+        due = rec.entered_at + after + timedelta(seconds=1)
+        if due > self.now:
+            self.advance(due - self.now, land_late=land_late)
+        return True
+
     def land(self, i: int = 0) -> bool:
         """A create in flight lands now."""
         if not self.inflight:
@@ -447,15 +463,18 @@ class ModelCluster:
         """The runner dies and restarts: it knows only what it reads again (its cache relists the world now);
         a pass it had begun is lost."""
         r = self.runners[runner]
-        r.open, r.overlay, r.cache = None, {}, self.version
+        r.open, r.overlay, r.cache = None, {}, {self.lifecycle.resource.kind: self.version, "*": self.version}
 
     # ------------------------------------------------------------------ passes
 
-    def _observe(self, r: _Runner, key: str, lag: int) -> tuple[Any, Any, str] | None:
-        v = max(r.cache, self.version - lag)
-        r.cache = v
-        objects = self.versions[v]
+    def _observe(self, r: _Runner, key: str, lag: int, child_lag: int | None = None) -> tuple[Any, Any, str] | None:
+        # Two informers' worth of caches, each lagging on its own and only moving forward: the resource's, and
+        # its children's (a child's event may be seen before or after the resource's: a reordering).
         kind = self.lifecycle.resource.kind
+        vp = r.cache[kind] = max(r.cache.get(kind, 0), self.version - lag)
+        vc = r.cache["*"] = max(r.cache.get("*", 0), self.version - (lag if child_lag is None else child_lag))
+        objects = {k: d for k, d in self.versions[vc].items() if k[0] != kind}
+        objects.update({k: d for k, d in self.versions[vp].items() if k[0] == kind})
         doc = objects.get((kind, key))
         own = r.overlay.get(key)
         if own is not None:
@@ -501,10 +520,11 @@ class ModelCluster:
                                  f"({path}); on one snapshot that is a ping-pong between guards, never progress")
         return d
 
-    def begin(self, runner: str, key: str, lag: int = 0) -> bool:
-        """The runner observes ``key`` (its cache lagging up to ``lag`` versions) and decides."""
+    def begin(self, runner: str, key: str, lag: int = 0, child_lag: int | None = None) -> bool:
+        """The runner observes ``key`` (its cache of the resource lagging up to ``lag`` versions, that of its
+        children up to ``child_lag``, by default the same) and decides."""
         r = self.runners[runner]
-        seen = self._observe(r, key, lag)
+        seen = self._observe(r, key, lag, child_lag)
         if seen is None:
             r.open = None
             return False
@@ -556,8 +576,10 @@ class ModelCluster:
                 self._apply(p, g)
         return True
 
-    def run_pass(self, runner: str, key: str, lag: int = 0, outcome: str = "ok", at: int = 0) -> bool:
-        return self.begin(runner, key, lag) and self.finish(runner, outcome, at)
+    def run_pass(self, runner: str, key: str, lag: int = 0, outcome: str = "ok", at: int = 0,
+                 child_lag: int | None = None) -> bool:
+        """``begin`` then ``finish``."""
+        return self.begin(runner, key, lag, child_lag) and self.finish(runner, outcome, at)
 
     def _cut(self, outcome: str, p: _Pass, a: Any) -> None:
         if outcome == "timeout" and isinstance(a, A.Create):
@@ -821,13 +843,14 @@ def state_machine(world: ModelWorld) -> type[Any]:
             return self.cluster.keys[i % len(self.cluster.keys)]
 
         @rule(r=st.sampled_from(runners), i=st.integers(0, n_resources - 1), lag=st.integers(0, 4),
-              outcome=st.sampled_from(OUTCOMES), at=st.integers(0, 3))
-        def a_pass(self, r: str, i: int, lag: int, outcome: str, at: int) -> None:
-            self.cluster.run_pass(r, self._key(i), lag, outcome, at)
+              child_lag=st.integers(0, 4), outcome=st.sampled_from(OUTCOMES), at=st.integers(0, 3))
+        def a_pass(self, r: str, i: int, lag: int, child_lag: int, outcome: str, at: int) -> None:
+            self.cluster.run_pass(r, self._key(i), lag, outcome, at, child_lag)
 
-        @rule(r=st.sampled_from(runners), i=st.integers(0, n_resources - 1), lag=st.integers(0, 4))
-        def begin(self, r: str, i: int, lag: int) -> None:
-            self.cluster.begin(r, self._key(i), lag)
+        @rule(r=st.sampled_from(runners), i=st.integers(0, n_resources - 1), lag=st.integers(0, 4),
+              child_lag=st.integers(0, 4))
+        def begin(self, r: str, i: int, lag: int, child_lag: int) -> None:
+            self.cluster.begin(r, self._key(i), lag, child_lag)
 
         @rule(r=st.sampled_from(runners), outcome=st.sampled_from(OUTCOMES), at=st.integers(0, 3))
         def finish(self, r: str, outcome: str, at: int) -> None:
@@ -852,6 +875,10 @@ def state_machine(world: ModelWorld) -> type[Any]:
         @rule(seconds=st.sampled_from(DELAYS), land_late=st.booleans())
         def time_passes(self, seconds: int, land_late: bool) -> None:
             self.cluster.advance(timedelta(seconds=seconds), land_late=land_late)
+
+        @rule(i=st.integers(0, n_resources - 1), land_late=st.booleans())
+        def until_deadline(self, i: int, land_late: bool) -> None:
+            self.cluster.until_deadline(self._key(i), land_late=land_late)
 
         @rule(r=st.sampled_from(runners))
         def kill(self, r: str) -> None:

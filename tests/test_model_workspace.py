@@ -1,0 +1,162 @@
+"""KAITO's Workspace through the generic model harness (workspace_fsm.testing.model): an inference Workspace of
+two nodes and a tuning Workspace side by side, under delays, drops, stale caches, kills and two writers.
+
+The Workspace runs on its own Kubernetes adapter, not the generic one, so its binding for the harness is here:
+the snapshot is read from documents with the adapter's own parsers (to_nodeclaim, to_node, to_workload, to_job)
+and its actions become requests with the adapter's own manifests. tests/model_cluster.py stays the Workspace's
+dedicated model (typed world, Workspace-only checks such as "no workload before the nodes were Ready as of the
+creating pass's snapshot"); this file shows the generic kit holds the same lifecycle to the engine's checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from test_model_ragengine import (gpus_arrive, launch_fails, launches, loses_its_replica, node_not_ready,
+                                  node_recovers, registers, rolls_out, terminates)
+
+from workspace_fsm.adapters.kubernetes import manifests
+from workspace_fsm.adapters.kubernetes.adapter import to_job, to_node, to_nodeclaim, to_workload
+from workspace_fsm.adapters.simulated.documents import inference_document, tuning_document
+from workspace_fsm.engine import Create, Delete, Patch
+from workspace_fsm.kaito import actions as KA
+from workspace_fsm.kaito import workspace as W
+from workspace_fsm.kaito.model import Snapshot
+from workspace_fsm.testing.model import ChildModel, ModelCluster, ModelWorld, check_lifecycle
+
+Children = Mapping[str, Sequence[Mapping[str, Any]]]
+INFERENCE = inference_document("ws-infer", preset="phi-4", instance_type="Standard_NC24ads_A100_v4", count=2,
+                               uid="uid-ws-infer")
+TUNING = tuning_document("ws-tune", preset="phi-3-mini-128k-instruct", instance_type="Standard_NC24ads_A100_v4",
+                         uid="uid-ws-tune")
+T0 = "2026-01-01T00:00:00Z"
+
+
+# ------------------------------------------------------------------ the Workspace's binding for the harness
+
+def snapshot(ws: Any, view: Any) -> Snapshot:
+    key, name = ws.key, ws.metadata.name
+    claims = sorted((to_nodeclaim(d) for d in view.owned("NodeClaim", key)), key=lambda c: c.name)
+    nodes = {}
+    for c in claims:
+        doc = view.children["Node"].get(c.node_name) if c.node_name else None
+        if doc is not None:
+            nodes[c.node_name] = to_node(doc)
+    workload = next((to_workload(d) for kind in ("StatefulSet", "Deployment") for d in view.owned(kind, key)
+                     if d["metadata"]["name"] == name), None)
+    job = next((to_job(d) for d in view.owned("Job", key) if d["metadata"]["name"] == name), None)
+    visible = {"NodeClaim/" + c.name for c in claims}
+    if workload is not None:
+        visible.add("Workload/" + name)
+    if job is not None:
+        visible.add("Job/" + name)
+    absent = set()
+    for n in W.confirmations(ws):
+        if n in visible:
+            continue
+        if n.startswith("Workload/"):
+            short = n.partition("/")[2]
+            if view.confirmed_absent("Deployment/" + short, ws) and view.confirmed_absent("StatefulSet/" + short, ws):
+                absent.add(n)
+        elif view.confirmed_absent(n, ws):
+            absent.add(n)
+    return Snapshot(tuple(claims), nodes, workload, job, frozenset(absent), {})
+
+
+def render(a: Any, ws: Any) -> list[Any]:
+    if isinstance(a, KA.CreateNodeClaim):
+        return [Create(manifests.nodeclaim(ws, a), owned=False, claim=a.claim)]
+    if isinstance(a, KA.DeleteNodeClaim):
+        return [Delete("karpenter.sh/v1", "NodeClaim", a.name, reason=a.reason)]
+    if isinstance(a, KA.CreateWorkload):
+        return [Create(manifests.workload(ws, a))]
+    if isinstance(a, KA.UpdateWorkload):
+        body = manifests.workload(ws, a)
+        return [Patch("apps/v1", a.kind, a.name, {"metadata": {"annotations": body["metadata"]["annotations"]},
+                                                   "spec": body["spec"]})]
+    if isinstance(a, KA.CreateJob):
+        return [Create(manifests.job(ws, a))]
+    if isinstance(a, KA.DeleteJob):
+        return [Delete("batch/v1", "Job", a.name, a.propagation)]
+    raise TypeError(f"no request for {type(a).__name__}")
+
+
+# ------------------------------------------------------------------ the tuning Job in the model world
+
+def _cond(type_: str, status: str, reason: str = "") -> dict[str, Any]:
+    return {"type": type_, "status": status, "reason": reason or type_, "message": "", "lastTransitionTime": T0}
+
+
+def job_completes(doc: dict[str, Any]) -> Any:
+    st = doc.get("status") or {}
+    if st.get("succeeded") or st.get("failed") or doc["metadata"].get("deletionTimestamp"):
+        return None
+    doc["status"] = {"succeeded": 1, "conditions": [_cond("Complete", "True")]}
+    return doc
+
+
+def job_fails(doc: dict[str, Any]) -> Any:
+    st = doc.get("status") or {}
+    if st.get("succeeded") or st.get("failed"):
+        return None
+    doc["status"] = {"failed": 1, "conditions": [_cond("Failed", "True", "BackoffLimitExceeded")]}
+    return doc
+
+
+def new_config(doc: dict[str, Any], n: int) -> dict[str, Any]:
+    part = doc.get("tuning") or doc["inference"]
+    part["config"] = f"cfg-{n}"
+    return doc
+
+
+# ------------------------------------------------------------------ invariants
+
+def nodeclaims_within_target(obj: Any, children: Children) -> bool:
+    """never more NodeClaims (being deleted included) than the Workspace's targetNodeCount"""
+    target = obj.status.target_node_count or W.target_node_count(obj)
+    return len(children.get("NodeClaim", ())) <= target
+
+
+def one_workload_or_job(obj: Any, children: Children) -> bool:
+    """an inference Workspace has no Job and a tuning one no workload; at most one of each, named after it"""
+    kinds = ("Job",) if obj.tuning is not None else ("Deployment", "StatefulSet")
+    others = ("Deployment", "StatefulSet") if obj.tuning is not None else ("Job",)
+    return (sum(len(children.get(k, ())) for k in kinds) <= 1 and not any(children.get(k) for k in others)
+            and all(c["metadata"]["name"] == obj.metadata.name for k in kinds for c in children.get(k, ())))
+
+
+def succeeded(obj: Any, children: Children) -> bool:
+    c = obj.status.condition("WorkspaceSucceeded")
+    return c is not None and c.status == "True" or obj.status.state == "Failed"
+
+
+WORLD = ModelWorld(
+    W.WORKSPACE, resources=(INFERENCE, TUNING), snapshot=snapshot, render=render,
+    children=(
+        ChildModel("NodeClaim", progress=(launches, registers, terminates), faults=(launch_fails,), slow_delete=True),
+        ChildModel("Node", progress=(gpus_arrive, node_recovers), faults=(node_not_ready,)),
+        ChildModel("Deployment", progress=(rolls_out,), faults=(loses_its_replica,)),
+        ChildModel("StatefulSet", progress=(rolls_out,), faults=(loses_its_replica,)),
+        ChildModel("Job", progress=(job_completes,), faults=(job_fails,), slow_delete=True),
+    ),
+    edits=(new_config,), recorded_kinds=("NodeClaim",),
+    invariants=(nodeclaims_within_target, one_workload_or_job), goal=succeeded,
+)
+
+
+def test_workspace_holds_under_faults_stale_caches_kills_and_two_writers():
+    check_lifecycle(WORLD, max_examples=40, steps=40)
+
+
+def test_a_scripted_workspace_run_succeeds_and_deletion_removes_its_nodeclaims():
+    c = ModelCluster(WORLD)
+    infer, tune = c.add(INFERENCE), c.add(TUNING)
+    c.settle()
+    assert c.state(infer) == "Ready", c.state(infer)
+    assert c.state(tune) == "Succeeded", c.state(tune)
+    assert len(c.children_of(infer)["NodeClaim"]) == 2 and len(c.children_of(infer)["StatefulSet"]) == 1
+    c.delete(infer)
+    c.delete(tune)
+    c.settle()
+    assert not [k for k, _ in c.objects if k in ("NodeClaim", "Workspace", "StatefulSet", "Job")]
