@@ -5,14 +5,19 @@ NodeClaim actions rendered into requests), so the harness exercises the code tha
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import attrs
+import pytest
+
 from workspace_fsm.adapters.kubernetes import ragengine as binding
 from workspace_fsm.adapters.simulated.documents import ragengine_document
+from workspace_fsm.kaito import actions as KA
 from workspace_fsm.kaito import ragengine as R
 from workspace_fsm.kaito.model import GPU_RESOURCE, LABEL_ACCELERATOR
-from workspace_fsm.testing.model import ChildModel, Gone, ModelCluster, ModelWorld, check_lifecycle
+from workspace_fsm.testing.model import ChildModel, Gone, ModelCluster, ModelViolation, ModelWorld, check_lifecycle
 
 Children = Mapping[str, Sequence[Mapping[str, Any]]]
 COMPUTE = ragengine_document("rag-gpu", compute=True, count=2, uid="uid-rag-gpu")
@@ -167,3 +172,21 @@ def test_a_scripted_ragengine_run_reaches_succeeded_and_deletion_removes_its_nod
     c.settle()
     assert c.resource(gpu) is None and c.resource(cpu) is None
     assert not [k for k, _ in c.objects if k == "NodeClaim"]
+
+
+def test_caught_a_nodeclaim_the_record_does_not_hold():
+    # A binding that sends one NodeClaim more than the machine recorded (labelled as its own, so it is found
+    # and counted, but nothing in the persisted record names it).
+    def render_one_more(a: Any, obj: Any) -> list[Any]:
+        out = binding.render(a, obj)
+        if isinstance(a, KA.CreateNodeClaim):
+            extra = copy.deepcopy(dict(out[0].manifest))
+            extra["metadata"]["name"] += "-extra"
+            out.append(attrs.evolve(out[0], manifest=extra))
+        return out
+
+    w = attrs.evolve(WORLD, render=render_one_more, invariants=())
+    with pytest.raises(ModelViolation) as info:
+        check_lifecycle(w, max_examples=50, steps=30, shrink=False)
+    assert info.value.check == "record-before-create", info.value
+    assert "-extra exists but the persisted record does not hold it" in str(info.value)

@@ -504,7 +504,12 @@ class ModelCluster:
         lc = self.lifecycle
         with _pure():
             d = lc.decide(obj, snap, self.now, self.config, pass_id=pass_id)
-            rebuilt = self.parse(json.loads(json.dumps(obj.to_dict())))
+            try:
+                persisted = json.loads(json.dumps(obj.to_dict()))
+            except (TypeError, ValueError) as exc:
+                raise ModelViolation("rebuild", f"{lc.resource.kind} {obj.key}: the resource cannot be persisted as "
+                                     f"JSON ({exc}); a status field holds something the API cannot store") from None
+            rebuilt = self.parse(persisted)
             d2 = lc.decide(rebuilt, snap, self.now, self.config, pass_id=pass_id)
         if (d.state, d.status, d.actions, d.wake, d.record, d.annotations) != \
                 (d2.state, d2.status, d2.actions, d2.wake, d2.record, d2.annotations):
