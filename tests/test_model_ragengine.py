@@ -156,7 +156,7 @@ WORLD = ModelWorld(
 
 
 def test_ragengine_holds_under_faults_stale_caches_kills_and_two_writers():
-    check_lifecycle(WORLD, max_examples=60, steps=40)
+    check_lifecycle(WORLD, max_examples=150, steps=50)
 
 
 def test_a_scripted_ragengine_run_reaches_succeeded_and_deletion_removes_its_nodeclaims():

@@ -146,7 +146,7 @@ WORLD = ModelWorld(
 
 
 def test_workspace_holds_under_faults_stale_caches_kills_and_two_writers():
-    check_lifecycle(WORLD, max_examples=40, steps=40)
+    check_lifecycle(WORLD, max_examples=120, steps=50)
 
 
 def test_a_scripted_workspace_run_succeeds_and_deletion_removes_its_nodeclaims():

@@ -921,5 +921,6 @@ def check_lifecycle(world: ModelWorld, *, max_examples: int = 50, steps: int = 3
 
     phases = (Phase.explicit, Phase.reuse, Phase.generate, Phase.target) + ((Phase.shrink,) if shrink else ())
     s = settings(max_examples=max_examples, stateful_step_count=steps, deadline=None, database=None,
-                 phases=phases, suppress_health_check=list(HealthCheck), derandomize=derandomize)
+                 phases=phases, suppress_health_check=list(HealthCheck), derandomize=derandomize,
+                 report_multiple_bugs=False)
     run_state_machine_as_test(state_machine(world), settings=s)
