@@ -15,7 +15,7 @@ from workspace_fsm.kaito import actions as A
 from workspace_fsm.engine.adapter import AdapterError, Conflict
 from workspace_fsm.kaito.workspace import decide
 from workspace_fsm.kaito.model import (LABEL_ACCELERATOR, LABEL_INSTANCE_TYPE, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE,
-                                 Condition, WorkspaceStatus)
+                                 Condition, Node, WorkspaceStatus)
 from workspace_fsm.adapters.simulated.cluster import EPOCH, SimCluster
 from workspace_fsm.adapters.simulated.documents import inference_document, tuning_document
 from workspace_fsm.adapters.simulated.params import (LatencyRange, Latencies, Scenario, ScenarioError,
@@ -39,6 +39,12 @@ def make_cluster(lag: float = 0.0, **params: object) -> SimCluster:
 def add_inference(c: SimCluster, name: str = "ws-a", count: int = 1, **kw: object) -> str:
     return c.create_workspace(inference_document(name, preset="phi-4-mini-instruct", instance_type=SKU, count=count),
                               **kw)
+
+
+def add_gpu_node(c: SimCluster, name: str = "n") -> None:
+    """A Ready node with its 4 GPUs already advertised (the workload tests need somewhere for pods to fit)."""
+    c._nodes[name] = Node(name=name, labels={LABEL_INSTANCE_TYPE: SKU, LABEL_ACCELERATOR: "nvidia"}, ready=True,
+                          gpu_capacity=4)
 
 
 def claim_action(key: str, name: str) -> A.CreateNodeClaim:
@@ -125,6 +131,7 @@ def test_nodeclaim_delete_removes_node_after_latency() -> None:
 
 def test_workload_rollout_update_and_failures() -> None:
     c = make_cluster()
+    add_gpu_node(c)
     key = add_inference(c)
     ws = c.truth.workspaces[key]
     c.apply(ws, [A.CreateWorkload("Deployment", "ws-a", 1, "r1", "phi-4-mini-instruct", ("n",))])
@@ -139,6 +146,7 @@ def test_workload_rollout_update_and_failures() -> None:
     assert c.truth.workloads[key].is_ready
 
     c = make_cluster(workload_failure_rate=1.0, workload_recovery_share=1.0)
+    add_gpu_node(c)
     key = add_inference(c)
     c.apply(c.truth.workspaces[key], [A.CreateWorkload("Deployment", "ws-a", 1, "r1", "p", ())])
     c.advance_to(60)
@@ -149,6 +157,7 @@ def test_workload_rollout_update_and_failures() -> None:
 
 def test_jobs_run_and_delete_background_and_foreground() -> None:
     c = make_cluster()
+    add_gpu_node(c)
     key = c.create_workspace(tuning_document("tune", preset="falcon-7b", instance_type=SKU))
     ws = c.truth.workspaces[key]
     c.apply(ws, [A.CreateJob("tune", "r1", "falcon-7b", "qlora", ())])
@@ -167,6 +176,7 @@ def test_jobs_run_and_delete_background_and_foreground() -> None:
     assert key not in c.truth.jobs
 
     c = make_cluster(job_failure_rate=1.0)
+    add_gpu_node(c)
     key = c.create_workspace(tuning_document("tune", preset="falcon-7b", instance_type=SKU))
     c.apply(c.truth.workspaces[key], [A.CreateJob("tune", "r1", "falcon-7b", "qlora", ())])
     c.advance_to(900)

@@ -52,8 +52,11 @@ from workspace_fsm.kaito.model import (LABEL_ACCELERATOR, LABEL_INSTANCE_TYPE, L
                                  Workload, Workspace, WorkspaceStatus, format_time, whole_seconds)
 from workspace_fsm.kaito.workspace import WORKSPACE, confirmations
 
+from workspace_fsm.adapters.kubernetes import manifests
+
 from .documents import inference_document, to_workspace, tuning_document
 from .params import Scenario, ScenarioError, SimParams
+from .scheduling import UNSCHEDULABLE, Fit, fit, hostnames, pending_pod, pod_gpus
 
 __all__ = ["SimCluster", "WorkspaceRecord", "EPOCH", "INSUFFICIENT_CAPACITY"]
 
@@ -146,8 +149,8 @@ class WorkspaceRecord:
     claim_paths: dict[str, float | None] = attrs.field(factory=dict)
     #: Rollout times of each workload version created or updated (None: never becomes ready).
     workload_paths: list[float | None] = attrs.field(factory=list)
-    #: Run times of each tuning Job created.
-    job_paths: list[float] = attrs.field(factory=list)
+    #: Run times of each tuning Job created (None: its pod never fits a node).
+    job_paths: list[float | None] = attrs.field(factory=list)
     #: max over time of (NodeClaims that exist, deleting ones included) - targetNodeCount.
     over_target_max: int = 0
     #: The machine states it entered (committed transitions, in order; filled in by a mixed run's hooks).
@@ -187,8 +190,11 @@ class WorkspaceRecord:
 
     @property
     def stuck(self) -> bool:
-        """Its latest workload version will never become ready (a failure that does not recover)."""
-        return not self.tuning and bool(self.workload_paths) and self.workload_paths[-1] is None
+        """Its latest workload version will never become ready, or its latest tuning Job never runs (a failure
+        that does not recover, pods that fit no node)."""
+        if self.tuning:
+            return bool(self.job_paths) and self.job_paths[-1] is None
+        return bool(self.workload_paths) and self.workload_paths[-1] is None
 
     @property
     def settled(self) -> bool:
@@ -296,6 +302,8 @@ class SimCluster:
         self._routes: dict[str, Any] = {}
         self._obj_overlay: dict[str, tuple[dict[str, Any] | None, int]] = {}
         self._obj_own_patches: dict[str, dict[str, str]] = {}
+        #: workload key -> (fit, pod spec, since, workload document): pods the scheduler could not place
+        self._pending: dict[tuple[str, str], tuple[Fit, dict[str, Any], str, dict[str, Any]]] = {}
         #: lifecycle name -> "verb Kind" -> count: the calls of the adapters serving other lifecycles
         self.api_calls_by: dict[str, dict[str, int]] = {}
 
@@ -635,7 +643,7 @@ class SimCluster:
         self._own_known.add((_WORKLOAD, key))
         if key in self._workloads:
             return  # AlreadyExists
-        self._roll_workload(key, ws, Workload(kind=a.kind, name=a.name, replicas=a.replicas, revision=a.revision))
+        self._roll_workload(key, ws, Workload(kind=a.kind, name=a.name, replicas=a.replicas, revision=a.revision), a)
 
     def _update_workload(self, ws: Workspace, a: A.UpdateWorkload) -> None:
         self._write("update", a.kind)
@@ -644,7 +652,7 @@ class SimCluster:
         if old is None:
             return  # NotFound
         self._roll_workload(key, ws, attrs.evolve(old, replicas=a.replicas, revision=a.revision, updated_replicas=0,
-                                                  ready_replicas=min(old.ready_replicas, a.replicas), problem=None))
+                                                  ready_replicas=min(old.ready_replicas, a.replicas), problem=None), a)
 
     def _create_job(self, ws: Workspace, a: A.CreateJob) -> None:
         self._write("create", "Job")
@@ -662,10 +670,15 @@ class SimCluster:
         job = Job(name=a.name, revision=a.revision, active=1)
         self._jobs[key] = job
         self._change(_JOB, key, job, owner)
-        self._at(self.now + run, "job_done", key, inc, r_fail < p.job_failure_rate)
+        pod = manifests.job(ws, a)["spec"]["template"]["spec"]
+        path: float | None = run
+        if self._schedule_pods(_JOB, key, pod, 1):
+            self._at(self.now + run, "job_done", key, inc, r_fail < p.job_failure_rate)
+        else:
+            path = None  # its pod stays Pending: the Job never runs
         rec = self.records.get(owner)
         if rec is not None:
-            rec.job_paths.append(run)
+            rec.job_paths.append(path)
 
     def _delete_job(self, ws: Workspace, a: A.DeleteJob) -> None:
         self._write("delete", "Job")
@@ -821,7 +834,7 @@ class SimCluster:
 
     # ------------------------------------------------------------------ workloads, Jobs, garbage collection
 
-    def _roll_workload(self, key: str, ws: Workspace, w: Workload) -> None:
+    def _roll_workload(self, key: str, ws: Workspace, w: Workload, a: A.CreateWorkload | A.UpdateWorkload) -> None:
         owner = ws.key
         p, lat = self.params, self.params.latencies
         rng = self._rng(owner, "workload")
@@ -833,7 +846,12 @@ class SimCluster:
         self._workloads[key] = w
         self._change(_WORKLOAD, key, w, owner)
         path: float | None = rollout
-        if r_fail < p.workload_failure_rate:
+        # Its pods, as the Kubernetes adapter would build them: they run only where their GPUs fit.
+        pod = manifests.workload(ws, a)["spec"]["template"]["spec"]
+        if not self._schedule_pods(_WORKLOAD, key, pod, a.replicas):
+            self._at(self.now, "workload_problem", key, inc, UNSCHEDULABLE)
+            path = None
+        elif r_fail < p.workload_failure_rate:
             reason = WORKLOAD_PROBLEMS[0] if r_reason < 0.5 else WORKLOAD_PROBLEMS[1]
             self._at(self.now + problem, "workload_problem", key, inc, reason)
             if r_recover < p.workload_recovery_share:
@@ -882,6 +900,7 @@ class SimCluster:
         meta = self._live(_JOB, key, inc)
         if meta is not None and self._jobs.pop(key, None) is not None:
             del self._meta[(_JOB, key)]
+            self._pending.pop((_JOB, key), None)
             self._change(_JOB, key, None, meta.owner)
 
     def _ev_gc(self, owner: str, owner_uid: str) -> None:
@@ -890,6 +909,7 @@ class SimCluster:
             if meta is not None and meta.owner_uid == owner_uid and owner in store:
                 del store[owner]
                 del self._meta[(kind, owner)]
+                self._pending.pop((kind, owner), None)
                 self._change(kind, owner, None, owner)
 
     # ------------------------------------------------------------------ users: Workspaces
@@ -1196,6 +1216,7 @@ class SimCluster:
 
     def _drop_child(self, kind: str, key: str) -> None:
         meta = self._meta.pop((kind, key))
+        self._pending.pop((kind, key), None)
         del self._objs[kind][key]
         self._children_of.get(meta.owner, {}).pop((kind, key), None)
         self._change(kind, key, None, meta.owner)
@@ -1250,7 +1271,13 @@ class SimCluster:
                                       lat.workload_recovery.sample(rng))
         meta.inc = self._next_inc()  # voids the readiness an older generation had scheduled
         path: float | None = rollout
-        if r_fail < p.workload_failure_rate:
+        doc = self._objs[kind][key]
+        spec = doc.get("spec") or {}
+        replicas = int(spec.get("replicas", 1) or 0)
+        if not self._schedule_pods(kind, key, ((spec.get("template") or {}).get("spec") or {}), replicas, doc):
+            path = None
+            self._at(self.now, "obj_unschedulable", kind, key, meta.inc)
+        elif r_fail < p.workload_failure_rate:
             path = problem + recovery if r_recover < p.workload_recovery_share else None
         if path is not None:
             self._at(self.now + path, "obj_ready", kind, key, meta.inc)
@@ -1268,6 +1295,58 @@ class SimCluster:
                   "replicas": replicas, "readyReplicas": replicas, "updatedReplicas": replicas,
                   "availableReplicas": replicas}
         self._put_object(kind, key, {**doc, "status": status}, meta.owner)
+
+    def _ev_obj_unschedulable(self, kind: str, key: str, inc: int) -> None:
+        """The scheduler could not place the workload's pods: none ready, the Deployment not Available."""
+        meta = self._live(kind, key, inc)
+        doc = self._objs[kind].get(key)
+        pending = self._pending.get((kind, key))
+        if meta is None or doc is None or pending is None:
+            return
+        replicas = int((doc.get("spec") or {}).get("replicas", 1) or 0)
+        status = {"observedGeneration": doc["metadata"].get("generation", 1), "replicas": replicas,
+                  "readyReplicas": 0, "updatedReplicas": replicas, "availableReplicas": 0,
+                  "unavailableReplicas": replicas,
+                  "conditions": [{"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable",
+                                  "message": "Deployment does not have minimum availability.",
+                                  "lastTransitionTime": self.iso()}]}
+        self._put_object(kind, key, {**doc, "status": status}, meta.owner)
+
+    # ------------------------------------------------------------------ the scheduler: GPUs must fit
+
+    def _node_gpus(self, node: Node) -> int:
+        """A node's allocatable nvidia.com/gpu, from its instance type (what the device plugin reports)."""
+        return self.params.gpus(node.labels.get(LABEL_INSTANCE_TYPE, "")) if node.needs_gpu_plugin else 0
+
+    def _schedule_pods(self, kind: str, key: str, pod_spec: Mapping[str, Any], replicas: int,
+                       workload: Mapping[str, Any] | None = None) -> bool:
+        """Do the workload's pods fit their nodes' GPUs? If not, remember them as Pending (see :meth:`pods`)."""
+        self._pending.pop((kind, key), None)
+        if pod_gpus(pod_spec) == 0:
+            return True  # runs on the general-purpose nodes, which are not simulated
+        names = hostnames(pod_spec)
+        nodes: Iterable[Node] = (self._nodes[n] for n in names if n in self._nodes) if names is not None \
+            else self._nodes.values()
+        f = fit(pod_spec, replicas, ((n.name, n.labels, self._node_gpus(n)) for n in nodes), len(self._nodes))
+        if f.ok:
+            return True
+        self._pending[(kind, key)] = (f, dict(pod_spec), self.iso(), dict(workload or {}))
+        return False
+
+    def pods(self, key: str) -> list[dict[str, Any]]:
+        """The Pending pods of the workloads and Jobs named ``namespace/name`` that no node can take
+        (PodScheduled=False, reason Unschedulable, the scheduler's message). Pods that run are not materialized."""
+        out: list[dict[str, Any]] = []
+        ns, name = key.split("/", 1)
+        for (kind, k), (f, pod_spec, since, workload) in self._pending.items():
+            if k != key:
+                continue
+            typed = self._workloads.get(key) if kind == _WORKLOAD else None
+            owner = workload or {"apiVersion": "batch/v1" if kind == _JOB else "apps/v1",
+                                 "kind": "Job" if kind == _JOB else (typed.kind if typed else kind),
+                                 "metadata": {"name": name, "namespace": ns}}
+            out.extend(pending_pod(owner, i, pod_spec, f.message, since) for i in range(f.placed, f.replicas))
+        return out
 
     def observed_object(self, kind: str, key: str) -> dict[str, Any] | None:
         """A resource as its adapter sees it: the cache, or the version the adapter last wrote while the cache

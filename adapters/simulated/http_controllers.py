@@ -8,8 +8,11 @@ behaves like Karpenter + the NVIDIA device plugin + the workload controllers:
   sampled delays sets Launched, creates the Node (NotReady, with the claim's labels, the instance type
   and ``accelerator=nvidia``) and sets Registered, Initialized, Ready (Node Ready), and later gives the
   Node ``nvidia.com/gpu`` capacity; a deleted NodeClaim loses its Node and finalizer after its delay;
-- a workload status updater: a Deployment or StatefulSet of a new generation becomes ready after its
-  rollout delay;
+- a workload status updater (the scheduler and the kubelet): a Deployment or StatefulSet of a new generation
+  becomes ready after its rollout delay, if its pods fit their nodes' GPUs (:mod:`.scheduling`: the pod spec's
+  ``nvidia.com/gpu`` requests against the nodes' allocatable). If they do not, its pods are created Pending with
+  ``PodScheduled=False``, reason ``Unschedulable`` and the scheduler's message ("0/2 nodes are available:
+  2 Insufficient nvidia.com/gpu."), and the workload reports no ready replica;
 - a Job runner: a Job completes (or fails) after its run time.
 
 Time is scaled: ``time_scale=60`` makes a 240 s provisioning take 4 s. Scheduling is one thread with a
@@ -34,7 +37,8 @@ from kubernetes.client.exceptions import ApiException
 from workspace_fsm.kaito.model import GPU_RESOURCE, format_time
 
 from ..kubernetes.informer import Informer, object_key
-from .params import GPUS_PER_INSTANCE, SimParams
+from .params import SimParams
+from .scheduling import GPU_RESOURCE as _GPU, fit, node_matches, pending_pod, pod_gpus, quantity
 
 log = logging.getLogger("workspace_fsm.simulated.controllers")
 
@@ -81,6 +85,8 @@ class SimulatedControllers:
         self.informers[1].add_handler(lambda t, o, n: self._on_workload("deployments", t, o, n))
         self.informers[2].add_handler(lambda t, o, n: self._on_workload("statefulsets", t, o, n))
         self.informers[3].add_handler(self._on_job)
+        # (plural, namespace, name) -> the Pending pods created for a workload whose pods fit no node
+        self._pending_pods: dict[tuple[str, str, str], list[str]] = {}
         self._thread = threading.Thread(target=self._loop, name="sim-controllers", daemon=True)
         self._san = san
 
@@ -202,7 +208,7 @@ class SimulatedControllers:
         self._after(registered, lambda: self._register(name, node, labels))
         self._after(initialized, lambda: self._set_claim(name, [_cond("Initialized", "True", "Initialized")]))
         self._after(ready, lambda: self._ready(name, node))
-        gpus = GPUS_PER_INSTANCE.get(itype, 1)
+        gpus = self.params.gpus(itype)
         self._after(gpu, lambda: self._gpu(node, gpus))
 
     def _patch_claim(self, name: str, patch: dict[str, Any], status: bool = True) -> None:
@@ -269,6 +275,9 @@ class SimulatedControllers:
     def _on_workload(self, plural: str, etype: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         if new is None:
             self._forget(plural, old)
+            if old is not None:
+                m = old.get("metadata") or {}
+                self._pending_pods.pop((plural, m.get("namespace", ""), m.get("name", "")), None)  # collected with it
             return
         if (new.get("metadata") or {}).get("deletionTimestamp"):
             return
@@ -292,7 +301,74 @@ class SimulatedControllers:
             self.custom.patch_namespaced_custom_object_status("apps", "v1", ns, plural, name, {"status": status},
                                                               _request_timeout=self.timeout)
 
-        self._after(lat.workload_rollout.sample(self.rng), ready)
+        rollout = lat.workload_rollout.sample(self.rng)
+        pod_spec = ((new.get("spec") or {}).get("template") or {}).get("spec") or {}
+        if pod_gpus(pod_spec) == 0 and (plural, ns, name) not in self._pending_pods:
+            self._after(rollout, ready)  # no GPU asked for: the general-purpose nodes take it
+            return
+        self._after(0.0, lambda: self._place(plural, new, gen, replicas, pod_spec, rollout, ready, 0))
+
+    # The device plugin may not have reported a node's GPUs yet: the scheduler looks again when nodes change;
+    # here, every few simulated seconds for a while, before the pods are declared unschedulable.
+    PLACE_RETRY_S = 5.0
+    PLACE_ATTEMPTS = 36
+
+    def _place(self, plural: str, workload: dict[str, Any], gen: int, replicas: int, pod_spec: dict[str, Any],
+               rollout: float, ready: Callable[[], None], attempt: int) -> None:
+        """The scheduler: place the workload's pods on nodes whose allocatable GPUs cover their requests."""
+        meta = workload["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        cur = self.custom.get_namespaced_custom_object("apps", "v1", ns, plural, name, _request_timeout=self.timeout)
+        if (cur.get("metadata") or {}).get("generation", 1) != gen:
+            return  # a newer generation is being placed
+        nodes = self._san(self.core.list_node(_request_timeout=self.timeout)).get("items") or []
+        candidates = []
+        waiting = False  # a matching GPU node whose device plugin has not reported yet
+        for n in nodes:
+            n_meta, status = n.get("metadata") or {}, n.get("status") or {}
+            labels = n_meta.get("labels") or {}
+            allocatable = (status.get("allocatable") or {}).get(_GPU)
+            if allocatable is None and labels.get("accelerator") == "nvidia" \
+                    and node_matches(pod_spec, n_meta.get("name", ""), labels):
+                waiting = True
+            candidates.append((n_meta.get("name", ""), labels, quantity(allocatable or 0)))
+        placed = fit(pod_spec, replicas, candidates, len(nodes))
+        if placed.ok:
+            self._delete_pending(plural, ns, name)
+            self._after(rollout, ready)
+            return
+        if waiting and attempt < self.PLACE_ATTEMPTS:
+            self._after(self.PLACE_RETRY_S, lambda: self._place(plural, workload, gen, replicas, pod_spec, rollout,
+                                                                ready, attempt + 1))
+            return
+        log.info("%s %s/%s: %d pod(s) unschedulable: %s", plural, ns, name, replicas - placed.placed, placed.message)
+        self._delete_pending(plural, ns, name)
+        owner = {**cur, "apiVersion": "apps/v1", "kind": "Deployment" if plural == "deployments" else "StatefulSet"}
+        created = []
+        for i in range(placed.placed, replicas):
+            pod = pending_pod(owner, i, pod_spec, placed.message, _now())
+            try:
+                self.core.create_namespaced_pod(ns, {k: v for k, v in pod.items() if k != "status"},
+                                                _request_timeout=self.timeout)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+            self.core.patch_namespaced_pod_status(pod["metadata"]["name"], ns, {"status": pod["status"]},
+                                                  _request_timeout=self.timeout)
+            created.append(pod["metadata"]["name"])
+        self._pending_pods[(plural, ns, name)] = created
+        status = {"observedGeneration": gen, "replicas": replicas, "readyReplicas": 0, "updatedReplicas": replicas,
+                  "availableReplicas": 0, "unavailableReplicas": replicas}
+        self.custom.patch_namespaced_custom_object_status("apps", "v1", ns, plural, name, {"status": status},
+                                                          _request_timeout=self.timeout)
+
+    def _delete_pending(self, plural: str, ns: str, name: str) -> None:
+        for pod in self._pending_pods.pop((plural, ns, name), ()):
+            try:
+                self.core.delete_namespaced_pod(pod, ns, _request_timeout=self.timeout)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
 
     def _on_job(self, etype: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         if new is None:

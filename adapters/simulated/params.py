@@ -26,6 +26,7 @@ scarce GPU SKUs are ``instance_unavailable_rate: 0.05`` and ``never_ready_rate: 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -263,6 +264,8 @@ class Latencies:
 
 
 #: GPUs a node of each Azure SKU advertises (``nvidia.com/gpu``), for the capacity the device plugin reports.
+#: Provisional: :func:`instance_gpus` prefers the instance-type table generated from KAITO's sources
+#: (``workspace_fsm.kaito.sku``) when the package has it, and falls back to this one.
 GPUS_PER_INSTANCE: Mapping[str, int] = {
     "Standard_NC6s_v3": 1, "Standard_NC12s_v3": 2, "Standard_NC24s_v3": 4, "Standard_NC24rs_v3": 4,
     "Standard_NC24ads_A100_v4": 1, "Standard_NC48ads_A100_v4": 2, "Standard_NC96ads_A100_v4": 4,
@@ -270,6 +273,24 @@ GPUS_PER_INSTANCE: Mapping[str, int] = {
     "Standard_NC80adis_H100_v5": 2, "Standard_ND96isr_H100_v5": 8, "Standard_NV36ads_A10_v5": 1,
     "Standard_NV72ads_A10_v5": 2, "Standard_NC4as_T4_v3": 1, "Standard_NC64as_T4_v3": 4,
 }
+
+
+_PROVISIONAL = {k.lower(): v for k, v in GPUS_PER_INSTANCE.items()}
+
+
+@functools.cache
+def instance_gpus(instance_type: str) -> int | None:
+    """GPUs per node of ``instance_type`` (None: unknown): the one place both simulated clusters learn it from.
+    From ``workspace_fsm.kaito.sku.lookup`` when that module exists, else from :data:`GPUS_PER_INSTANCE`."""
+    try:
+        from workspace_fsm.kaito import sku  # type: ignore[attr-defined]
+    except ImportError:
+        sku = None
+    if sku is not None:
+        found = sku.lookup(instance_type)
+        if found is not None:
+            return int(found.gpu_count)
+    return _PROVISIONAL.get(instance_type.lower())
 
 
 @attrs.frozen
@@ -299,12 +320,15 @@ class SimParams:
     #: Node the snapshot needs is a GET (a counted read). True: from an informer cache (free, lagged),
     #: still without events.
     nodes_from_cache: bool = attrs.field(default=False, metadata={"parse": _p_bool})
-    #: GPUs per node by instance type (unknown types get 1).
-    gpus_per_instance: Mapping[str, int] = attrs.field(factory=lambda: dict(GPUS_PER_INSTANCE),
-                                                       metadata={"parse": _p_gpus})
+    #: GPUs per node by instance type, overriding :func:`instance_gpus` (types known to neither get 1).
+    gpus_per_instance: Mapping[str, int] = attrs.field(factory=dict, metadata={"parse": _p_gpus})
 
     def gpus(self, instance_type: str) -> int:
-        return self.gpus_per_instance.get(instance_type, 1)
+        """``nvidia.com/gpu`` capacity and allocatable of a node of ``instance_type``."""
+        n = self.gpus_per_instance.get(instance_type)
+        if n is None:
+            n = instance_gpus(instance_type)
+        return 1 if n is None else n
 
 
 # --------------------------------------------------------------------------- scenario
