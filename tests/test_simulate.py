@@ -115,4 +115,6 @@ def test_a_bad_scenario_names_the_key(tmp_path):
     p = _cli("--scenario", str(tmp_path / "missing.yaml"))
     assert p.returncode == 2 and "missing.yaml" in p.stderr and "cannot be read" in p.stderr
     p = _cli("--workspaces", "0")
-    assert p.returncode == 2 and "at least 1" in p.stderr
+    assert p.returncode == 2 and "population is empty" in p.stderr and "Traceback" not in p.stderr
+    p = _cli("--workspaces", "-1")
+    assert p.returncode == 2 and "0 or more" in p.stderr

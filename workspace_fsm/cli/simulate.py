@@ -28,7 +28,8 @@ machine: the blocking and poller designs model KAITO's Workspace controller only
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="run Workspaces on a simulated cluster: fsm vs blocking vs poller",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workspaces", type=_positive_int, metavar="N", help="how many Workspaces (default 100, or the scenario's)")
+    p.add_argument("--workspaces", type=_nonnegative_int, metavar="N",
+                   help="how many Workspaces (default 100, or the scenario's; 0 with --ragengines)")
     p.add_argument("--ragengines", type=_nonnegative_int, metavar="N",
                    help="how many RAGEngines beside the Workspaces (default 0, or the scenario's)")
     p.add_argument("--workers", type=_positive_int, default=5, metavar="W", help="concurrent reconcilers (default 5, as KAITO)")
