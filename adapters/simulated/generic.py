@@ -315,7 +315,7 @@ class SimResourceAdapter:
         rv, seen = obj.metadata.resource_version, 0
         while rv != cur["metadata"]["resourceVersion"] and rv in own and seen < 64:
             rv, seen = own[rv], seen + 1
-        return rv
+        return str(rv)
 
     def persist(self, obj: Any, status: Any) -> Any:
         c, key = self.cluster, obj.key

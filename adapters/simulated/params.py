@@ -27,6 +27,7 @@ scarce GPU SKUs are ``instance_unavailable_rate: 0.05`` and ``never_ready_rate: 
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import math
 import os
@@ -194,7 +195,7 @@ def _p_choice(*options: str) -> Callable[[Any, str], str]:
     def parse(v: Any, key: str) -> str:
         if v not in options:
             raise _fail(key, "one of " + ", ".join(options), v)
-        return v
+        return str(v)
     return parse
 
 
@@ -283,8 +284,8 @@ def instance_gpus(instance_type: str) -> int | None:
     """GPUs per node of ``instance_type`` (None: unknown): the one place both simulated clusters learn it from.
     From ``workspace_fsm.kaito.sku.lookup`` when that module exists, else from :data:`GPUS_PER_INSTANCE`."""
     try:
-        from workspace_fsm.kaito import sku  # type: ignore[attr-defined]
-    except ImportError:
+        sku: Any = importlib.import_module("workspace_fsm.kaito.sku")
+    except ImportError:  # a build without KAITO's instance-type table
         sku = None
     if sku is not None:
         found = sku.lookup(instance_type)
@@ -445,13 +446,14 @@ class Scenario:
     @classmethod
     def from_data(cls, data: Any, *, source: str = "<scenario>") -> Scenario:
         try:
-            return _from_data(cls, data, "")
+            scenario: Scenario = _from_data(cls, data, "")
+            return scenario
         except ScenarioError as e:
             raise ScenarioError(source, e.key, str(e).split(": ", 1)[1] if e.key else str(e)) from None
 
     def to_data(self) -> dict[str, Any]:
         """The scenario as YAML-ready data (round-trips through :meth:`from_data`)."""
-        def conv(inst: Any, field: attrs.Attribute, v: Any) -> Any:
+        def conv(inst: Any, field: attrs.Attribute[Any], v: Any) -> Any:
             if isinstance(v, LatencyRange):
                 return [v.lo, v.hi]
             if isinstance(v, tuple):

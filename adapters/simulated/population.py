@@ -110,11 +110,11 @@ def run_controllers(controllers: list[Controller], world: Any, clock: Any, until
                 resume(c, key, gen)
         for c in controllers:
             while len(c.running) < c.workers:
-                key = c.queue.get()
-                if key is None:
+                ready = c.queue.get()
+                if ready is None:
                     break
                 c.stats.passes += 1
-                resume(c, key, c.reconciler.reconcile(key))
+                resume(c, ready, c.reconciler.reconcile(ready))
         if progress is not None and clock.t >= next_progress:
             progress(clock.t)
             next_progress = clock.t + progress_every_s
