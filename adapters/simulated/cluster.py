@@ -1325,6 +1325,11 @@ class SimCluster:
         if pod_gpus(pod_spec) == 0:
             return True  # runs on the general-purpose nodes, which are not simulated
         names = hostnames(pod_spec)
+        owner = self._meta[(kind, key)].owner
+        if names is None and self._claims_of.get(owner):
+            # Pinned by labels (a RAGEngine's compute selector): only the nodes its owner's NodeClaims brought are
+            # looked at, every other node is counted as not matching (no scan of a large cluster's nodes).
+            names = tuple(n for c in self._claims_of[owner] if (n := self._claims[c].node_name))
         nodes: Iterable[Node] = (self._nodes[n] for n in names if n in self._nodes) if names is not None \
             else self._nodes.values()
         f = fit(pod_spec, replicas, ((n.name, n.labels, self._node_gpus(n)) for n in nodes), len(self._nodes))

@@ -330,14 +330,14 @@ class SimResourceAdapter:
         if body == (cur.get("status") or {}):
             return obj.with_status(status)
         new = c.write_resource(self.kind, key, {**cur, "status": body})
-        self._note_goal(key, new)
-        return obj.with_status(status)
+        written = obj.with_status(status)
+        self._note_goal(key, written, int(new["metadata"].get("generation") or 1))
+        return written
 
-    def _note_goal(self, key: str, doc: dict[str, Any]) -> None:
-        rec = self.lifecycle.read_record(self._parse(key, doc))
+    def _note_goal(self, key: str, obj: Any, gen: int) -> None:
+        rec = self.lifecycle.read_record(obj)
         if rec is None:
             return
-        gen = int(doc["metadata"].get("generation") or 1)
         if rec.state in goal_states(self.lifecycle) and rec.generation >= gen:
             self.cluster.note_goal(self.token(key), rec.state, gen)
 
