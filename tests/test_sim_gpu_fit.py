@@ -252,6 +252,11 @@ def test_behind_the_api_server_nodes_advertise_their_gpus_and_pods_must_fit(embe
     time.sleep(1.5)
     status = apps.read_namespaced_deployment("too-big", "default").status
     assert ready("too-big") == 0 and status.unavailable_replicas == 1
+    # the spec fixed (2 GPUs): a new generation, placed; its Pending pod goes and the replica gets ready
+    apps.patch_namespaced_deployment("too-big", "default", {"spec": {"template": {"spec": {"containers": [
+        {"name": "m", "image": "x", "resources": {"limits": {GPU: "2"}}}]}}}})
+    wait_for("the fixed Deployment", lambda: ready("too-big") == 1)
+    assert not [p for p in core.list_namespaced_pod("default").items if p.metadata.name.startswith("too-big")]
 
 
 def test_behind_the_api_server_a_ragengine_on_too_small_nodes_never_succeeds(embedded) -> None:
