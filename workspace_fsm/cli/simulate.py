@@ -303,8 +303,13 @@ def _plot(path: str, results, extras, scenario, workers: int) -> None:
         ax.axvline(crit / 60, color="grey", linestyle=":", label="critical-path bound")
     ax.set_xscale("log")
     ax.set_xlabel("simulated time (minutes, log scale)")
-    ax.set_ylabel("Workspaces at their goal")
-    ax.set_title(f"{scenario.workspaces} Workspaces, {workers} workers: Workspaces at their goal over time")
+    if scenario.ragengines:  # a mixed population: the curve counts every resource
+        ax.set_ylabel("resources at their goal")
+        ax.set_title(f"{scenario.workspaces} Workspaces and {scenario.ragengines} RAGEngines, {workers} workers: "
+                     f"resources at their goal over time")
+    else:
+        ax.set_ylabel("Workspaces at their goal")
+        ax.set_title(f"{scenario.workspaces} Workspaces, {workers} workers: Workspaces at their goal over time")
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
     if has_timeline:
