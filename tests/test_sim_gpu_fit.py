@@ -259,6 +259,33 @@ def test_behind_the_api_server_nodes_advertise_their_gpus_and_pods_must_fit(embe
     assert not [p for p in core.list_namespaced_pod("default").items if p.metadata.name.startswith("too-big")]
 
 
+def test_behind_the_api_server_a_jobs_pod_must_fit_too(embedded) -> None:
+    custom, core, batch = k8s.CustomObjectsApi(embedded.api), k8s.CoreV1Api(embedded.api), k8s.BatchV1Api(embedded.api)
+    if not [n for n in core.list_node().items if n.metadata.name == "aks-gpu-a"]:
+        custom.create_cluster_custom_object("karpenter.sh", "v1", "nodeclaims", _nodeclaim("gpu-a", BIG))
+    wait_for("the node's GPUs", lambda: [n for n in core.list_node().items if n.metadata.name == "aks-gpu-a"
+                                         and (n.status.allocatable or {}).get(GPU) == "2"])
+
+    def job(name: str, gpus: str) -> dict[str, Any]:
+        pod = _deployment(name, "aks-gpu-a", gpus)["spec"]["template"]
+        pod["spec"]["restartPolicy"] = "Never"
+        return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": "default"},
+                "spec": {"backoffLimit": 0, "template": pod}}
+
+    batch.create_namespaced_job("default", job("tune-big", "4"))
+    batch.create_namespaced_job("default", job("tune-ok", "2"))
+    def pending() -> list[Any]:
+        return [p for p in core.list_namespaced_pod("default").items
+                if p.metadata.name.startswith("tune-big") and p.status.conditions]
+
+    (pod,) = wait_for("the Job's pending pod", pending)
+    assert pod.status.conditions[0].reason == "Unschedulable" and pod.metadata.owner_references[0].kind == "Job"
+    done = lambda name: any(c.type == "Complete" and c.status == "True"  # noqa: E731
+                            for c in (batch.read_namespaced_job(name, "default").status.conditions or ()))
+    wait_for("the Job that fits to complete", lambda: done("tune-ok"), timeout=30)
+    assert not done("tune-big")
+
+
 def test_behind_the_api_server_a_ragengine_on_too_small_nodes_never_succeeds(embedded) -> None:
     from workspace_fsm.cli.run import run_against
 

@@ -13,7 +13,8 @@ behaves like Karpenter + the NVIDIA device plugin + the workload controllers:
   ``nvidia.com/gpu`` requests against the nodes' allocatable). If they do not, its pods are created Pending with
   ``PodScheduled=False``, reason ``Unschedulable`` and the scheduler's message ("0/2 nodes are available:
   2 Insufficient nvidia.com/gpu."), and the workload reports no ready replica;
-- a Job runner: a Job completes (or fails) after its run time.
+- a Job runner: a Job completes (or fails) after its run time, if its pod fits a node's GPUs (else the pod stays
+  Pending as above and the Job never ends).
 
 Time is scaled: ``time_scale=60`` makes a 240 s provisioning take 4 s. Scheduling is one thread with a
 heap of due times; it waits on a condition for the next due time or a new event (the shell's waiting).
@@ -38,7 +39,7 @@ from workspace_fsm.kaito.model import GPU_RESOURCE, format_time
 
 from ..kubernetes.informer import Informer, object_key
 from .params import SimParams
-from .scheduling import GPU_RESOURCE as _GPU, fit, node_matches, pending_pod, pod_gpus, quantity
+from .scheduling import GPU_RESOURCE as _GPU, Fit, fit, node_matches, pending_pod, pod_gpus, quantity
 
 log = logging.getLogger("workspace_fsm.simulated.controllers")
 
@@ -321,18 +322,7 @@ class SimulatedControllers:
         cur = self.custom.get_namespaced_custom_object("apps", "v1", ns, plural, name, _request_timeout=self.timeout)
         if (cur.get("metadata") or {}).get("generation", 1) != gen:
             return  # a newer generation is being placed
-        nodes = self._san(self.core.list_node(_request_timeout=self.timeout)).get("items") or []
-        candidates = []
-        waiting = False  # a matching GPU node whose device plugin has not reported yet
-        for n in nodes:
-            n_meta, status = n.get("metadata") or {}, n.get("status") or {}
-            labels = n_meta.get("labels") or {}
-            allocatable = (status.get("allocatable") or {}).get(_GPU)
-            if allocatable is None and labels.get("accelerator") == "nvidia" \
-                    and node_matches(pod_spec, n_meta.get("name", ""), labels):
-                waiting = True
-            candidates.append((n_meta.get("name", ""), labels, quantity(allocatable or 0)))
-        placed = fit(pod_spec, replicas, candidates, len(nodes))
+        placed, waiting = self._fit(pod_spec, replicas)
         if placed.ok:
             self._delete_pending(plural, ns, name)
             self._after(rollout, ready)
@@ -341,11 +331,38 @@ class SimulatedControllers:
             self._after(self.PLACE_RETRY_S, lambda: self._place(plural, workload, gen, replicas, pod_spec, rollout,
                                                                 ready, attempt + 1))
             return
-        log.info("%s %s/%s: %d pod(s) unschedulable: %s", plural, ns, name, replicas - placed.placed, placed.message)
-        self._delete_pending(plural, ns, name)
         owner = {**cur, "apiVersion": "apps/v1", "kind": "Deployment" if plural == "deployments" else "StatefulSet"}
+        self._pend(plural, owner, pod_spec, placed)
+        status = {"observedGeneration": gen, "replicas": replicas, "readyReplicas": 0, "updatedReplicas": replicas,
+                  "availableReplicas": 0, "unavailableReplicas": replicas}
+        self.custom.patch_namespaced_custom_object_status("apps", "v1", ns, plural, name, {"status": status},
+                                                          _request_timeout=self.timeout)
+
+    def _fit(self, pod_spec: dict[str, Any], replicas: int) -> tuple[Fit, bool]:
+        """Fit the pods on the cluster's nodes as they are now; also whether a matching GPU node's device plugin
+        has not reported yet (then the scheduler would look again when it does)."""
+        nodes = self._san(self.core.list_node(_request_timeout=self.timeout)).get("items") or []
+        candidates = []
+        waiting = False
+        for n in nodes:
+            n_meta, status = n.get("metadata") or {}, n.get("status") or {}
+            labels = n_meta.get("labels") or {}
+            allocatable = (status.get("allocatable") or {}).get(_GPU)
+            if allocatable is None and labels.get("accelerator") == "nvidia" \
+                    and node_matches(pod_spec, n_meta.get("name", ""), labels):
+                waiting = True
+            candidates.append((n_meta.get("name", ""), labels, quantity(allocatable or 0)))
+        return fit(pod_spec, replicas, candidates, len(nodes)), waiting
+
+    def _pend(self, plural: str, owner: dict[str, Any], pod_spec: dict[str, Any], placed: Fit) -> None:
+        """Create the pods no node can take, Pending with the scheduler's condition, owned by ``owner``."""
+        meta = owner["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        log.info("%s %s/%s: %d pod(s) unschedulable: %s", plural, ns, name, placed.replicas - placed.placed,
+                 placed.message)
+        self._delete_pending(plural, ns, name)
         created = []
-        for i in range(placed.placed, replicas):
+        for i in range(placed.placed, placed.replicas):
             pod = pending_pod(owner, i, pod_spec, placed.message, _now())
             try:
                 self.core.create_namespaced_pod(ns, {k: v for k, v in pod.items() if k != "status"},
@@ -357,10 +374,6 @@ class SimulatedControllers:
                                                   _request_timeout=self.timeout)
             created.append(pod["metadata"]["name"])
         self._pending_pods[(plural, ns, name)] = created
-        status = {"observedGeneration": gen, "replicas": replicas, "readyReplicas": 0, "updatedReplicas": replicas,
-                  "availableReplicas": 0, "unavailableReplicas": replicas}
-        self.custom.patch_namespaced_custom_object_status("apps", "v1", ns, plural, name, {"status": status},
-                                                          _request_timeout=self.timeout)
 
     def _delete_pending(self, plural: str, ns: str, name: str) -> None:
         for pod in self._pending_pods.pop((plural, ns, name), ()):
@@ -373,6 +386,9 @@ class SimulatedControllers:
     def _on_job(self, etype: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         if new is None:
             self._forget("jobs", old)
+            if old is not None:
+                m = old.get("metadata") or {}
+                self._pending_pods.pop(("jobs", m.get("namespace", ""), m.get("name", "")), None)
             return
         if (new.get("metadata") or {}).get("deletionTimestamp") or not self._once("jobs", new, "run"):
             return
@@ -394,7 +410,28 @@ class SimulatedControllers:
             self.custom.patch_namespaced_custom_object_status("batch", "v1", ns, "jobs", name, {"status": status},
                                                               _request_timeout=self.timeout)
 
-        self._after(self.params.latencies.job_run.sample(self.rng), finish)
+        run = self.params.latencies.job_run.sample(self.rng)
+        pod_spec = ((new.get("spec") or {}).get("template") or {}).get("spec") or {}
+        if pod_gpus(pod_spec) == 0:
+            self._after(run, finish)
+            return
+        self._after(0.0, lambda: self._place_job(new, pod_spec, run, finish, 0))
+
+    def _place_job(self, job: dict[str, Any], pod_spec: dict[str, Any], run: float, finish: Callable[[], None],
+                   attempt: int) -> None:
+        """The tuning Job's pod runs only where its GPUs fit; otherwise it stays Pending and the Job never ends."""
+        meta = job["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        cur = self.custom.get_namespaced_custom_object("batch", "v1", ns, "jobs", name, _request_timeout=self.timeout)
+        if (cur.get("metadata") or {}).get("uid") != meta.get("uid"):
+            return  # replaced meanwhile
+        placed, waiting = self._fit(pod_spec, 1)
+        if placed.ok:
+            self._after(run, finish)
+        elif waiting and attempt < self.PLACE_ATTEMPTS:
+            self._after(self.PLACE_RETRY_S, lambda: self._place_job(job, pod_spec, run, finish, attempt + 1))
+        else:
+            self._pend("jobs", {**cur, "apiVersion": "batch/v1", "kind": "Job"}, pod_spec, placed)
 
 
 def _watchable(fn: Callable[..., Any]) -> Callable[..., Any]:
