@@ -313,3 +313,42 @@ def test_behind_the_api_server_a_ragengine_on_too_small_nodes_never_succeeds(emb
     finally:
         stop.set()
         t.join(20)
+
+
+def test_a_lifecycle_that_watches_pods_sees_the_pending_ones_and_is_woken_by_them() -> None:
+    from workspace_fsm.engine import Kind, Watches
+
+    class WithPods:
+        """The RAGEngine's declaration plus Pods mapped to their RAGEngine by its label."""
+
+        def __init__(self, lc: Any) -> None:
+            self._lc = lc
+            self.watches = (*lc.watches, Watches(
+                Kind("v1", "Pod", "pods"),
+                owner=lambda o: f"{o['metadata']['namespace']}/{o['metadata']['labels']['kaito.sh/ragengine']}"))
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._lc, name)
+
+    cluster = SimCluster(params=SimParams(gpus_per_instance={BIG: 2}), seed=1)
+    adapter = lifecycle_adapter(cluster, WithPods(RAGENGINE))
+    assert "Pod" in adapter.waking_kinds
+    woken: list[str] = []
+    key = cluster.create_resource("RAGEngine", ragengine_document("rag", compute=True, instance_type=BIG),
+                                  nodes=1, lifecycle="ragengine")
+    clock = VirtualClock()
+    queue: WorkQueue[str] = WorkQueue(clock)
+    adapter.set_event_handler(lambda k: (woken.append(k), queue.add(k)))
+    rec = FsmReconciler(adapter, clock, api_latency_s=0.01, call_counter=lambda: cluster.api_call_count,
+                        epoch=cluster.to_datetime(0.0), writer_id="t")
+    run_controllers([Controller("ragengine", rec, queue, 2)], cluster, clock, cluster.settled, 7 * 24 * 3600.0)
+    (pod,) = adapter.owned("Pod", key)
+    assert pod["status"]["conditions"][0]["reason"] == "Unschedulable"
+    assert pod["status"]["conditions"][0]["message"] == "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+    # the Deployment fixed to ask for what the node has: placed, and its Pending pod goes
+    before = len(woken)
+    cluster.patch_child("Deployment", key, {"spec": {"template": {"spec": {"containers": [
+        {**pod["spec"]["containers"][0], "resources": {"limits": {GPU: "2"}}}]}}}})
+    cluster.advance_to(cluster.now + 1)
+    assert not adapter.owned("Pod", key) and len(woken) > before
+    assert cluster.object("Pod", f"default/{pod['metadata']['name']}") is None

@@ -304,6 +304,7 @@ class SimCluster:
         self._obj_own_patches: dict[str, dict[str, str]] = {}
         #: workload key -> (fit, pod spec, since, workload document): pods the scheduler could not place
         self._pending: dict[tuple[str, str], tuple[Fit, dict[str, Any], str, dict[str, Any]]] = {}
+        self._pod_keys: dict[tuple[str, str], list[str]] = {}  # workload -> its Pending Pod objects (when watched)
         #: lifecycle name -> "verb Kind" -> count: the calls of the adapters serving other lifecycles
         self.api_calls_by: dict[str, dict[str, int]] = {}
 
@@ -1216,7 +1217,8 @@ class SimCluster:
 
     def _drop_child(self, kind: str, key: str) -> None:
         meta = self._meta.pop((kind, key))
-        self._pending.pop((kind, key), None)
+        if self._pending.pop((kind, key), None) is not None:
+            self._drop_pods(kind, key)
         del self._objs[kind][key]
         self._children_of.get(meta.owner, {}).pop((kind, key), None)
         self._change(kind, key, None, meta.owner)
@@ -1321,7 +1323,8 @@ class SimCluster:
     def _schedule_pods(self, kind: str, key: str, pod_spec: Mapping[str, Any], replicas: int,
                        workload: Mapping[str, Any] | None = None) -> bool:
         """Do the workload's pods fit their nodes' GPUs? If not, remember them as Pending (see :meth:`pods`)."""
-        self._pending.pop((kind, key), None)
+        if self._pending.pop((kind, key), None) is not None:
+            self._drop_pods(kind, key)
         if pod_gpus(pod_spec) == 0:
             return True  # runs on the general-purpose nodes, which are not simulated
         names = hostnames(pod_spec)
@@ -1336,7 +1339,22 @@ class SimCluster:
         if f.ok:
             return True
         self._pending[(kind, key)] = (f, dict(pod_spec), self.iso(), dict(workload or {}))
+        if workload is not None and "Pod" in self._generic_kinds:
+            # A lifecycle watches Pods: the Pending ones become objects it can see, children of the workload's owner.
+            ns = key.split("/", 1)[0]
+            for i in range(f.placed, f.replicas):
+                pod = pending_pod(workload, i, pod_spec, f.message, self.iso())
+                pod_key = f"{ns}/{pod['metadata']['name']}"
+                self._meta[("Pod", pod_key)] = _Obj(self._next_inc(), owner)
+                self._children_of.setdefault(owner, {})[("Pod", pod_key)] = None
+                self._pod_keys.setdefault((kind, key), []).append(pod_key)
+                self._put_object("Pod", pod_key, pod, owner)
         return False
+
+    def _drop_pods(self, kind: str, key: str) -> None:
+        for pod_key in self._pod_keys.pop((kind, key), ()):
+            if pod_key in self._objs.get("Pod", {}):
+                self._drop_child("Pod", pod_key)
 
     def pods(self, key: str) -> list[dict[str, Any]]:
         """The Pending pods of the workloads and Jobs named ``namespace/name`` that no node can take
