@@ -14,6 +14,7 @@ import pytest
 
 from workspace_fsm.adapters.kubernetes import ragengine as binding
 from workspace_fsm.adapters.simulated.documents import ragengine_document
+from workspace_fsm.engine import Create, Lifecycle
 from workspace_fsm.kaito import actions as KA
 from workspace_fsm.kaito import ragengine as R
 from workspace_fsm.kaito.model import GPU_RESOURCE, LABEL_ACCELERATOR
@@ -138,6 +139,16 @@ def one_deployment_and_service(obj: Any, children: Children) -> bool:
                for k in ("Deployment", "Service"))
 
 
+def deployment_on_ready_gpu_nodes(rag: Any, snap: R.RAGSnapshot, a: Any) -> bool:
+    """with compute, the RAG service's Deployment is created only once compute.count NodeClaims were Ready with
+    GPUs, as of the snapshot the creating pass read"""
+    if not (isinstance(a, Create) and a.kind == "Deployment") or rag.spec is None or rag.spec.compute is None:
+        return True
+    ready = [c for c in snap.nodeclaims if c.is_ready and c.node_name in snap.nodes
+             and snap.nodes[c.node_name].gpu_ready]
+    return len(ready) >= (rag.spec.compute.count or 1)
+
+
 def rag_ready(obj: Any, children: Children) -> bool:
     c = obj.status.condition(R.RAGENGINE_SUCCEEDED)
     return c is not None and c.status == "True"
@@ -152,6 +163,7 @@ WORLD = ModelWorld(
     ),
     edits=(new_context_window,), recorded_kinds=("NodeClaim",),
     invariants=(nodeclaims_within_count, one_deployment_and_service), goal=rag_ready,
+    action_invariants=(deployment_on_ready_gpu_nodes,),
 )
 
 
@@ -190,3 +202,33 @@ def test_caught_a_nodeclaim_the_record_does_not_hold():
         check_lifecycle(w, max_examples=50, steps=30, shrink=False)
     assert info.value.check == "record-before-create", info.value
     assert "-extra exists but the persisted record does not hold it" in str(info.value)
+
+
+def ragengine(facts: Any = None) -> Lifecycle[Any]:
+    """KAITO's RAGEngine declared again, with other facts (everything else as declared)."""
+    lc = R.RAGENGINE
+    return Lifecycle(lc.name, resource=lc.resource, states=lc.state_table, edges=R.TRANSITIONS, initial=lc.initial,
+                     deleting=lc.deleting, finalizer=lc.finalizer, record=lc.record, facts=facts or lc.facts,
+                     conditions=lc.conditions, invalid=lc.invalid, project=lc.project, wake=lc.wake,
+                     on_write=lc.on_write, owns=lc.owns, watches=lc.watches, parse=lc.parse, confirm=lc.confirm,
+                     config=lc.config)
+
+
+class FactsWithoutPlugins(R.RAGEngineFacts):
+    """A planted bug: GPUs are taken as ready once the nodes are (the device plugin is forgotten)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gpus_ready = self.nodes_ready
+
+
+def test_caught_a_deployment_before_the_gpus_arrived():
+    w = attrs.evolve(WORLD, lifecycle=ragengine(FactsWithoutPlugins))
+    with pytest.raises(ModelViolation) as info:
+        check_lifecycle(w, max_examples=100, steps=30, shrink=False)
+    assert info.value.check == "invariant:deployment_on_ready_gpu_nodes", info.value
+
+
+def test_the_redeclared_ragengine_holds_as_the_original():
+    # The helper above changes nothing by itself: with KAITO's own facts the world holds.
+    check_lifecycle(attrs.evolve(WORLD, lifecycle=ragengine()), max_examples=20, steps=30)

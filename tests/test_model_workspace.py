@@ -126,6 +126,16 @@ def one_workload_or_job(obj: Any, children: Children) -> bool:
             and all(c["metadata"]["name"] == obj.metadata.name for k in kinds for c in children.get(k, ())))
 
 
+def workload_on_ready_gpu_nodes(ws: Any, snap: Snapshot, a: Any) -> bool:
+    """no workload or Job is created before targetNodeCount NodeClaims were Ready with GPUs, as of the snapshot
+    the creating pass read"""
+    if not isinstance(a, (KA.CreateWorkload, KA.CreateJob)):
+        return True
+    ready = [c for c in snap.nodeclaims if c.is_ready and c.node_name in snap.nodes
+             and snap.nodes[c.node_name].gpu_ready]
+    return len(ready) >= (ws.status.target_node_count or W.target_node_count(ws))
+
+
 def succeeded(obj: Any, children: Children) -> bool:
     c = obj.status.condition("WorkspaceSucceeded")
     return c is not None and c.status == "True" or obj.status.state == "Failed"
@@ -142,6 +152,7 @@ WORLD = ModelWorld(
     ),
     edits=(new_config,), recorded_kinds=("NodeClaim",),
     invariants=(nodeclaims_within_target, one_workload_or_job), goal=succeeded,
+    action_invariants=(workload_on_ready_gpu_nodes,),
 )
 
 

@@ -87,8 +87,9 @@ class ChildModel:
     """How the children of one kind behave in the model world.
 
     ``progress``: what the kind's own controller does over time, ``fn(doc) -> changes`` (e.g. a Deployment's
-    replicas become ready); run in random order while faults are on, and to a fixed point when the world
-    settles. ``faults``: what can go wrong (a replica lost, a launch failing), only while faults are on.
+    replicas become ready), in order: an object's next step is the first function that applies to it (returns
+    changes); run to a fixed point when the world settles. ``faults``: what can go wrong (a replica lost, a
+    launch failing), only while faults are on.
     ``slow_delete``: a delete marks the object (``deletionTimestamp``) and it goes later, as a NodeClaim does
     while its instance terminates; otherwise it goes at once.
     """
@@ -110,6 +111,9 @@ class ModelWorld:
       lifecycle's own; else children by kind, and only the engine's generic actions).
     - ``recorded_kinds``: kinds whose every existing child the persisted record must name (``confirm``).
     - ``invariants``: more author invariants, beside the lifecycle's own.
+    - ``action_invariants``: ``check(obj, snapshot, action) -> bool`` for every action a pass applies, with the
+      resource and the snapshot that pass decided on (e.g. "no workload before its nodes were ready as of the
+      snapshot"); the lifecycle's own action, before ``render``.
     - ``goal``: what a settled world must show, ``goal(obj, children) -> bool`` (liveness).
     - ``runners``: how many runners write at once (optimistic concurrency between them).
     - ``config``: the configuration the runners use (default: the lifecycle's).
@@ -124,6 +128,7 @@ class ModelWorld:
     recorded_kinds: tuple[str, ...] = ()
     invariants: tuple[Callable[[Any, Mapping[str, Sequence[Mapping[str, Any]]]], bool], ...] = ()
     goal: Callable[[Any, Mapping[str, Sequence[Mapping[str, Any]]]], bool] | None = None
+    action_invariants: tuple[Callable[[Any, Any, Any], bool], ...] = ()
     runners: int = 2
     config: Config | None = None
     settle_rounds: int = 40
@@ -198,6 +203,7 @@ class _Pass:
     runner: str
     key: str
     obj: Any
+    snapshot: Any
     decision: Decision
     rv: str
     now: datetime
@@ -370,24 +376,44 @@ class ModelCluster:
                 self._put(k, self._key(k, c), copy.deepcopy(c))
         return bool(items)
 
-    def _run_model(self, kind: str, i: int, fn_index: int, faults: bool) -> bool:
+    def _step(self, kind: str, fns: Sequence[Callable[[Doc], Any]], key: str) -> bool:
+        """The object's next step: the first of ``fns`` that applies to it."""
+        for fn in fns:
+            if (kind, key) in self.objects and self._apply_changes(kind, fn(copy.deepcopy(self.objects[(kind, key)]))):
+                return True
+        return False
+
+    def _run_model(self, kind: str, i: int, fns: Sequence[Callable[[Doc], Any]]) -> bool:
+        keys = [k for kk, k in sorted(self.objects) if kk == kind]
+        for j in range(len(keys)):  # the i-th object, or the next one something applies to
+            if self._step(kind, fns, keys[(i + j) % len(keys)]):
+                return True
+        return False
+
+    def progress(self, kind: str, i: int = 0) -> bool:
+        """The ``i``-th object of ``kind`` (modulo their number; or the next one that can) takes its next step:
+        the first of the kind's progress functions that applies to it."""
+        m = self.models.get(kind)
+        return m is not None and self._run_model(kind, i, m.progress)
+
+    def progress_every(self, kind: str) -> bool:
+        """Every object of ``kind`` takes its next step (a controller catching up by one step)."""
         m = self.models.get(kind)
         if m is None:
             return False
-        fns = m.faults if faults else m.progress
-        docs = [(k, d) for (kk, k), d in sorted(self.objects.items()) if kk == kind]
-        if not docs or not fns:
-            return False
-        _, doc = docs[i % len(docs)]
-        return self._apply_changes(kind, fns[fn_index % len(fns)](copy.deepcopy(doc)))
-
-    def progress(self, kind: str, i: int = 0, fn: int = 0) -> bool:
-        """The ``fn``-th progress function of ``kind`` on its ``i``-th object (modulo their numbers)."""
-        return self._run_model(kind, i, fn, faults=False)
+        changed = False
+        for kk, key in sorted(self.objects):
+            if kk == kind:
+                changed |= self._step(kind, m.progress, key)
+        return changed
 
     def fault(self, kind: str, i: int = 0, fn: int = 0) -> bool:
-        """The ``fn``-th fault of ``kind`` on its ``i``-th object."""
-        return self._run_model(kind, i, fn, faults=True)
+        """The ``fn``-th fault of ``kind`` (modulo their number) on its ``i``-th object, or the next one it
+        applies to."""
+        m = self.models.get(kind)
+        if m is None or not m.faults:
+            return False
+        return self._run_model(kind, i, (m.faults[fn % len(m.faults)],))
 
     def finish_deletion(self, i: int = 0) -> bool:
         """One object being deleted (``slow_delete``) goes."""
@@ -536,31 +562,44 @@ class ModelCluster:
         obj, snap, rv = seen
         r.passes += 1
         d = self._decide(obj, snap, f"{runner}-{r.passes}")
-        r.open = _Pass(runner, key, obj, d, rv, self.now)
+        r.open = _Pass(runner, key, obj, snap, d, rv, self.now)
         return True
 
     def finish(self, runner: str, outcome: str = "ok", at: int = 0) -> bool:
-        """Apply the begun pass. ``outcome``: ``ok``; ``fail`` (the ``at``-th action fails, the pass stops);
-        ``timeout`` (the ``at``-th action's request times out: a create may still land; the pass stops);
-        ``crash-before-write``; ``crash-after-write``. True when the pass ran to its end."""
+        """Apply the begun pass. ``outcome``: ``ok``; ``fail`` (the ``at``-th request, modulo their number, fails
+        and the pass stops); ``timeout`` (the ``at``-th create's request, or the ``at``-th request when the pass
+        creates nothing, times out and the pass stops: a create may still land later); ``crash-before-write``;
+        ``crash-after-write``. True when the pass ran to its end."""
         r = self.runners[runner]
         p, r.open = r.open, None
         if p is None:
             return False
         d = p.decision
         kind = self.lifecycle.resource.kind
+        before = [(a, g) for a in d.before for g in self._rendered(a, p.obj)]
+        after = [(a, g) for a in d.after for g in self._rendered(a, p.obj)]
+        cut = -1
+        if outcome in ("fail", "timeout") and before + after:
+            creates = [i for i, (_, g) in enumerate(before + after) if isinstance(g, A.Create)]
+            cut = creates[at % len(creates)] if outcome == "timeout" and creates else at % len(before + after)
         n = 0
-        for a in d.before:
-            for g in self._rendered(a, p.obj):
-                if outcome in ("fail", "timeout") and n == at:
-                    self._cut(outcome, p, g)
-                    return False
-                n += 1
+        for a, g in before:
+            self._check_action(p, a)
+            if n == cut:
+                self._cut(outcome, p, g)
+                return False
+            n += 1
+            if isinstance(g, (A.AddFinalizer, A.RemoveFinalizer)):
+                cur = self.objects.get((kind, p.key))
+                if cur is None or str(_meta(cur).get("resourceVersion")) != p.rv:
+                    self.conflicts += 1
+                    return False  # the finalizer patch carries the observed resourceVersion: a 409
                 self._apply(p, g)
-                if not isinstance(g, A.RecordEvent) and isinstance(g, (A.AddFinalizer, A.RemoveFinalizer)):
-                    cur = self.objects.get((kind, p.key))
-                    if cur is not None:
-                        p.rv = str(_meta(cur)["resourceVersion"])  # its own patch: the write still counts
+                cur = self.objects.get((kind, p.key))
+                if cur is not None:
+                    p.rv = str(_meta(cur)["resourceVersion"])  # its own patch: the status write carries it
+            else:
+                self._apply(p, g)
         if outcome == "crash-before-write":
             return False
         if d.status_changed:
@@ -572,19 +611,26 @@ class ModelCluster:
         p.committed = True
         if outcome == "crash-after-write":
             return False
-        for a in d.after:
-            for g in self._rendered(a, p.obj):
-                if outcome in ("fail", "timeout") and n == at:
-                    self._cut(outcome, p, g)
-                    return False
-                n += 1
-                self._apply(p, g)
+        for a, g in after:
+            self._check_action(p, a)
+            if n == cut:
+                self._cut(outcome, p, g)
+                return False
+            n += 1
+            self._apply(p, g)
         return True
 
     def run_pass(self, runner: str, key: str, lag: int = 0, outcome: str = "ok", at: int = 0,
                  child_lag: int | None = None) -> bool:
         """``begin`` then ``finish``."""
         return self.begin(runner, key, lag, child_lag) and self.finish(runner, outcome, at)
+
+    def _check_action(self, p: _Pass, a: Any) -> None:
+        for inv in self.world.action_invariants:
+            if not inv(p.obj, p.snapshot, a):
+                what = " ".join((inv.__doc__ or inv.__name__).split())
+                raise ModelViolation(f"invariant:{inv.__name__}", f"{self.lifecycle.resource.kind} {p.key}: {what} "
+                                     f"(pass of {p.runner} in state {p.decision.state}, action {a})")
 
     def _cut(self, outcome: str, p: _Pass, a: Any) -> None:
         if outcome == "timeout" and isinstance(a, A.Create):
@@ -714,7 +760,7 @@ class ModelCluster:
             children = self.children_of(key)
             for inv in self.invariants:
                 if not inv(obj, children):
-                    what = (inv.__doc__ or "").strip().splitlines()[0] if inv.__doc__ else inv.__name__
+                    what = " ".join((inv.__doc__ or inv.__name__).split())
                     raise ModelViolation(f"invariant:{inv.__name__}", f"{lc.resource.kind} {key}: {what} "
                                          f"(state {self.state(key)}; children "
                                          f"{ {k: [c['metadata']['name'] for c in v] for k, v in children.items()} })")
@@ -745,6 +791,10 @@ class ModelCluster:
             if not step:
                 break
         return changed
+
+    def catch_up(self) -> bool:
+        """Every progress function to a fixed point, deletions finished: the children's controllers catch up."""
+        return self._progress_all()
 
     def settle(self) -> int:
         """Faults stop: in-flight creates land, children progress, one runner passes every resource, time moves
@@ -819,7 +869,7 @@ def _merge(doc: Any, patch: Any) -> Any:
 # ----------------------------------------------------------------------------- hypothesis
 
 
-OUTCOMES = ("ok", "ok", "ok", "fail", "timeout", "crash-before-write", "crash-after-write")
+OUTCOMES = ("ok", "fail", "timeout", "timeout", "crash-before-write", "crash-after-write")
 DELAYS = (1, 5, 30, 120, 700)
 
 
@@ -828,7 +878,7 @@ def state_machine(world: ModelWorld) -> type[Any]:
     lagging caches, cut anywhere), children's progress and faults, creates landing late, time, kills, edits and
     deletions; at the end everything is deleted after a first settle, and the world must settle again."""
     from hypothesis import strategies as st
-    from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
+    from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
     runners = tuple(f"runner-{i}" for i in range(max(1, world.runners)))
     kinds = tuple(c.kind for c in world.children) or ("",)
@@ -857,13 +907,29 @@ def state_machine(world: ModelWorld) -> type[Any]:
         def begin(self, r: str, i: int, lag: int, child_lag: int) -> None:
             self.cluster.begin(r, self._key(i), lag, child_lag)
 
-        @rule(r=st.sampled_from(runners), outcome=st.sampled_from(OUTCOMES), at=st.integers(0, 3))
-        def finish(self, r: str, outcome: str, at: int) -> None:
-            self.cluster.finish(r, outcome, at)
+        @precondition(lambda self: any(r.open is not None for r in self.cluster.runners.values()))
+        @rule(i=st.integers(0, len(runners) - 1), outcome=st.sampled_from(OUTCOMES), at=st.integers(0, 3))
+        def finish(self, i: int, outcome: str, at: int) -> None:
+            open_ = [name for name, r in self.cluster.runners.items() if r.open is not None]
+            self.cluster.finish(open_[i % len(open_)], outcome, at)
 
-        @rule(kind=st.sampled_from(kinds), i=st.integers(0, 3), fn=st.integers(0, 3))
-        def progress(self, kind: str, i: int, fn: int) -> None:
-            self.cluster.progress(kind, i, fn)
+        @rule(i=st.integers(0, n_resources - 1))
+        def clean_pass(self, i: int) -> None:
+            """A pass of a runner whose caches are current and whose requests all succeed."""
+            self.cluster.run_pass(runners[0], self._key(i))
+
+        @rule()
+        def catch_up(self) -> None:
+            """Every child's controller catches up (progress to a fixed point, no faults)."""
+            self.cluster.catch_up()
+
+        @rule(kind=st.sampled_from(kinds), i=st.integers(0, 3))
+        def progress(self, kind: str, i: int) -> None:
+            self.cluster.progress(kind, i)
+
+        @rule(kind=st.sampled_from(kinds))
+        def progress_every(self, kind: str) -> None:
+            self.cluster.progress_every(kind)
 
         @rule(kind=st.sampled_from(kinds), i=st.integers(0, 3), fn=st.integers(0, 3))
         def fault(self, kind: str, i: int, fn: int) -> None:
@@ -873,6 +939,7 @@ def state_machine(world: ModelWorld) -> type[Any]:
         def finish_deletion(self, i: int) -> None:
             self.cluster.finish_deletion(i)
 
+        @precondition(lambda self: bool(self.cluster.inflight))
         @rule(i=st.integers(0, 3))
         def land(self, i: int) -> None:
             self.cluster.land(i)
