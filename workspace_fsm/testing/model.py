@@ -40,7 +40,9 @@ first violation of:
 - ``liveness``: once faults stop, the world settles within a bounded number of rounds (and reaches
   ``ModelWorld.goal`` when one is given);
 - ``invariant:<name>``: each of the author's invariants (``Lifecycle(..., invariants=...)`` and
-  ``ModelWorld.invariants``), ``invariant(obj, children) -> bool``, holds at every change.
+  ``ModelWorld.invariants``), ``invariant(obj, children) -> bool``, holds at every change; each of
+  ``ModelWorld.action_invariants``, ``check(obj, snapshot, action) -> bool``, holds for every action a pass
+  applies, with the snapshot that pass decided on.
 """
 
 from __future__ import annotations
