@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -240,3 +240,13 @@ def test_caught_a_status_that_does_not_survive_persistence():
     states = tuple(attrs.evolve(s, fields=last_pass) if s.name == "Ready" else s for s in W.WEBSITE.state_table)
     v = caught(world(website(states=states)))
     assert v.check == "rebuild", v
+
+
+def test_caught_a_step_that_reads_the_wall_clock():
+    def ensure_site_stamped(f: Any, data: Any, out: list[Any]) -> Any:
+        datetime.now(timezone.utc)  # a step must use f.now
+        return W.ensure_site(f, data, out)
+
+    v = caught(world(website(states=with_ensure(ensure_site_stamped))))
+    assert v.check == "purity", v
+    assert "datetime.now()" in str(v)

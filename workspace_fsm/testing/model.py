@@ -36,7 +36,8 @@ first violation of:
   has settled, nothing it created is left and the resource itself is gone;
 - ``rebuild``: ``decide`` on the resource rebuilt from its persisted form (``to_dict`` then the lifecycle's
   ``parse``) equals ``decide`` on the in-memory one the writer kept;
-- ``purity``: ``decide`` does not sleep, read the clock through :mod:`time`, open a file or a socket;
+- ``purity``: ``decide`` does not sleep, read the clock (:mod:`time`, or ``datetime.now()`` in the lifecycle's
+  own modules), open a file or a socket;
 - ``liveness``: once faults stop, the world settles within a bounded number of rounds (and reaches
   ``ModelWorld.goal`` when one is given);
 - ``invariant:<name>``: each of the author's invariants (``Lifecycle(..., invariants=...)`` and
@@ -170,14 +171,49 @@ def _forbidden(what: str) -> Callable[..., Any]:
     return fail
 
 
+class _AnyDatetime(type):
+    """Metaclass: the clockless class still recognises every real datetime as an instance."""
+
+    def __instancecheck__(cls, obj: object) -> bool:
+        return isinstance(obj, datetime)
+
+    def __subclasscheck__(cls, sub: type) -> bool:
+        return issubclass(sub, datetime)
+
+
+class _ClocklessDatetime(datetime, metaclass=_AnyDatetime):
+    """``datetime`` as the lifecycle's modules see it while decide runs: no wall clock."""
+
+    now = classmethod(_forbidden("datetime.now()"))
+    utcnow = classmethod(_forbidden("datetime.utcnow()"))
+    today = classmethod(_forbidden("datetime.today()"))
+
+
+def _lifecycle_modules(lc: Lifecycle[Any]) -> list[Any]:
+    """The modules the lifecycle's functions live in (guards, steps, timers, projections, facts, parse)."""
+    import sys
+
+    fns: list[Any] = [lc.facts, lc.project, lc.parse, lc.on_write, *lc.wake, *(e.guard for e in lc.edges)]
+    for st in lc.state_table:
+        fns += [*st.ensure, *st.wake, st.conditions, st.summary, st.fields]
+        if st.deadline is not None:
+            fns.append(getattr(st.deadline.then, "fn", None))
+    names = {getattr(f, "__module__", None) for f in fns if callable(f)}
+    return [sys.modules[n] for n in sorted(n for n in names if n and n in sys.modules)
+            if getattr(sys.modules[n], "datetime", None) is datetime]
+
+
 @contextlib.contextmanager
-def _pure() -> Iterator[None]:
-    patches = [(time, "sleep"), (time, "time"), (time, "monotonic"), (time, "perf_counter"),
-               (socket.socket, "connect"), (socket, "create_connection"), (builtins, "open")]
-    saved = [(o, n, getattr(o, n)) for o, n in patches]
+def _pure(modules: Sequence[Any] = ()) -> Iterator[None]:
+    patches: list[tuple[Any, str, Any]] = [
+        (o, n, _forbidden(f"{getattr(o, '__name__', 'socket')}.{n}()"))
+        for o, n in ((time, "sleep"), (time, "time"), (time, "monotonic"), (time, "perf_counter"),
+                     (socket.socket, "connect"), (socket, "create_connection"), (builtins, "open"))]
+    patches += [(m, "datetime", _ClocklessDatetime) for m in modules]
+    saved = [(o, n, getattr(o, n)) for o, n, _ in patches]
     try:
-        for o, n in patches:
-            setattr(o, n, _forbidden(f"{getattr(o, '__name__', 'socket')}.{n}()"))
+        for o, n, v in patches:
+            setattr(o, n, v)
         yield
     finally:
         for o, n, v in saved:
@@ -271,6 +307,7 @@ class ModelCluster:
         self.kinds = tuple(self.declared)
         self.models = {c.kind: c for c in world.children}
         self.invariants = lc.invariants + world.invariants
+        self._modules = _lifecycle_modules(lc)  # their ``datetime`` loses its clock while decide runs
         self.objects: dict[tuple[str, str], Doc] = {}
         self.versions: list[dict[tuple[str, str], Doc]] = [{}]
         self.rv = 0
@@ -530,7 +567,7 @@ class ModelCluster:
 
     def _decide(self, obj: Any, snap: Any, pass_id: str) -> Decision:
         lc = self.lifecycle
-        with _pure():
+        with _pure(self._modules):
             d = lc.decide(obj, snap, self.now, self.config, pass_id=pass_id)
             try:
                 persisted = json.loads(json.dumps(obj.to_dict()))
