@@ -1325,7 +1325,8 @@ class SimCluster:
         """Do the workload's pods fit their nodes' GPUs? If not, remember them as Pending (see :meth:`pods`)."""
         if self._pending.pop((kind, key), None) is not None:
             self._drop_pods(kind, key)
-        if pod_gpus(pod_spec) == 0:
+        gpus = pod_gpus(pod_spec)
+        if gpus == 0:
             return True  # runs on the general-purpose nodes, which are not simulated
         names = hostnames(pod_spec)
         owner = self._meta[(kind, key)].owner
@@ -1335,7 +1336,7 @@ class SimCluster:
             names = tuple(n for c in self._claims_of[owner] if (n := self._claims[c].node_name))
         nodes: Iterable[Node] = (self._nodes[n] for n in names if n in self._nodes) if names is not None \
             else self._nodes.values()
-        f = fit(pod_spec, replicas, ((n.name, n.labels, self._node_gpus(n)) for n in nodes), len(self._nodes))
+        f = fit(pod_spec, replicas, ((n.name, n.labels, self._node_gpus(n)) for n in nodes), len(self._nodes), gpus)
         if f.ok:
             return True
         self._pending[(kind, key)] = (f, dict(pod_spec), self.iso(), dict(workload or {}))

@@ -44,9 +44,12 @@ def _container_gpus(c: Mapping[str, Any]) -> int:
 
 def pod_gpus(pod_spec: Mapping[str, Any]) -> int:
     """The GPUs a pod with this spec asks the scheduler for."""
-    main = sum(_container_gpus(c) for c in pod_spec.get("containers") or ())
-    init = max((_container_gpus(c) for c in pod_spec.get("initContainers") or ()), default=0)
-    return max(main, init)
+    main = 0
+    for c in pod_spec.get("containers") or ():
+        main += _container_gpus(c)
+    for c in pod_spec.get("initContainers") or ():
+        main = max(main, _container_gpus(c))
+    return main
 
 
 def _expression_matches(expr: Mapping[str, Any], name: str, labels: Mapping[str, str]) -> bool:
@@ -116,11 +119,13 @@ class Fit:
 
 
 def fit(pod_spec: Mapping[str, Any], replicas: int, candidates: Iterable[tuple[str, Mapping[str, str], int]],
-        total_nodes: int) -> Fit:
+        total_nodes: int, gpus: int | None = None) -> Fit:
     """Place ``replicas`` pods of ``pod_spec``, one per node (KAITO spreads a workload's pods over its nodes),
     on the ``candidates`` (name, labels, allocatable GPUs) that match its affinity. ``total_nodes``: every node
-    of the cluster, for the scheduler's "0/N" (nodes not among the candidates did not match)."""
-    gpus = pod_gpus(pod_spec)
+    of the cluster, for the scheduler's "0/N" (nodes not among the candidates did not match). ``gpus``: the pod's
+    request when the caller has read it already."""
+    if gpus is None:
+        gpus = pod_gpus(pod_spec)
     if gpus == 0:
         return Fit(replicas, replicas, 0)
     matching = fitting = 0
