@@ -11,6 +11,7 @@ creating pass's snapshot"); this file shows the generic kit holds the same lifec
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 from test_model_ragengine import (gpus_arrive, launch_fails, launches, loses_its_replica, node_not_ready,
@@ -171,3 +172,21 @@ def test_a_scripted_workspace_run_succeeds_and_deletion_removes_its_nodeclaims()
     c.delete(tune)
     c.settle()
     assert not [k for k, _ in c.objects if k in ("NodeClaim", "Workspace", "StatefulSet", "Job")]
+
+
+def test_a_pass_held_past_the_send_window_sends_no_fresh_nodeclaim():
+    # Found by the harness before it modelled the runner's rule: a pass decided at t, applied two minutes later,
+    # whose NodeClaim create then timed out, landed after the machine had replaced it (three NodeClaims for two).
+    # The runner never sends a fresh-named create later than Config.create_send_window after the pass's now.
+    c = ModelCluster(WORLD)
+    c.add(INFERENCE)
+    tune = c.add(TUNING)
+    assert c.begin("runner-0", tune)
+    c.advance(timedelta(seconds=120), land_late=False)
+    assert not c.finish("runner-0", "timeout")
+    assert not c.inflight and not c.children_of(tune).get("NodeClaim")
+    assert c.state(tune) == "NodesProvisioning"  # the record was written; the create is asked for again
+    assert c.run_pass("runner-1", tune)
+    assert len(c.children_of(tune)["NodeClaim"]) == 1
+    c.settle()
+    assert c.state(tune) == "Succeeded"

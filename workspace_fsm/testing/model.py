@@ -17,10 +17,12 @@ own status write, never older than that write), decide, apply the ``before`` act
 with the observed ``resourceVersion`` (a 409 when someone else wrote meanwhile: the pass stops and applies
 nothing after it), then the ``after`` actions (creations first) in order. A pass can be cut anywhere: a failed
 action, a create whose request timed out (it may still land, within ``Config.api_request_timeout``, or never),
-a crash before or after the write. Lifecycle-specific actions go through the binding's ``render`` first, as
-under the Kubernetes adapter; the snapshot is the binding's ``snapshot(obj, view)`` over a view that offers what
-the Kubernetes adapter's does (``owned(kind, key)``, ``children[kind].get(key)``, ``confirmed_absent(name,
-obj)``), or by default the children by kind (``snap.of(kind)``, ``snap.one(kind, name)``).
+a crash before or after the write. As the runner does, a create of an action class with ``send_window`` is
+sent only within ``Config.create_send_window`` of the pass's ``now`` (else the pass stops there).
+Lifecycle-specific actions go through the binding's ``render`` first, as under the Kubernetes adapter; the
+snapshot is the binding's ``snapshot(obj, view)`` over a view that offers what the Kubernetes adapter's does
+(``owned(kind, key)``, ``children[kind].get(key)``, ``confirmed_absent(name, obj)``), or by default the children
+by kind (``snap.of(kind)``, ``snap.one(kind, name)``).
 
 What it checks
 --------------
@@ -651,6 +653,10 @@ class ModelCluster:
         if outcome == "crash-after-write":
             return False
         for a, g in after:
+            if getattr(type(a), "send_window", False) and self.now - p.now > self.config.create_send_window:
+                # As the runner does: a fresh-named create is sent within Config.create_send_window of the
+                # pass's now or not at all (the machine counts on it landing within Config.create_grace).
+                return False
             self._check_action(p, a)
             if n == cut:
                 self._cut(outcome, p, g)
@@ -674,7 +680,7 @@ class ModelCluster:
     def _cut(self, outcome: str, p: _Pass, a: Any) -> None:
         if outcome == "timeout" and isinstance(a, A.Create):
             self._check_create(p, a)
-            self.inflight.append((p.now + self.config.api_request_timeout, p.key, a))
+            self.inflight.append((self.now + self.config.api_request_timeout, p.key, a))  # sent now
 
     def _rendered(self, a: Any, obj: Any) -> list[Any]:
         generic = (A.Create, A.Patch, A.Delete, A.AddFinalizer, A.RemoveFinalizer, A.RecordEvent)
