@@ -28,9 +28,8 @@ def status(err: pytest.ExceptionInfo) -> dict:
 
 def post(server, path: str, doc: dict) -> tuple[int, dict]:
     """A raw POST (the typed client refuses to send ill-typed fields)."""
-    import http.client
 
-    conn = http.client.HTTPConnection(server.host, server.port, timeout=5)
+    conn = server.connection(timeout=5)
     conn.request("POST", path, body=json.dumps(doc), headers={"Content-Type": "application/json"})
     resp = conn.getresponse()
     out = resp.status, json.loads(resp.read())

@@ -55,7 +55,7 @@ def test_create_answers_exactly_201(api_server):
     req = urllib.request.Request(f"{api_server.url}/apis/{G}/{V}/namespaces/{NS}/{WS}",
                                  data=json.dumps(workspace()).encode(), method="POST",
                                  headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req) as resp:
+    with api_server.urlopen(req) as resp:
         assert resp.status == 201
         assert resp.headers["Content-Type"] == "application/json"
 
@@ -119,11 +119,11 @@ def test_method_not_allowed_and_unknown_paths(api_server, api_server_client):
     req = urllib.request.Request(f"{api_server.url}/apis/{G}/{V}/namespaces/{NS}/{WS}/x", data=b"{}", method="POST",
                                  headers={"Content-Type": "application/json"})
     with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(req)
+        api_server.urlopen(req)
     assert err.value.code == 405
     assert json.loads(err.value.read())["reason"] == "MethodNotAllowed"
     with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(f"{api_server.url}/apis/nothing.io/v1/things")
+        api_server.urlopen("/apis/nothing.io/v1/things")
     assert err.value.code == 404
 
 
@@ -458,10 +458,9 @@ def test_load_crds_and_register_twice(tmp_path):
 
 
 def test_discovery_documents(api_server):
-    import urllib.request
 
     def get(path):
-        with urllib.request.urlopen(api_server.url + path) as resp:
+        with api_server.urlopen(path) as resp:
             return json.loads(resp.read())
 
     assert get("/version")["major"] == "1"

@@ -12,7 +12,6 @@ Sources:
 from __future__ import annotations
 
 import copy
-import http.client
 import json
 from urllib.parse import urlencode
 
@@ -155,7 +154,7 @@ def test_unsupported_dry_run_values_are_422_for_the_options_kind(api_server, cor
 
 
 def test_apply_without_field_manager_is_422(api_server):
-    conn = http.client.HTTPConnection(api_server.host, api_server.port, timeout=5)
+    conn = api_server.connection(timeout=5)
     conn.request("PATCH", f"/api/v1/namespaces/{NS}/configmaps/a", body=b'{"metadata":{"name":"a"}}',
                  headers={"Content-Type": "application/apply-patch+yaml"})
     resp = conn.getresponse()
@@ -189,7 +188,7 @@ class _Raw:
     """A keep-alive HTTP connection to the server (fast enough for hundreds of examples)."""
 
     def __init__(self, server: TestAPIServer) -> None:
-        self.conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+        self.conn = server.connection(timeout=10)
 
     def __call__(self, method: str, path: str, query: dict | None = None, body: object = None,
                  ctype: str = "application/json") -> int:

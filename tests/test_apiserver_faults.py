@@ -154,7 +154,7 @@ def test_dropped_watch_after_seconds_and_abrupt(api_server, custom):
     assert time.monotonic() - started >= 0.25 and rule.hits == 1  # not before its time
     custom.create_namespaced_custom_object(G, V, NS, WS, workspace("a"))
     api_server.faults.drop_watches(after_events=1, abrupt=True)
-    conn = http.client.HTTPConnection("127.0.0.1", api_server.port, timeout=5)
+    conn = api_server.connection(timeout=5)
     conn.request("GET", f"/apis/{G}/{V}/namespaces/{NS}/{WS}?watch=true&timeoutSeconds=10")
     resp = conn.getresponse()
     with pytest.raises(http.client.IncompleteRead):

@@ -8,14 +8,13 @@ the group reversed (``sh.kaito.v1beta1.Workspace``) with ``x-kubernetes-group-ve
 
 from __future__ import annotations
 
-import http.client
 import json
 
 import pytest
 
 
 def get(server, path: str, accept: str = "application/json") -> tuple[int, dict | None]:
-    conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    conn = server.connection(timeout=10)
     conn.request("GET", path, headers={"Accept": accept})
     resp = conn.getresponse()
     raw = resp.read()

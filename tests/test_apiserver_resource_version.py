@@ -13,7 +13,6 @@ initial events with a BOOKMARK annotated ``k8s.io/initial-events-end: "true"``);
 
 from __future__ import annotations
 
-import http.client
 import json
 import threading
 import time
@@ -69,7 +68,7 @@ def test_not_older_than_a_future_revision_waits_then_504(api_server, core):
     assert body["message"] == f"Timeout: Too large resource version: {future}, current: {current}"
     assert body["details"] == {"causes": [{"reason": "ResourceVersionTooLarge",
                                            "message": "Too large resource version"}], "retryAfterSeconds": 1}
-    conn = http.client.HTTPConnection(api_server.host, api_server.port, timeout=5)  # a get with one too
+    conn = api_server.connection(timeout=5)  # a get with one too
     conn.request("GET", f"/api/v1/namespaces/default?resourceVersion={future}")
     resp = conn.getresponse()
     assert resp.status == 504 and json.loads(resp.read())["reason"] == "Timeout"
@@ -104,7 +103,7 @@ def test_list_options_validation(api_server, core):
 
 
 def _watch(server, query: str, count: int) -> list[dict]:
-    conn = http.client.HTTPConnection(server.host, server.port, timeout=5)
+    conn = server.connection(timeout=5)
     conn.request("GET", f"/api/v1/namespaces/{NS}/configmaps?watch=true&{query}")
     resp = conn.getresponse()
     if resp.status != 200:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import threading
 import time
@@ -98,7 +97,7 @@ def test_timeout_ends_the_stream_cleanly(api_server, custom):
 
 def test_watch_is_chunked_json_lines_and_watch_1_works(api_server, custom):
     custom.create_namespaced_custom_object(G, V, NS, WS, workspace("a"))
-    conn = http.client.HTTPConnection("127.0.0.1", api_server.port, timeout=5)
+    conn = api_server.connection(timeout=5)
     conn.request("GET", f"/apis/{G}/{V}/namespaces/{NS}/{WS}?watch=1&timeoutSeconds=1")
     resp = conn.getresponse()
     assert resp.status == 200 and resp.getheader("Transfer-Encoding") == "chunked"
@@ -166,7 +165,7 @@ def test_410_gone_after_compaction(api_server, custom):
         take(custom.list_namespaced_custom_object, G, V, NS, WS, resource_version=rv, count=1)
     assert err.value.status == 410 and "Expired" in err.value.reason
     # Raw HTTP: a 200 stream holding one ERROR event with a 410 Status, as the real server sends.
-    conn = http.client.HTTPConnection("127.0.0.1", api_server.port, timeout=5)
+    conn = api_server.connection(timeout=5)
     conn.request("GET", f"/apis/{G}/{V}/namespaces/{NS}/{WS}?watch=true&resourceVersion={rv}")
     resp = conn.getresponse()
     assert resp.status == 200

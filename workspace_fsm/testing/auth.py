@@ -1,7 +1,7 @@
-"""TLS, bearer-token authentication and RBAC authorization for the test API server (opt-in).
+"""TLS, bearer-token authentication and RBAC authorization for the test API server (both on by default).
 
-- TLS: a CA and a serving certificate for 127.0.0.1/localhost minted with ``cryptography`` at start; the CA
-  goes into the kubeconfig the server writes (``certificate-authority-data``).
+- TLS: a CA and a serving certificate for 127.0.0.1/localhost minted with ``cryptography`` once per process
+  (and host); the CA goes into the kubeconfig the server writes (``certificate-authority-data``).
 - Authentication: static bearer tokens (``token -> (user, groups)``); every authenticated user is also in
   ``system:authenticated``. A request with an unknown token is 401 with the real body
   (``{"message":"Unauthorized","reason":"Unauthorized","code":401}``); one without a token is
@@ -19,8 +19,11 @@
 
 from __future__ import annotations
 
+import atexit
 import datetime
+import functools
 import ipaddress
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +42,10 @@ class TLSMaterial:
     ca_file: str
 
 
+@functools.lru_cache(maxsize=None)
 def mint_tls(hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> TLSMaterial:
+    """A CA and a serving certificate for ``hosts``, valid for a day, in a temporary folder removed at exit.
+    Minted once per process and host tuple: every server of a test run shares them."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -71,6 +77,7 @@ def mint_tls(hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> TLSMaterial
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256()))
     folder = Path(tempfile.mkdtemp(prefix="workspace-fsm-test-tls-"))
+    atexit.register(shutil.rmtree, folder, True)
     ca_pem = ca.public_bytes(serialization.Encoding.PEM)
     (folder / "ca.crt").write_bytes(ca_pem)
     (folder / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))

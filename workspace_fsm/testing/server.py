@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -35,7 +36,7 @@ from workspace_fsm.testing.selectors import SelectorError, parse_field_selector,
 from workspace_fsm.testing.store import Event, Store, parse_patch_type
 from workspace_fsm.testing.table import partial_metadata, to_table
 
-__all__ = ["TestAPIServer"]
+__all__ = ["Denial", "TestAPIServer"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,19 @@ KUBERNETES_VERSION = {
 
 class _ClientGone(Exception):
     pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Denial:
+    """A request answered 401 or 403: who (``""`` for an unknown token), what, and the answer's message."""
+
+    user: str
+    verb: str
+    resource: str  # "workspaces", "workspaces/status", or a non-resource path
+    namespace: str | None
+    name: str | None
+    code: int
+    message: str
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -63,8 +77,10 @@ class _HTTPServer(ThreadingHTTPServer):
         import sys
 
         exc = sys.exc_info()[1]
-        if isinstance(exc, (ConnectionError, TimeoutError)) or self.app._stopping:
-            return  # a client that went away, or a connection closed by stop()
+        import ssl
+
+        if isinstance(exc, (ConnectionError, TimeoutError, ssl.SSLError)) or self.app._stopping:
+            return  # a client that went away, a failed TLS handshake, or a connection closed by stop()
         log.exception("test API server: error serving %s", client_address)
 
     def get_request(self) -> tuple[socket.socket, Any]:
@@ -81,6 +97,7 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     server: _HTTPServer
     intercept_after: Any = None  # (rules, request) to run once this request is handled
+    user: Any = None  # the authenticated user of the request being handled (None without authentication)
     query_lists: dict[str, list[str]] = {}  # every value of every query parameter
 
     def setup(self) -> None:
@@ -151,10 +168,13 @@ class TestAPIServer:
     many seconds of its arrival (an injected latency) is answered 504 and never applied. That is stricter
     than a real server, whose storage write may still finish; it makes "a create lands within the request
     timeout or never" a property of this server that tests can rely on.
-    ``tls``: serve HTTPS with a CA minted at start (written into the kubeconfig); ``auth``: require a bearer
-    token (the kubeconfig's is an admin in ``system:masters``; :meth:`add_token` and
-    :meth:`service_account_token` make others) and authorize requests with RBAC from the stored Roles,
-    ClusterRoles and bindings (see :mod:`workspace_fsm.testing.auth`).
+    ``tls`` (default on, as every real API server): serve HTTPS with a certificate signed by a CA minted for
+    the process (written into the kubeconfig and :attr:`client_configuration`; :meth:`connection` and
+    :meth:`urlopen` for raw requests); ``tls=False`` serves plain HTTP. ``auth`` (default on): authenticate
+    bearer tokens (the kubeconfig's is an admin in ``system:masters``; :meth:`add_token` and
+    :meth:`service_account_token` make others; no token is ``system:anonymous``) and authorize requests with
+    RBAC from the stored Roles, ClusterRoles and bindings (see :mod:`workspace_fsm.testing.auth`); every
+    denial is kept in :attr:`denials`. ``auth=False`` admits every request.
     ``too_large_rv_wait``: how long a get or list asking for a resourceVersion newer than the store waits for
     it before the 504 "Too large resource version" (the watch cache waits 3 s).
 
@@ -167,7 +187,7 @@ class TestAPIServer:
                  port: int = 0, history: int = 1000, seed: int | None = None, gc: bool = True,
                  gc_delay: float = 0.02, bookmark_interval: float = 5.0, max_watch_seconds: float = 1800.0,
                  request_timeout: float | None = 60.0, too_large_rv_wait: float = 3.0,
-                 tls: bool = False, auth: bool = False,
+                 tls: bool = True, auth: bool = True,
                  namespaces: Iterable[str] = ("default", "kube-system", "kube-public", "kube-node-lease")) -> None:
         self.store = Store(history=history, seed=seed, gc=gc, gc_delay=gc_delay, namespaces=namespaces)
         self.faults = Faults()
@@ -186,6 +206,9 @@ class TestAPIServer:
 
         self._tokens[self.admin_token] = User("workspace-fsm-test", ("system:masters", "system:authenticated"))
         self.rbac = RBAC(self.store)
+        self.denials: list[Denial] = []  # every 401/403 answered, in order
+        self._denials_lock = threading.Lock()
+        self.requests_by_user: Counter[tuple[str, str, str]] = Counter()  # (user, verb, resource) -> requests
         self._host = host
         self._port = port
         self._httpd: _HTTPServer | None = None
@@ -207,15 +230,12 @@ class TestAPIServer:
         self._stopping = False
         self._httpd = _HTTPServer((self._host, self._port), self)
         self._port = self._httpd.server_address[1]
-        if self.tls:
+        material = self._tls()
+        if material is not None:
             import ssl
 
-            from workspace_fsm.testing.auth import mint_tls
-
-            if self._tls_material is None:
-                self._tls_material = mint_tls((self._host, "localhost"))
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.load_cert_chain(self._tls_material.cert_file, self._tls_material.key_file)
+            ctx.load_cert_chain(material.cert_file, material.key_file)
             self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True,
                                                  do_handshake_on_connect=False)
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
@@ -263,10 +283,64 @@ class TestAPIServer:
     def url(self) -> str:
         return f"{'https' if self.tls else 'http'}://{self._host}:{self._port}"
 
+    def _tls(self) -> Any:
+        """The serving certificate and its CA (minted once per process and host), None for plain HTTP."""
+        if not self.tls:
+            return None
+        if self._tls_material is None:
+            from workspace_fsm.testing.auth import mint_tls
+
+            self._tls_material = mint_tls((self._host, "localhost"))
+        return self._tls_material
+
     @property
     def ca_file(self) -> str | None:
         """The CA certificate file (PEM) when serving TLS."""
-        return self._tls_material.ca_file if self._tls_material is not None else None
+        material = self._tls()
+        return material.ca_file if material is not None else None
+
+    def ssl_context(self) -> Any:
+        """A client ``ssl.SSLContext`` trusting this server's CA (None for plain HTTP)."""
+        import ssl
+
+        material = self._tls()
+        return None if material is None else ssl.create_default_context(cafile=material.ca_file)
+
+    def connection(self, timeout: float = 10.0, *, token: str | None = "admin") -> Any:
+        """An ``http.client`` connection to this server (HTTPS verified against its CA, or HTTP) that sends
+        the admin's bearer token with every request (``token``: another token; None: anonymous)."""
+        import http.client
+
+        header = None if token is None else f"Bearer {self.admin_token if token == 'admin' else token}"
+        base: Any = http.client.HTTPSConnection if self.tls else http.client.HTTPConnection
+        extra = {"context": self.ssl_context()} if self.tls else {}
+
+        class _Connection(base):  # type: ignore[misc, valid-type]
+            def putrequest(self, method: str, url: str, *args: Any, **kwargs: Any) -> None:
+                super().putrequest(method, url, *args, **kwargs)
+                if header is not None:
+                    self.putheader("Authorization", header)
+
+        return _Connection(self._host, self._port, timeout=timeout, **extra)
+
+    def urlopen(self, request: Any, *, timeout: float = 10.0, token: str | None = "admin") -> Any:
+        """``urllib.request.urlopen`` of a path (``"/version"``) or a ``Request`` for this server, verified
+        against its CA, with the admin's bearer token unless the request carries one (``token`` as in
+        :meth:`connection`)."""
+        import urllib.request
+
+        if isinstance(request, str):
+            request = urllib.request.Request(request if "://" in request else self.url + request)
+        if token is not None and not request.has_header("Authorization"):
+            request.add_header("Authorization", f"Bearer {self.admin_token if token == 'admin' else token}")
+        return urllib.request.urlopen(request, timeout=timeout, context=self.ssl_context())
+
+    def _deny(self, user: Any, exc: APIError, verb: str, resource: str, namespace: str | None,
+              name: str | None) -> APIError:
+        with self._denials_lock:
+            self.denials.append(Denial(user.name if user is not None else "", verb, resource, namespace, name,
+                                       exc.code, exc.message))
+        return exc
 
     def add_token(self, token: str, user: str, groups: Iterable[str] = ()) -> None:
         """Authenticate ``token`` as ``user`` (with ``groups`` and ``system:authenticated``)."""
@@ -298,8 +372,9 @@ class TestAPIServer:
         import base64
 
         cluster: dict[str, Any] = {"server": self.url}
-        if self._tls_material is not None:
-            cluster["certificate-authority-data"] = base64.b64encode(self._tls_material.ca_pem).decode()
+        material = self._tls()
+        if material is not None:
+            cluster["certificate-authority-data"] = base64.b64encode(material.ca_pem).decode()
         doc = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -321,8 +396,9 @@ class TestAPIServer:
 
         cfg = client.Configuration()
         cfg.host = self.url
-        if self._tls_material is not None:
-            cfg.ssl_ca_cert = self._tls_material.ca_file
+        material = self._tls()
+        if material is not None:
+            cfg.ssl_ca_cert = material.ca_file
         cfg.api_key = {"authorization": self.admin_token}
         cfg.api_key_prefix = {"authorization": "Bearer"}
         return cfg
@@ -454,7 +530,11 @@ class TestAPIServer:
     def _dispatch(self, h: _Handler, method: str, path: str, query: dict[str, str], body: bytes) -> None:
         arrived = time.monotonic()
         parts = [p for p in path.split("/") if p]
-        user = self._authenticate(h)
+        try:
+            user = self._authenticate(h)
+        except APIError as exc:
+            raise self._deny(None, exc, method.lower(), path, None, None) from None
+        h.user = user
         if parts[:3] == ["apis", "authorization.k8s.io", "v1"] and len(parts) == 4 and parts[3] in (
                 "selfsubjectaccessreviews", "subjectaccessreviews"):
             self._access_review(h, method, parts[3], body, user)
@@ -467,7 +547,8 @@ class TestAPIServer:
                                                                          None, resource_request=False)[0]:
                 from workspace_fsm.testing.auth import forbidden
 
-                raise forbidden(user, method.lower(), "", "", None, None, None, "/" + "/".join(parts), False)
+                raise self._deny(user, forbidden(user, method.lower(), "", "", None, None, None,
+                                                 "/" + "/".join(parts), False), method.lower(), path, None, None)
         if not parts or parts[0] not in ("api", "apis"):
             self._non_resource(h, method, parts)
             return
@@ -498,13 +579,9 @@ class TestAPIServer:
         route = self._route(group, version, rest)
         verb = self._verb(method, route, query)
         if user is not None:
-            ok, _ = self.rbac.allowed(user, verb, route.info.group, route.info.plural, route.subresource,
-                                      route.namespace, route.name)
-            if not ok:
-                from workspace_fsm.testing.auth import forbidden
-
-                raise forbidden(user, verb, route.info.group, route.info.plural, route.subresource, route.namespace,
-                                route.name, path, True)
+            self._authorize(user, verb, route)
+            self.requests_by_user[(user.name, verb, f"{route.info.plural}/{route.subresource}" if route.subresource
+                                   else route.info.plural)] += 1
         req = RequestInfo(verb=verb, resource=route.info.plural, subresource=route.subresource,
                           group=route.info.group, namespace=route.namespace, name=route.name,
                           user_agent=h.headers.get("User-Agent") or "", body=body)
@@ -531,6 +608,18 @@ class TestAPIServer:
             handler(h, route, query, body, plan)
         finally:
             self.store.set_manager(None)
+
+    def _authorize(self, user: Any, verb: str, route: _Route) -> None:
+        """403 unless RBAC allows ``verb`` on the route's resource for ``user``."""
+        ok, _ = self.rbac.allowed(user, verb, route.info.group, route.info.plural, route.subresource,
+                                  route.namespace, route.name)
+        if not ok:
+            from workspace_fsm.testing.auth import forbidden
+
+            resource = f"{route.info.plural}/{route.subresource}" if route.subresource else route.info.plural
+            raise self._deny(user, forbidden(user, verb, route.info.group, route.info.plural, route.subresource,
+                                             route.namespace, route.name, "", True),
+                             verb, resource, route.namespace, route.name)
 
     def _authenticate(self, h: _Handler) -> Any:
         """The request's user (None when authentication is off); 401 for a missing or unknown token."""
@@ -562,8 +651,9 @@ class TestAPIServer:
         if kind == "subjectaccessreviews":
             if user is not None and not self.rbac.allowed(user, "create", "authorization.k8s.io",
                                                           "subjectaccessreviews", None, None, None)[0]:
-                raise forbidden(user, "create", "authorization.k8s.io", "subjectaccessreviews", None, None, None,
-                                "", True)
+                raise self._deny(user, forbidden(user, "create", "authorization.k8s.io", "subjectaccessreviews",
+                                                 None, None, None, "", True),
+                                 "create", "subjectaccessreviews", None, None)
             subject = User(str(spec.get("user") or ""), tuple(spec.get("groups") or ()))
         else:
             subject = user if user is not None else User("workspace-fsm-test", ("system:masters",))
@@ -1081,6 +1171,12 @@ class TestAPIServer:
                     raise APIError.unprocessable(str(exc)) from None
             self._write_scale(h, route, patched, dry)
             return
+        user = getattr(h, "user", None)
+        if patch_type == "apply" and user is not None and route.subresource is None:
+            with self.store.lock:
+                missing = self.store.get_stored(route.info, route.namespace or "", route.name or "") is None
+            if missing:  # an apply that creates is authorized as a create too (handlers/patch.go)
+                self._authorize(user, "create", route)
         warnings: list[str] = []
         obj, created = self.store.patch(route.info, route.version, route.namespace or "", route.name or "",
                                         patch_type, patch, subresource=route.subresource, dry_run=dry,
