@@ -208,15 +208,15 @@ def test_a_server_that_comes_up_later_is_said_reachable_once_and_the_runner_gets
     from workspace_fsm.testing import TestAPIServer
 
     api_port = closed_port()
-    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{api_port}")
+    server = TestAPIServer(crds=crd_paths(), port=api_port)  # not started: its kubeconfig (HTTPS, CA, token) first
+    kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig")
     runner = start(procs, "run", "--kubeconfig", str(kubeconfig), "--health-port", "auto")
     port = probes_port(runner)
     runner.wait_line("cannot reach ", stream="err")
     assert status(port, "/readyz") == 503
-    server = TestAPIServer(crds=crd_paths(), port=api_port)
     server.start()
     try:
-        runner.wait_line(rf"http://127\.0\.0\.1:{api_port} is reachable again", stream="err")
+        runner.wait_line(rf"https://127\.0\.0\.1:{api_port} is reachable again", stream="err")
         wait_for("/readyz", lambda: status(port, "/readyz") == 200)
         assert runner.finish() == 0, runner.err
     finally:
