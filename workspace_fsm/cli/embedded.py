@@ -52,12 +52,14 @@ class RunnerThread:
 
 class EmbeddedCluster:
     def __init__(self, *, time_scale: float = 60.0, seed: int = 1, port: int = 0, params=None,
-                 request_timeout: float = EMBEDDED_REQUEST_TIMEOUT, crds=()) -> None:
+                 request_timeout: float = EMBEDDED_REQUEST_TIMEOUT, crds=(), tls: bool = True) -> None:
         from workspace_fsm.testing import TestAPIServer
 
         self.request_timeout = request_timeout
         extra = [Path(p) for p in crds if Path(p) not in crd_paths()]
-        self.server = TestAPIServer(crds=crd_paths() + extra, port=port, request_timeout=request_timeout)
+        # HTTPS with a CA of its own and bearer-token authentication, as a real cluster: the kubeconfig written
+        # carries the CA and an admin token. tls=False (`cluster --plain-http`) serves plain HTTP.
+        self.server = TestAPIServer(crds=crd_paths() + extra, port=port, request_timeout=request_timeout, tls=tls)
         self.time_scale = time_scale
         self.seed = seed
         self.params = params  # adapters.simulated.params.SimParams: latencies and failure rates
@@ -120,6 +122,8 @@ def add_cluster_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--time-scale", type=float, default=60.0, help="simulated latencies run this many times faster (default 60)")
     p.add_argument("--port", type=int, default=0, help="API server port on 127.0.0.1 (default: a free one)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--plain-http", action="store_true",
+                   help="serve plain HTTP instead of HTTPS (the kubeconfig then has no CA); tokens are still checked")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=run_cluster)
 
@@ -135,7 +139,8 @@ def run_cluster(args: argparse.Namespace) -> int:
     from workspace_fsm.cli.run import setup_logging
 
     setup_logging(args.log_level)
-    cluster = EmbeddedCluster(time_scale=args.time_scale, seed=args.seed, port=args.port)
+    cluster = EmbeddedCluster(time_scale=args.time_scale, seed=args.seed, port=args.port,
+                              tls=not getattr(args, "plain_http", False))
     path = cluster.start(args.kubeconfig_out)
     print(f"embedded cluster ready at {cluster.server.url}; kubeconfig written to {path}", flush=True)
     print(f"  try: kubectl --kubeconfig {path} apply -f <a KAITO Workspace manifest>", flush=True)

@@ -12,7 +12,9 @@ Fixtures:
   ``../shared/kaito/crds`` beside the project checkout when found; else the copies shipped in this
   package (``workspace_fsm/kaito/data/kaito.sh_workspaces.yaml``, ``workspace_fsm/testing/crds/``).
 - ``api_server_options``: keyword arguments for :class:`TestAPIServer` (override to change them).
-- ``api_server``: a started server, new for every test (function scope), stopped afterwards.
+- ``api_server``: a started server, new for every test (function scope), stopped afterwards. It serves HTTPS
+  and checks bearer tokens, as a real cluster does (``kubeconfig`` and ``api_server_client`` carry its CA and
+  an admin token); ``{"tls": False}`` or ``{"auth": False}`` in ``api_server_options`` turns either off.
   Indirect parametrization passes options too:
   ``@pytest.mark.parametrize("api_server", [{"history": 5}], indirect=True)``.
 - ``kubeconfig``: the path of a kubeconfig for ``api_server`` (for kubectl and
