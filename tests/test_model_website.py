@@ -18,7 +18,8 @@ from typing import Any
 import attrs
 import pytest
 
-from workspace_fsm.engine import Create, Edge, Lifecycle, LifecycleError, State, guard
+from workspace_fsm.engine import (AnnotationStore, Create, Edge, Lifecycle, LifecycleError, RecordFormat, State,
+                                  guard)
 from workspace_fsm.testing.model import ChildModel, ModelCluster, ModelViolation, ModelWorld, check_lifecycle
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "website"))
@@ -250,3 +251,18 @@ def test_caught_a_step_that_reads_the_wall_clock():
     v = caught(world(website(states=with_ensure(ensure_site_stamped))))
     assert v.check == "purity", v
     assert "datetime.now()" in str(v)
+
+
+def test_the_tutorial_with_its_record_in_an_annotation_holds_too():
+    lc = W.WEBSITE
+    annotated = Lifecycle("website", resource=lc.resource, summary_field="phase", conditions=("Ready",),
+                          invalid="Ready", parse=W.parse, owns=lc.owns, states=lc.state_table, edges=lc.edges,
+                          record=RecordFormat(store=AnnotationStore()), invariants=INVARIANTS)
+    check_lifecycle(world(annotated), max_examples=60, steps=40)
+    c = ModelCluster(world(annotated))
+    key = c.add(HELLO)
+    c.settle()
+    assert c.state(key) == "Ready"
+    doc = c.objects[("Website", key)]
+    assert "workspace-fsm.io/lifecycle" in doc["metadata"]["annotations"]
+    assert not any(cond["type"] == "workspace-fsm/Lifecycle" for cond in doc["status"]["conditions"])
