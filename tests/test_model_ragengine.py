@@ -150,8 +150,11 @@ def deployment_on_ready_gpu_nodes(rag: Any, snap: R.RAGSnapshot, a: Any) -> bool
 
 
 def rag_ready(obj: Any, children: Children) -> bool:
+    """Where a settled RAGEngine may end: succeeded, or given up on NodeClaims (Config.max_nodeclaim_failures)."""
     c = obj.status.condition(R.RAGENGINE_SUCCEEDED)
-    return c is not None and c.status == "True"
+    rec = R.RAGENGINE.record.read(obj)
+    gave_up = rec is not None and rec.data.claim_failures >= R.DEFAULT_CONFIG.max_nodeclaim_failures
+    return c is not None and c.status == "True" or gave_up
 
 
 WORLD = ModelWorld(

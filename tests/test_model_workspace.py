@@ -138,8 +138,12 @@ def workload_on_ready_gpu_nodes(ws: Any, snap: Snapshot, a: Any) -> bool:
 
 
 def succeeded(obj: Any, children: Children) -> bool:
+    """Where a settled Workspace may end: succeeded, failed, or given up on NodeClaims (after
+    Config.max_nodeclaim_failures failed or replaced ones it creates no more, and says so)."""
     c = obj.status.condition("WorkspaceSucceeded")
-    return c is not None and c.status == "True" or obj.status.state == "Failed"
+    rec = W.WORKSPACE.record.read(obj)
+    gave_up = rec is not None and rec.data.claim_failures >= W.DEFAULT_CONFIG.max_nodeclaim_failures
+    return c is not None and c.status == "True" or obj.status.state == "Failed" or gave_up
 
 
 WORLD = ModelWorld(
@@ -190,3 +194,21 @@ def test_a_pass_held_past_the_send_window_sends_no_fresh_nodeclaim():
     assert len(c.children_of(tune)["NodeClaim"]) == 1
     c.settle()
     assert c.state(tune) == "Succeeded"
+
+
+def test_a_workspace_whose_nodeclaims_never_become_ready_gives_up_and_says_so():
+    # Found by a long randomized run: three deadline replacements of two NodeClaims reach
+    # Config.max_nodeclaim_failures; the Workspace then creates no more and waits (a designed end, not a hang).
+    c = ModelCluster(WORLD)
+    infer = c.add(INFERENCE)
+    c.run_pass("runner-0", infer)
+    for _ in range(3):
+        assert c.until_deadline(infer)
+        c.run_pass("runner-0", infer)
+        c.progress_every("NodeClaim")  # the replaced ones launch but never become Ready
+        c.run_pass("runner-0", infer)
+    c.settle()
+    assert c.state(infer) == "NodesProvisioning" and not c.children_of(infer).get("NodeClaim")
+    assert W.WORKSPACE.record.read(c.resource(infer)).data.claim_failures == 6
+    messages = " ".join(cond.message for cond in c.resource(infer).status.conditions)
+    assert "no more are created" in messages
