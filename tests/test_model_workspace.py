@@ -24,7 +24,7 @@ from workspace_fsm.engine import Create, Delete, Patch
 from workspace_fsm.kaito import actions as KA
 from workspace_fsm.kaito import workspace as W
 from workspace_fsm.kaito.model import Snapshot
-from workspace_fsm.testing.model import ChildModel, ModelCluster, ModelWorld, check_lifecycle
+from workspace_fsm.testing.model import ChildModel, ModelCluster, ModelWorld, check_lifecycle, state_machine
 
 Children = Mapping[str, Sequence[Mapping[str, Any]]]
 INFERENCE = inference_document("ws-infer", preset="phi-4", instance_type="Standard_NC24ads_A100_v4", count=2,
@@ -212,3 +212,25 @@ def test_a_workspace_whose_nodeclaims_never_become_ready_gives_up_and_says_so():
     assert W.WORKSPACE.record.read(c.resource(infer)).data.claim_failures == 6
     messages = " ".join(cond.message for cond in c.resource(infer).status.conditions)
     assert "no more are created" in messages
+
+
+def test_a_stale_pass_past_a_deadline_may_start_over_for_a_new_spec():
+    # Found by a long randomized run (then a false alarm of the harness): a runner whose cache shows the record
+    # of the old spec in JobRunning past its deadline, and the new spec with the old Job gone, goes
+    # JobRunning -> Failed (deadline) -> JobRunning (spec_changed_job_gone). Back to the start state, but for a
+    # new generation: the machine starts over for the new spec, which is no ping-pong.
+    machine = state_machine(WORLD)()
+    machine.create()
+    machine.clean_pass(i=1)
+    machine.catch_up()
+    machine.clean_pass(i=1)
+    machine.edit(i=1, which=0)
+    machine.until_deadline(i=1, land_late=False)
+    machine.clean_pass(i=1)
+    machine.catch_up()
+    c = machine.cluster
+    assert c.begin("runner-1", c.keys[1], lag=2, child_lag=0)
+    d = c.runners["runner-1"].open.decision
+    assert [(t.source, t.dest) for t in d.transitions] == [("JobRunning", "Failed"), ("Failed", "JobRunning")]
+    assert not c.finish("runner-1")  # and its write loses: the cache was stale
+    machine.teardown()

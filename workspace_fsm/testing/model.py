@@ -29,7 +29,8 @@ What it checks
 At every pass and every change of the world it raises :class:`ModelViolation` (an ``AssertionError``) at the
 first violation of:
 
-- ``re-entry``: a pass never enters a state twice, nor comes back to the state it started in;
+- ``re-entry``: a pass never enters a state twice, nor comes back to the state it started in (unless the spec
+  changed: a new generation starts over);
 - ``record-before-create``: nothing is created by a pass before its record is persisted (its status write
   committed, or it had nothing to write); for the kinds in ``ModelWorld.recorded_kinds``, every such child that
   exists is named by the persisted record (the lifecycle's ``confirm(obj, rec)``) or is being deleted;
@@ -586,7 +587,11 @@ class ModelCluster:
         rec = lc.record.read(obj)
         start = rec.state if rec is not None and rec.state in lc.states else lc.initial
         entered = [t.dest for t in d.transitions]
-        if len(set(entered)) != len(entered) or start in entered:
+        # Back to the state the pass started in (a deadline fired, an edge leads straight back): allowed only for
+        # a new generation, where the machine starts over for the new spec. Otherwise the same snapshot undoes
+        # the deadline and restarts its clock, for ever.
+        same_spec = rec is None or rec.generation == obj.metadata.generation
+        if len(set(entered)) != len(entered) or (start in entered and same_spec):
             path = " -> ".join([start, *entered])
             raise ModelViolation("re-entry", f"{lc.resource.kind} {obj.key}: one pass entered a state twice "
                                  f"({path}); on one snapshot that is a ping-pong between guards, never progress")
