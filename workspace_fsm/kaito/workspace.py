@@ -605,10 +605,12 @@ WORKSPACE: Lifecycle[WorkspaceFacts] = Lifecycle(
     wake=(nc.in_flight_wake,), on_write=nc.drop_claim_marker,
     owns=(
         Owns(NODECLAIM_KIND, by_labels(LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE), label_selector=LABEL_WORKSPACE),
+        # get: a recorded workload ("Workload/<name>") missing from the cache is confirmed absent by a GET of
+        # either kind (tests/test_least_privilege.py).
         Owns(Kind("apps/v1", "Deployment", "deployments"), by_owner_reference("Workspace"),
-             verbs=frozenset({"list", "watch", "create", "patch"}), label_selector=LABEL_WORKSPACE),
+             verbs=frozenset({"list", "watch", "get", "create", "patch"}), label_selector=LABEL_WORKSPACE),
         Owns(Kind("apps/v1", "StatefulSet", "statefulsets"), by_owner_reference("Workspace"),
-             verbs=frozenset({"list", "watch", "create", "patch"}), label_selector=LABEL_WORKSPACE),
+             verbs=frozenset({"list", "watch", "get", "create", "patch"}), label_selector=LABEL_WORKSPACE),
         Owns(Kind("batch/v1", "Job", "jobs"), by_owner_reference("Workspace"), label_selector=LABEL_WORKSPACE),
     ),
     watches=(Watches(Kind("v1", "Node", "nodes", namespaced=False), label_selector=LABEL_WORKSPACE),),
