@@ -364,7 +364,8 @@ def without_one_grant(cluster) -> dict[tuple[int, str, str, str], dict]:
         results[g] = {"error": error, "denials": runner.denials()}
 
     for start in range(0, len(GRANTS), BATCH):
-        threads = [threading.Thread(target=one, args=(i, g)) for i, g in enumerate(GRANTS) if start <= i < start + BATCH]
+        threads = [threading.Thread(target=one, args=(i, g))
+                   for i, g in enumerate(GRANTS) if start <= i < start + BATCH]
         for t in threads:
             t.start()
         for t in threads:
