@@ -36,7 +36,8 @@ from workspace_fsm.kaito.model import (ANNOTATION_REVISION, LABEL_WORKSPACE, LAB
 from workspace_fsm.kaito.workspace import WORKSPACE, confirmations
 
 from . import manifests
-from .informer import Informer, object_key
+from .cache import InformerView, SharedInformers, custom_lister
+from .informer import object_key
 
 log = logging.getLogger("workspace_fsm.kubernetes")
 
@@ -126,7 +127,8 @@ class KubernetesAdapter:
     lifecycle = WORKSPACE  # the lifecycle it serves (the runner drives it)
     def __init__(self, api_client: k8s.ApiClient, *, namespace: str | None = None, catalogue: Any = None,
                  auto_provisioning: bool = True, component: str = "workspace-fsm", request_timeout_s: float = 30.0,
-                 watch_timeout_s: int = 240, node_class: dict[str, str] | None = None) -> None:
+                 watch_timeout_s: int = 240, node_class: dict[str, str] | None = None,
+                 informers: SharedInformers | None = None) -> None:
         self.api = api_client
         self.custom = k8s.CustomObjectsApi(api_client)
         self.core = k8s.CoreV1Api(api_client)
@@ -152,31 +154,26 @@ class KubernetesAdapter:
         # record still asks about on every observe, dropped with the Workspace.
         self._refused: dict[str, dict[str, str]] = {}
         self._event_seq = itertools.count(int(datetime.now(timezone.utc).timestamp() * 1000))
+        # Views of the process's shared informers (one per resource for every lifecycle), or of a set of its own.
+        self.cache = informers if informers is not None else SharedInformers(
+            watch_timeout_s=watch_timeout_s, request_timeout_s=request_timeout_s)
         sel = LABEL_WORKSPACE
         san = api_client.sanitize_for_serialization
-        kw = dict(watch_timeout_s=watch_timeout_s, request_timeout_s=request_timeout_s)
-        if namespace:
-            ws_list = lambda **k: self.custom.list_namespaced_custom_object(  # noqa: E731
-                KAITO_GROUP, KAITO_VERSION, namespace, KAITO_PLURAL, **k)
-        else:
-            ws_list = lambda **k: self.custom.list_cluster_custom_object(  # noqa: E731
-                KAITO_GROUP, KAITO_VERSION, KAITO_PLURAL, **k)
-        # The client's Watch finds the return type from the function's docstring; plain lambdas return dicts.
-        self.workspaces = Informer("workspaces", _watchable(ws_list, "object"), **kw)
-        self.nodeclaims = Informer("nodeclaims", _watchable(
-            lambda **k: self.custom.list_cluster_custom_object(*NODECLAIMS, **k), "object"), label_selector=sel, **kw)
+
+        def view(group: str, version: str, plural: str, selector: str | None = sel, lister: Any = None,
+                 ns: str | None = None) -> InformerView:
+            lister = lister or custom_lister(self.custom, group, version, plural)
+            return self.cache.informer((group, version, plural), lister, name=plural, namespace=ns,
+                                       label_selector=selector, user=WORKSPACE.name)
+
+        self.workspaces = view(KAITO_GROUP, KAITO_VERSION, KAITO_PLURAL, None, ns=namespace)
+        self.nodeclaims = view(*NODECLAIMS)
         self.nodeclaims.add_index("owner", _owner_key)
-        self.nodes = Informer("nodes", _watchable(lambda **k: self.core.list_node(**k), "V1NodeList"),
-                              label_selector=sel, to_dict=san, **kw)
-        self.deployments = Informer("deployments", _watchable(
-            lambda **k: self.custom.list_cluster_custom_object("apps", "v1", "deployments", **k), "object"),
-            label_selector=sel, **kw)
-        self.statefulsets = Informer("statefulsets", _watchable(
-            lambda **k: self.custom.list_cluster_custom_object("apps", "v1", "statefulsets", **k), "object"),
-            label_selector=sel, **kw)
-        self.jobs = Informer("jobs", _watchable(
-            lambda **k: self.custom.list_cluster_custom_object("batch", "v1", "jobs", **k), "object"),
-            label_selector=sel, **kw)
+        self.nodes = view("", "v1", "nodes", lister=lambda ns: (_watchable(
+            lambda **k: self.core.list_node(**k), "V1NodeList"), san))
+        self.deployments = view("apps", "v1", "deployments")
+        self.statefulsets = view("apps", "v1", "statefulsets")
+        self.jobs = view("batch", "v1", "jobs")
         self.informers = (self.workspaces, self.nodeclaims, self.nodes, self.deployments, self.statefulsets, self.jobs)
         self.workspaces.add_handler(self._on_workspace)
         for inf, kind in ((self.nodeclaims, "NodeClaim"), (self.nodes, None), (self.deployments, "Workload"),
@@ -186,15 +183,13 @@ class KubernetesAdapter:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        for inf in self.informers:
-            inf.start()
+        self.cache.start()  # shared: every informer not yet started
 
     def wait_synced(self, timeout_s: float = 30.0) -> bool:
         return all(inf.wait_synced(timeout_s) for inf in self.informers)
 
     def stop(self) -> None:
-        for inf in self.informers:
-            inf.stop()
+        self.cache.stop()  # shared: the whole cache, which is how a runner ends
 
     def set_event_handler(self, handler: Callable[[str], None]) -> None:
         self._handler = handler

@@ -5,7 +5,8 @@ optimistic concurrency.
 
 - **observe** reads the resource and what it owns from list+watch caches. Each kind the lifecycle
   ``Owns`` or ``Watches`` has one informer, indexed by owner (the ``owner`` function declared with it), so
-  a pass reads its own children in time proportional to their number, never a scan of the cache. The
+  a pass reads its own children in time proportional to their number, never a scan of the cache. Given the
+  process's :class:`~.cache.SharedInformers`, these are views of informers shared with the other lifecycles. The
   snapshot is the lifecycle's ``snapshot(obj, view)`` if it declares one, else an :class:`Owned` with the
   children as dicts by kind.
 - **apply** executes the engine's generic actions (``Create``, ``Patch``, ``Delete``, finalizers, Events);
@@ -41,7 +42,8 @@ from workspace_fsm.engine.kinds import Kind
 from workspace_fsm.engine.objects import format_time
 from workspace_fsm.engine.resource import Resource
 
-from .informer import Informer, object_key
+from .cache import InformerView, SharedInformers
+from .informer import object_key
 
 log = logging.getLogger("workspace_fsm.kubernetes.generic")
 
@@ -148,7 +150,8 @@ class ResourceAdapter:
 
     def __init__(self, api_client: k8s.ApiClient, lifecycle: Any, *, namespace: str | None = None,
                  component: str = "workspace-fsm", request_timeout_s: float = 30.0, watch_timeout_s: int = 240,
-                 snapshot: Callable[..., Any] | None = None, render: Callable[..., Any] | None = None) -> None:
+                 snapshot: Callable[..., Any] | None = None, render: Callable[..., Any] | None = None,
+                 informers: SharedInformers | None = None) -> None:
         self.lifecycle = lifecycle
         # A binding may say how the snapshot is read and how the lifecycle's own actions become requests.
         self._snapshot = snapshot or lifecycle.snapshot
@@ -166,19 +169,25 @@ class ResourceAdapter:
         self._parsed: dict[str, tuple[str, Any]] = {}
         self._delivered: dict[str, deque[str]] = {}
         self._event_seq = itertools.count(int(datetime.now(timezone.utc).timestamp() * 1000))
-        kw = dict(watch_timeout_s=watch_timeout_s, request_timeout_s=request_timeout_s)
+        # The process's shared informers (one per resource for every lifecycle), or a set of its own.
+        self.cache = informers if informers is not None else SharedInformers(
+            watch_timeout_s=watch_timeout_s, request_timeout_s=request_timeout_s)
         r = lifecycle.resource
-        fn, to_dict = self.rest.lister(r, namespace)
-        self.primary = Informer(r.plural, fn, to_dict=to_dict, **kw)
+
+        def view(k: Kind, selector: str | None = None) -> InformerView:
+            return self.cache.informer((k.group, k.version, k.plural), lambda ns: self.rest.lister(k, ns), name=k.plural,
+                                       namespace=namespace if k.namespaced else None, label_selector=selector,
+                                       user=lifecycle.name)
+
+        self.primary = view(r)
         self.primary.add_handler(self._on_primary)
         self.kinds: dict[str, Kind] = {r.kind: r}
-        self.children: dict[str, Informer] = {}
+        self.children: dict[str, InformerView] = {}
         self._indexed: list[str] = []
         for decl in (*lifecycle.owns, *lifecycle.watches):
             k = decl.kind
             self.kinds[k.kind] = k
-            fn, to_dict = self.rest.lister(k, namespace if k.namespaced else None)
-            inf = Informer(k.plural, fn, label_selector=decl.label_selector, to_dict=to_dict, **kw)
+            inf = view(k, decl.label_selector)
             if decl.owner is not None:
                 inf.add_index("owner", decl.owner)
                 self._indexed.append(k.kind)
@@ -190,15 +199,15 @@ class ResourceAdapter:
     # ------------------------------------------------------------------ lifecycle of the adapter
 
     def start(self) -> None:
-        for inf in self.informers:
-            inf.start()
+        """Start the informers (shared ones: every informer of the cache not yet started)."""
+        self.cache.start()
 
     def wait_synced(self, timeout_s: float = 30.0) -> bool:
         return all(inf.wait_synced(timeout_s) for inf in self.informers)
 
     def stop(self) -> None:
-        for inf in self.informers:
-            inf.stop()
+        """Stop the informers (shared ones: the whole cache, which is how a runner ends)."""
+        self.cache.stop()
 
     def set_event_handler(self, handler: Callable[[str], None]) -> None:
         self._handler = handler

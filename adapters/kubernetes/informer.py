@@ -181,6 +181,21 @@ class Informer:
         #: one shared by all informers of a server to hear about an outage once.
         self.reachability = Reachability(f"the API server (informer {name})")
 
+    @property
+    def label_selector(self) -> str | None:
+        return self._selector
+
+    def reconfigure(self, list_fn: Callable[..., Any], *, label_selector: str | None,
+                    to_dict: Callable[[Any], dict[str, Any]] | None = None) -> None:
+        """List and watch with another call and selector (a shared cache widening to a new request). Only
+        before :meth:`start`: a running watch is never changed."""
+        if self._thread is not None:
+            raise RuntimeError(f"informer {self.name}: already started; it cannot list anything else now")
+        self._list_fn = list_fn
+        self._selector = label_selector
+        if to_dict is not None:
+            self._to_dict = to_dict
+
     # ------------------------------------------------------------------ reading
 
     def get(self, key: str) -> dict[str, Any] | None:
