@@ -14,8 +14,8 @@ import attrs
 
 from workspace_fsm.engine.actions import AddFinalizer, RecordEvent, RemoveFinalizer, WakeUp
 
-__all__ = ["Action", "AddFinalizer", "CreateJob", "CreateNodeClaim", "CreateWorkload", "DeleteJob", "DeleteNodeClaim",
-           "RecordEvent", "RemoveFinalizer", "UpdateWorkload", "WakeUp"]
+__all__ = ["Action", "AddFinalizer", "CreateJob", "CreateNodeClaim", "CreateService", "CreateWorkload", "DeleteJob",
+           "DeleteNodeClaim", "RecordEvent", "RemoveFinalizer", "UpdateWorkload", "WakeUp"]
 
 
 @attrs.frozen
@@ -50,6 +50,9 @@ class CreateWorkload:
     revision: str
     preset: str
     node_names: tuple[str, ...]
+    # GPUs per pod when neither the instance type nor a partition says (bring-your-own nodes: what they advertise);
+    # 0: from the spec (workspace_fsm.kaito.manifests.gpus_per_node).
+    gpus: int = 0
     phase: ClassVar[str] = "create"
 
 
@@ -61,6 +64,18 @@ class UpdateWorkload:
     revision: str
     preset: str
     node_names: tuple[str, ...]
+    gpus: int = 0
+    phase: ClassVar[str] = "create"
+
+
+@attrs.frozen
+class CreateService:
+    """One of the inference Workspace's two Services, owned by it: ``name`` (the model's port, KAITO's
+    GenerateServiceManifest) or ``name-headless`` (how a multi-node StatefulSet's pods find pod 0)."""
+
+    name: str
+    headless: bool = False
+    stateful: bool = False  # the workload is a StatefulSet: the Service selects its pod 0
     phase: ClassVar[str] = "create"
 
 
@@ -73,6 +88,7 @@ class CreateJob:
     preset: str
     method: str
     node_names: tuple[str, ...]
+    gpus: int = 0
     phase: ClassVar[str] = "create"
 
 
@@ -91,4 +107,4 @@ class DeleteJob:
 
 
 Action = Union[AddFinalizer, RemoveFinalizer, CreateNodeClaim, DeleteNodeClaim, CreateWorkload,
-               UpdateWorkload, CreateJob, DeleteJob, RecordEvent]
+               UpdateWorkload, CreateService, CreateJob, DeleteJob, RecordEvent]
