@@ -313,11 +313,15 @@ def scrape(port: int) -> dict[str, Any]:
         for s in fam.samples:
             values.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
 
+    def mine(name: str) -> dict[tuple[tuple[str, str], ...], float]:
+        """The Workspace lifecycle's samples (the runner may drive others: their samples carry their name)."""
+        return {k: v for k, v in values.get(name, {}).items() if dict(k).get("lifecycle", "workspace") == "workspace"}
+
     def one(name: str) -> float:
-        return next(iter(values.get(name, {0: 0.0}).values()))
+        return next(iter(mine(name).values()), 0.0)
 
     def by(name: str, label: str) -> dict[str, int]:
-        return {dict(k)[label]: int(v) for k, v in values.get(name, {}).items()}
+        return {dict(k)[label]: int(v) for k, v in mine(name).items()}
 
     queue = by("workspace_fsm_queue_depth", "state")
     return {

@@ -59,7 +59,8 @@ def _identity(o: Any) -> Any:
     return o
 
 
-_REQUIREMENT = re.compile(r"^\s*(!?)\s*([^\s=!(),]+)\s*(?:(==|=|!=)\s*([^\s=!(),]*)|\s+(in|notin)\s*\(([^()]*)\))?\s*$")
+_REQUIREMENT = re.compile(
+    r"^\s*(!?)\s*([^\s=!(),<>]+)\s*(?:(==|=|!=)\s*([^\s=!(),<>]*)|\s+(in|notin)\s*\(([^()<>]*)\))?\s*$")
 
 
 def label_matcher(selector: str) -> Callable[[Labels], bool] | None:

@@ -229,8 +229,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def build_runner(api, *, namespace: str | None = None, workers: int = 5, byo_nodes: bool = False,
-                 api_request_timeout_s: float = 60.0, catalogue=None):
-    """The adapter, queue, reconciler and threaded runner for a cluster (nothing started yet)."""
+                 api_request_timeout_s: float = 60.0, catalogue=None, informers=None):
+    """The adapter, queue, reconciler and threaded runner for a cluster (nothing started yet); ``informers``: the
+    process's shared informers (``SharedInformers``), else the adapter has its own."""
     from workspace_fsm.adapters.kubernetes.adapter import KubernetesAdapter
     from workspace_fsm.kaito.catalogue import Catalogue
     from workspace_fsm.kaito.workspace import Config
@@ -238,7 +239,7 @@ def build_runner(api, *, namespace: str | None = None, workers: int = 5, byo_nod
     from workspace_fsm.engine.runner import FsmReconciler, ThreadedRunner
 
     adapter = KubernetesAdapter(api, namespace=namespace, catalogue=catalogue or Catalogue.default(),
-                                auto_provisioning=not byo_nodes)
+                                auto_provisioning=not byo_nodes, informers=informers)
     queue: WorkQueue[str] = WorkQueue(time.monotonic)
     adapter.set_event_handler(queue.add)
     reconciler = FsmReconciler(adapter, time.time, config=Config(auto_provisioning=not byo_nodes,
@@ -255,7 +256,11 @@ def run_against(api, args: argparse.Namespace, stop: threading.Event | None = No
     ``health`` is a probe server already bound (by :func:`run`, so a busy port fails first); without one,
     ``args.health_port`` is bound here (:class:`HealthPortError` if it cannot be). /readyz answers 200
     once every cache has synced. If the API server cannot be reached, one warning says so (the informers
-    keep retrying quietly) and one line says when it is reachable again."""
+    keep retrying quietly) and one line says when it is reachable again.
+
+    Every lifecycle's adapter reads through one set of informers (one list and one watch per resource for the
+    whole process, see ``adapters/kubernetes/cache.py``), and /metrics serves every lifecycle's figures."""
+    from workspace_fsm.adapters.kubernetes.cache import SharedInformers
     from workspace_fsm.adapters.kubernetes.informer import Reachability
 
     stop = stop or threading.Event()
@@ -263,29 +268,32 @@ def run_against(api, args: argparse.Namespace, stop: threading.Event | None = No
         health = bind_health_server(getattr(args, "health_port", 0))
     workers = getattr(args, "workers", 5)
     namespace = getattr(args, "namespace", None)
-    controllers = []  # (lifecycle name, adapter, queue, reconciler, runner)
+    controllers = []  # (lifecycle, adapter, queue, reconciler, runner)
+    cache = SharedInformers()  # one informer per resource, whatever the number of lifecycles that read it
     for lc in _lifecycles(api, args):
         if lc.name == "workspace":
             adapter, queue, reconciler, runner = build_runner(
                 api, namespace=namespace, workers=workers, byo_nodes=getattr(args, "byo_nodes", False),
-                api_request_timeout_s=getattr(args, "api_request_timeout", None) or 60.0, catalogue=catalogue)
+                api_request_timeout_s=getattr(args, "api_request_timeout", None) or 60.0, catalogue=catalogue,
+                informers=cache)
         else:
             adapter, queue, reconciler, runner = build_lifecycle_runner(
                 api, lc, namespace=namespace, workers=workers,
-                api_request_timeout_s=getattr(args, "api_request_timeout", None) or 60.0)
+                api_request_timeout_s=getattr(args, "api_request_timeout", None) or 60.0, informers=cache)
         controllers.append((lc, adapter, queue, reconciler, runner))
     reachability = Reachability(getattr(api.configuration, "host", None) or "the API server", hint=unreachable_hint,
                                 logger=log)
-    informers = [i for c in controllers for i in c[1].informers]
-    for informer in informers:
-        informer.reachability = reachability
-    synced = lambda: all(i.synced for i in informers)  # noqa: E731
+    cache.set_reachability(reachability)
+    for line in cache.describe():
+        log.debug("informer %s", line)
+    synced = lambda: cache.synced  # noqa: E731
     if health is not None:
-        from workspace_fsm.engine.metrics import build_registry
+        from workspace_fsm.engine.metrics import Served, build_registry
 
-        _, adapter, queue, reconciler, _ = controllers[0]
+        served = [Served(lc.name, adapter, queue, reconciler, runner)
+                  for lc, adapter, queue, reconciler, runner in controllers]
         serve_health(health, ready=synced, alive=lambda: not stop.is_set(),
-                     registry=build_registry(adapter, queue, reconciler, workers=workers * len(controllers)))
+                     registry=build_registry(served, informers=lambda: cache.informers))
         log.info("serving /healthz, /readyz and /metrics on port %d", health.port)
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
@@ -359,8 +367,9 @@ def _served(api, kind) -> bool:
 
 
 def build_lifecycle_runner(api, lifecycle, *, namespace: str | None = None, workers: int = 5,
-                           api_request_timeout_s: float = 60.0):
-    """The generic adapter, queue, reconciler and threaded runner for an author's lifecycle."""
+                           api_request_timeout_s: float = 60.0, informers=None):
+    """The generic adapter, queue, reconciler and threaded runner for an author's lifecycle (``informers`` as for
+    :func:`build_runner`)."""
     import attrs
 
     from workspace_fsm.adapters.kubernetes.generic import ResourceAdapter
@@ -370,9 +379,9 @@ def build_lifecycle_runner(api, lifecycle, *, namespace: str | None = None, work
     if lifecycle.name == "ragengine":
         from workspace_fsm.adapters.kubernetes.ragengine import ragengine_adapter
 
-        adapter = ragengine_adapter(api, namespace=namespace)
+        adapter = ragengine_adapter(api, namespace=namespace, informers=informers)
     else:
-        adapter = ResourceAdapter(api, lifecycle, namespace=namespace)
+        adapter = ResourceAdapter(api, lifecycle, namespace=namespace, informers=informers)
     queue: WorkQueue[str] = WorkQueue(time.monotonic)
     adapter.set_event_handler(queue.add)
     config = attrs.evolve(lifecycle.config, api_request_timeout=timedelta(seconds=api_request_timeout_s))
