@@ -41,10 +41,12 @@ def add_inference(c: SimCluster, name: str = "ws-a", count: int = 1, **kw: objec
                               **kw)
 
 
-def add_gpu_node(c: SimCluster, name: str = "n") -> None:
-    """A Ready node with its 4 GPUs already advertised (the workload tests need somewhere for pods to fit)."""
-    c._nodes[name] = Node(name=name, labels={LABEL_INSTANCE_TYPE: SKU, LABEL_ACCELERATOR: "nvidia"}, ready=True,
-                          gpu_capacity=4)
+def add_gpu_node(c: SimCluster, name: str = "n", workspace: str = "ws-a") -> None:
+    """A Ready node of ``workspace`` with its 4 GPUs already advertised (the workload tests need somewhere for pods to
+    fit), labelled as its NodeClaim would label it: KAITO's pods require the Workspace's and its selector's labels."""
+    labels = {LABEL_INSTANCE_TYPE: SKU, LABEL_ACCELERATOR: "nvidia", LABEL_WORKSPACE: workspace,
+              LABEL_WORKSPACE_NAMESPACE: "default", "apps": workspace}
+    c._nodes[name] = Node(name=name, labels=labels, ready=True, gpu_capacity=4)
 
 
 def claim_action(key: str, name: str) -> A.CreateNodeClaim:
@@ -157,7 +159,7 @@ def test_workload_rollout_update_and_failures() -> None:
 
 def test_jobs_run_and_delete_background_and_foreground() -> None:
     c = make_cluster()
-    add_gpu_node(c)
+    add_gpu_node(c, workspace="tune")
     key = c.create_workspace(tuning_document("tune", preset="falcon-7b", instance_type=SKU))
     ws = c.truth.workspaces[key]
     c.apply(ws, [A.CreateJob("tune", "r1", "falcon-7b", "qlora", ())])
@@ -176,7 +178,7 @@ def test_jobs_run_and_delete_background_and_foreground() -> None:
     assert key not in c.truth.jobs
 
     c = make_cluster(job_failure_rate=1.0)
-    add_gpu_node(c)
+    add_gpu_node(c, workspace="tune")
     key = c.create_workspace(tuning_document("tune", preset="falcon-7b", instance_type=SKU))
     c.apply(c.truth.workspaces[key], [A.CreateJob("tune", "r1", "falcon-7b", "qlora", ())])
     c.advance_to(900)

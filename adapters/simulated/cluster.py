@@ -53,6 +53,7 @@ from workspace_fsm.kaito.model import (LABEL_ACCELERATOR, LABEL_INSTANCE_TYPE, L
 from workspace_fsm.kaito.workspace import WORKSPACE, confirmations
 
 from workspace_fsm.adapters.kubernetes import manifests
+from workspace_fsm.kaito import manifests as kaito_manifests
 
 from .documents import inference_document, to_workspace, tuning_document
 from .params import Scenario, ScenarioError, SimParams
@@ -624,7 +625,7 @@ class SimCluster:
         self._own_known.add((_CLAIM, a.name))
         if a.name in self._claims:
             return  # AlreadyExists
-        labels = dict(a.labels)
+        labels = kaito_manifests.nodeclaim_labels(ws, a)  # what Karpenter copies to the Node
         owner = ws.key
         if LABEL_WORKSPACE in labels and LABEL_WORKSPACE_NAMESPACE in labels:
             owner = f"{labels[LABEL_WORKSPACE_NAMESPACE]}/{labels[LABEL_WORKSPACE]}"
