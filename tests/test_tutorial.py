@@ -5,6 +5,7 @@ checks an author meets first."""
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 import threading
@@ -200,3 +201,15 @@ def test_a_lifecycle_may_keep_its_record_in_an_annotation(site):
         assert [c.type for c in d.status.conditions] == ["workspace-fsm/Lifecycle"]
     finally:
         adapter.stop()
+
+
+def test_the_guide_quotes_the_tutorial_as_it_is():
+    """docs/authoring.md walks through examples/website/website.py: every line its code blocks quote (up to the
+    hooks, which the tutorial does not use) is a line of the file, so the two cannot drift apart."""
+    guide = (ROOT / "docs" / "authoring.md").read_text().split("## 9.")[0]
+    source = {line.strip() for line in (ROOT / "examples" / "website" / "website.py").read_text().splitlines()}
+    blocks = re.findall(r"```python\n(.*?)```", guide, re.S)
+    quoted = [line.strip() for block in blocks for line in block.splitlines()
+              if line.strip() and "..." not in line and not line.strip().startswith("#")]
+    assert len(blocks) >= 4 and len(quoted) >= 25, (len(blocks), len(quoted))
+    assert [line for line in quoted if line not in source] == []

@@ -1,15 +1,11 @@
-"""A complete operator for a small custom resource, ``Website`` (tutorial.example.com/v1; CRD in crd.yaml).
-
-A Website serves ``spec.message`` with ``spec.replicas`` web servers: a ConfigMap holds the page, a Deployment
-serves it. Run it against the embedded test API server in one command (from the repository root):
-
+"""A complete operator for ``Website`` (tutorial.example.com/v1, CRD in crd.yaml): a ConfigMap holds the page
+``spec.message``, a Deployment of ``spec.replicas`` web servers serves it. docs/authoring.md walks through it. Run:
     workspace-fsm run --embedded --lifecycle examples/website/website.py:WEBSITE --apply examples/website/hello.yaml
-
-docs/authoring.md walks through this file.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterator, Mapping
@@ -30,16 +26,18 @@ def revision(f: Facts) -> str:
     return hashlib.sha256(json.dumps(dict(f.obj.spec), sort_keys=True).encode()).hexdigest()[:12]
 
 
+def replicas(f: Facts) -> int:
+    return int(f.obj.spec.get("replicas", 1))
+
+
 def deployment(f: Facts) -> Any:
     return f.snap.one("Deployment", f.obj.name)
 
 
 def _shows(f: Facts) -> str:
     d = deployment(f)
-    if d is None:
-        return "no Deployment yet"
-    st = d.get("status") or {}
-    return f"Deployment {f.obj.name}: {st.get('readyReplicas', 0)}/{f.obj.spec.get('replicas', 1)} ready"
+    ready = (d.get("status") or {}).get("readyReplicas", 0) if d is not None else 0
+    return f"Deployment {f.obj.name}: {ready}/{replicas(f)} ready" if d is not None else "no Deployment yet"
 
 
 # ------------------------------------------------------------------ guards: pure, they answer at once
@@ -57,7 +55,7 @@ def site_ready(f: Facts) -> bool:
         return False
     st = d.get("status") or {}
     fresh = st.get("observedGeneration", 0) >= d["metadata"].get("generation", 0)
-    return bool(fresh and st.get("readyReplicas", 0) >= f.obj.spec.get("replicas", 1))
+    return bool(fresh and st.get("readyReplicas", 0) >= replicas(f))
 
 
 def site_unready(f: Facts) -> bool:
@@ -69,19 +67,17 @@ def site_unready(f: Facts) -> bool:
 
 def ensure_site(f: Facts, data: Any, out: list[Any]) -> Any:
     """The page's ConfigMap and the Deployment exist and match the spec."""
-    name, rev, replicas = f.obj.name, revision(f), f.obj.spec.get("replicas", 1)
-    page = {"index.html": f.obj.spec["message"]}
-    if f.snap.one("ConfigMap", name + "-page") is None:
-        out.append(Create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name + "-page"},
-                           "data": page}))
-    elif dict(f.snap.one("ConfigMap", name + "-page").get("data") or {}) != page:
+    name, rev, page = f.obj.name, revision(f), {"index.html": f.obj.spec["message"]}
+    cm = f.snap.one("ConfigMap", name + "-page")
+    if cm is None:
+        out.append(Create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name + "-page"}, "data": page}))
+    elif dict(cm.get("data") or {}) != page:
         out.append(Patch("v1", "ConfigMap", name + "-page", {"data": page}))
     labels = {"app": name}
-    spec = {"replicas": replicas, "selector": {"matchLabels": labels},
+    web = {"name": "web", "image": "nginx:1.27", "volumeMounts": [{"name": "page", "mountPath": "/usr/share/nginx/html"}]}
+    spec = {"replicas": replicas(f), "selector": {"matchLabels": labels},
             "template": {"metadata": {"labels": labels, "annotations": {REVISION: rev}},
-                         "spec": {"containers": [{"name": "web", "image": "nginx:1.27",
-                                                  "volumeMounts": [{"name": "page", "mountPath": "/usr/share/nginx/html"}]}],
-                                  "volumes": [{"name": "page", "configMap": {"name": name + "-page"}}]}}}
+                         "spec": {"containers": [web], "volumes": [{"name": "page", "configMap": {"name": name + "-page"}}]}}}
     d = deployment(f)
     if d is None:
         out.append(Create({"apiVersion": "apps/v1", "kind": "Deployment",
@@ -91,31 +87,14 @@ def ensure_site(f: Facts, data: Any, out: list[Any]) -> Any:
     return data
 
 
-# ------------------------------------------------------------------ status: what users read
-
-def show_waiting(f: Facts) -> list[tuple[str, str, str, str]]:
-    return [("Ready", "False", "Deploying", f"waiting for {f.obj.spec.get('replicas', 1)} replica(s)")]
-
-
-def show_ready(f: Facts) -> list[tuple[str, str, str, str]]:
-    return [("Ready", "True", "Serving", f"{f.obj.spec.get('replicas', 1)} replica(s) serve the page")]
-
-
-def show_failed(f: Facts) -> list[tuple[str, str, str, str]]:
-    return [("Ready", "False", "DeployTimedOut", "not ready 10 minutes after the spec was applied; fix and re-apply")]
-
-
 def validate(doc: Mapping[str, Any]) -> Iterator[Problem]:
     message = (doc.get("spec") or {}).get("message")
     if not isinstance(message, str) or not message.strip():
         yield Problem("spec.message", "MessageEmpty", "spec.message must be a non-empty string")
 
 
-def parse(doc: Mapping[str, Any]) -> Resource:
-    return Resource.from_dict(doc, validate=validate)
-
-
-# ------------------------------------------------------------------ the table
+parse = functools.partial(Resource.from_dict, validate=validate)
+DEPLOY_TIMED_OUT = "not ready 10 minutes after the spec was applied; fix the spec (or the cluster) and re-apply"
 
 WEBSITE: Lifecycle[Facts] = Lifecycle(
     "website", resource=WEBSITE_KIND, summary_field="phase", conditions=("Ready",), invalid="Ready", parse=parse,
@@ -124,11 +103,12 @@ WEBSITE: Lifecycle[Facts] = Lifecycle(
     states=(
         State("Pending", "Accepted; nothing created yet. An invalid spec waits here.", summary="Pending"),
         State("Deploying", "ConfigMap and Deployment created; waiting for the replicas.", ensure=(ensure_site,),
-              deadline=Deadline(timedelta(minutes=10), "DeployTimedOut", GoTo("Failed")),
-              conditions=show_waiting, summary="Deploying"),
-        State("Ready", "Serving the page.", ensure=(ensure_site,), conditions=show_ready, summary="Ready"),
+              deadline=Deadline(timedelta(minutes=10), "DeployTimedOut", GoTo("Failed")), summary="Deploying",
+              conditions=lambda f: [("Ready", "False", "Deploying", f"waiting for {replicas(f)} replica(s)")]),
+        State("Ready", "Serving the page.", ensure=(ensure_site,), summary="Ready",
+              conditions=lambda f: [("Ready", "True", "Serving", f"{replicas(f)} replica(s) serve the page")]),
         State("Failed", "Not ready in time; a new spec starts again.", terminal=True, ensure=(ensure_site,),
-              conditions=show_failed, summary="Failed"),
+              summary="Failed", conditions=lambda f: [("Ready", "False", "DeployTimedOut", DEPLOY_TIMED_OUT)]),
     ),
     edges=(
         Edge("Pending", "Deploying", spec_valid),
