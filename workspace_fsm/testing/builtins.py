@@ -1,4 +1,5 @@
-"""Decoding, defaulting and validation of the built-in kinds this project writes: ConfigMap, Secret, Lease.
+"""Decoding, defaulting and validation of the built-in kinds this project writes: ConfigMap, Secret, Lease here;
+Deployment, StatefulSet, Job, Service, Pod and PersistentVolumeClaim in :mod:`.workloads`.
 
 Learned from kubernetes/kubernetes (no code copied):
 
@@ -25,6 +26,7 @@ from typing import Any
 
 from workspace_fsm.testing.errors import APIError
 from workspace_fsm.testing.meta import cause, required
+from workspace_fsm.testing.workloads import WORKLOAD_ADMISSION
 
 __all__ = ["admit_builtin"]
 
@@ -239,8 +241,16 @@ def _lease(obj: dict[str, Any], old: dict[str, Any] | None) -> list[dict[str, st
 _ADMIT = {("", "configmaps"): _configmap, ("", "secrets"): _secret, ("coordination.k8s.io", "leases"): _lease}
 
 
-def admit_builtin(key: tuple[str, str], obj: dict[str, Any], old: dict[str, Any] | None) -> list[dict[str, str]]:
+def admit_builtin(key: tuple[str, str], obj: dict[str, Any], old: dict[str, Any] | None, *, store: Any = None,
+                  subresource: str | None = None) -> list[dict[str, str]]:
     """Decode-check, default (in place) and validate a built-in object; returns validation causes (422) and
-    raises 400 for what the real decoder refuses."""
+    raises 400 for what the real decoder refuses. ``store``: what a registry consults (allocated cluster IPs
+    and node ports, its random source). A ``/status`` write of a workload kind keeps the stored spec, which
+    is not validated again (the status strategies validate only status)."""
     fn = _ADMIT.get(key)
-    return fn(obj, old) if fn is not None else []
+    if fn is not None:
+        return fn(obj, old)
+    workload = WORKLOAD_ADMISSION.get(key)
+    if workload is None or subresource == "status":
+        return []
+    return workload(obj, old, store)

@@ -91,6 +91,12 @@ def _storage_order(item: tuple[Key, Any]) -> str:
     return f"{ns}/{name}" if ns else name
 
 
+def _without_times(obj: dict[str, Any]) -> dict[str, Any]:
+    meta = obj.get("metadata") or {}
+    managed = [{k: v for k, v in e.items() if k != "time"} for e in meta.get("managedFields") or []]
+    return {**obj, "metadata": {**meta, "managedFields": managed}}
+
+
 def _strip(obj: dict[str, Any], *, status: bool) -> dict[str, Any]:
     out = {k: v for k, v in obj.items() if k not in ("metadata", "apiVersion", "kind")}
     if status:
@@ -360,7 +366,9 @@ class Store:
             if info.create_status is not None:
                 obj["status"] = copy.deepcopy(info.create_status)
             obj, causes = self._schema_admit(info, version, obj, name, field_validation, warnings)
-            causes = admit_builtin(info.key(), obj, None) + causes
+            # the uid is chosen before validation: a Job's generated selector and labels carry it
+            uid = obj["metadata"]["uid"] = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+            causes = admit_builtin(info.key(), obj, None, store=self) + causes
             if info.custom and not causes:
                 causes = cel_causes(info.schemas.get(version), obj, None)
             meta = obj["metadata"]
@@ -378,7 +386,7 @@ class Store:
                 raise APIError(500, "", "resourceVersion should not be set on objects to be created", None)
             if self.get_stored(info, namespace, name) is not None:
                 raise APIError.already_exists(info, name)
-            meta["uid"] = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+            meta["uid"] = uid
             meta["creationTimestamp"] = now_rfc3339()
             meta["generation"] = 1
             if managed is not None:
@@ -542,7 +550,7 @@ class Store:
         new["kind"] = info.kind
         new, causes = self._schema_admit(info, version, new, name, field_validation, warnings)
         if not internal:
-            causes = admit_builtin(info.key(), new, old) + causes
+            causes = admit_builtin(info.key(), new, old, store=self, subresource=subresource) + causes
             if info.custom and not causes:
                 causes = cel_causes(info.schemas.get(version), new, old)
         meta = new["metadata"]
@@ -574,6 +582,13 @@ class Store:
                     ssa.record_update(None, new, *args)
                 else:
                     ssa.record_update(old, new, *args)
+        if new != old and _without_times(new) == _without_times(old):
+            # IgnoreManagedFieldsTimestampsTransformer: a write that would change only managedFields' times
+            # (a repeated apply) keeps the old ones, so it is a no-op
+            if "managedFields" in old_meta:
+                meta["managedFields"] = copy.deepcopy(old_meta["managedFields"])
+            else:
+                meta.pop("managedFields", None)
         if new == old:
             return self.render(info, old, version)  # a no-op write: no new revision, no event
         if dry_run:
