@@ -116,17 +116,22 @@ def test_the_byo_accelerator_example_uses_existing_nodes(cluster, kaito_dir):
     (doc,) = example_docs(kaito_dir, byo=True)
     labels = doc["resource"]["labelSelector"]["matchLabels"]
     core = k8s.CoreV1Api(cluster.api)
+    # GPU nodes as NVIDIA's GPU feature discovery labels them: KAITO sizes a BYO Workspace from the first Ready
+    # one's labels (2 A100 80 GiB GPUs: partition.count 2 fits, and llama-3.1-8b-instruct needs one node).
+    gfd = {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB", "nvidia.com/gpu.count": "2",
+           "nvidia.com/gpu.memory": "81920"}
     for i in range(2):
-        core.create_node({"metadata": {"name": f"byo-gpu-{i}", "labels": {**labels, "accelerator": "nvidia"}}})
+        core.create_node({"metadata": {"name": f"byo-gpu-{i}", "labels": {**labels, **gfd, "accelerator": "nvidia"}}})
         core.patch_node_status(f"byo-gpu-{i}", {"status": {
             "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": ""}],
-            "capacity": {"nvidia.com/gpu": "1"}, "allocatable": {"nvidia.com/gpu": "1"}}})
+            "capacity": {"nvidia.com/gpu": "2"}, "allocatable": {"nvidia.com/gpu": "2"}}})
     runner = cluster.run_in_thread(namespace=ns, byo_nodes=True)
     try:
         kubectl(cluster, "apply", "-n", ns, "-f", "-", stdin=yaml.safe_dump(doc))
         name = doc["metadata"]["name"]
         wait_for("the BYO Workspace Ready", lambda: goal(workspaces(cluster, ns).get(name, {"metadata": {}})))
         assert nodeclaims_of(cluster, ns, name) == []  # nothing provisioned: the user's nodes are used
+        assert workspaces(cluster, ns)[name]["status"]["targetNodeCount"] == 1
     finally:
         runner.kill()
 
@@ -165,6 +170,11 @@ def test_a_tuning_spec_change_replaces_its_job(cluster):
         runner.kill()
 
 
+# KAITO sizes a vLLM preset from its GPUs, not from resource.count: on Standard_NC24ads_A100_v4 (one A100 80 GiB)
+# these need 1, 2 and 3 nodes (its node estimator, worked out by hand in tests/test_estimator.py).
+PRESET_FOR_NODES = {1: "phi-4-mini-instruct", 2: "qwen2.5-coder-32b-instruct", 3: "gpt-oss-120b"}
+
+
 def test_a_deleted_workspace_leaves_no_nodeclaims(cluster):
     ns = "deleting"
     create_namespace(cluster, ns)
@@ -172,7 +182,7 @@ def test_a_deleted_workspace_leaves_no_nodeclaims(cluster):
     doc = {"apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": "bye"},
            "resource": {"count": 3, "instanceType": "Standard_NC24ads_A100_v4",
                         "labelSelector": {"matchLabels": {"apps": "bye"}}},
-           "inference": {"preset": {"name": "phi-4-mini-instruct"}}}
+           "inference": {"preset": {"name": PRESET_FOR_NODES[3]}}}
     try:
         kubectl(cluster, "apply", "-n", ns, "-f", "-", stdin=yaml.safe_dump(doc))
         wait_for("3 NodeClaims", lambda: len(nodeclaims_of(cluster, ns, "bye")) == 3)
@@ -191,7 +201,7 @@ def test_a_runner_killed_midway_and_restarted_continues_without_duplicates(clust
         docs.append({"apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": f"ws-{i}"},
                      "resource": {"count": 1 + i % 3, "instanceType": "Standard_NC24ads_A100_v4",
                                   "labelSelector": {"matchLabels": {"apps": f"ws-{i}"}}},
-                     "inference": {"preset": {"name": "phi-4-mini-instruct"}}})
+                     "inference": {"preset": {"name": PRESET_FOR_NODES[1 + i % 3]}}})
     kubectl(cluster, "apply", "-n", ns, "-f", "-", stdin=yaml.safe_dump_all(docs))
     for kill_after in (0.3, 0.8, 1.5):
         runner = cluster.run_in_thread(namespace=ns)
@@ -214,7 +224,7 @@ def test_a_burst_of_conflicts_and_server_errors_delays_but_does_not_break(cluste
     docs = [{"apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": f"f-{i}"},
              "resource": {"count": 2, "instanceType": "Standard_NC24ads_A100_v4",
                           "labelSelector": {"matchLabels": {"apps": f"f-{i}"}}},
-             "inference": {"preset": {"name": "phi-4-mini-instruct"}}} for i in range(4)]
+             "inference": {"preset": {"name": PRESET_FOR_NODES[2]}}} for i in range(4)]
     kubectl(cluster, "apply", "-n", ns, "-f", "-", stdin=yaml.safe_dump_all(docs))
     faults = cluster.server.faults
     # Faults hit the runner's requests only (not kubectl's, nor the simulated Karpenter's).
@@ -249,7 +259,7 @@ def test_a_burst_of_conflicts_and_server_errors_delays_but_does_not_break(cluste
 KIND_RESOURCE = {"NodeClaim": ("karpenter.sh", "nodeclaims"), "Workspace": ("kaito.sh", "workspaces"),
                  "Workspace/status": ("kaito.sh", "workspaces/status"), "Deployment": ("apps", "deployments"),
                  "StatefulSet": ("apps", "statefulsets"), "Job": ("batch", "jobs"), "Event": ("", "events"),
-                 "Node": ("", "nodes")}
+                 "Node": ("", "nodes"), "ConfigMap": ("", "configmaps")}
 
 
 def test_every_request_the_runner_makes_is_granted_by_deploy_rbac(cluster):
@@ -269,7 +279,8 @@ def test_every_request_the_runner_makes_is_granted_by_deploy_rbac(cluster):
         multi = {"apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": "multi"},
                  "resource": {"count": 2, "instanceType": "Standard_NC24ads_A100_v4",
                               "labelSelector": {"matchLabels": {"apps": "multi"}}},
-                 "inference": {"preset": {"name": "phi-4-mini-instruct"}}}
+                 # A named inference ConfigMap that does not exist: read (one GET, a 404) to size the Workspace.
+                 "inference": {"preset": {"name": PRESET_FOR_NODES[2]}, "config": "multi-params"}}
         kubectl(cluster, "apply", "-n", ns, "-f", "-", stdin=yaml.safe_dump_all([multi, tuning_doc("t")]))
         wait_for("both at their goal", lambda: (lambda w: len(w) == 2 and all(map(goal, w.values())))(
             workspaces(cluster, ns)))
@@ -290,6 +301,7 @@ def test_every_request_the_runner_makes_is_granted_by_deploy_rbac(cluster):
     for resource, verbs in used.items():
         assert verbs <= PERMISSIONS.get(resource, frozenset()), f"{resource}: {verbs - PERMISSIONS.get(resource, set())}"
     assert {"create", "delete"} <= used[("karpenter.sh", "nodeclaims")] and "delete" in used[("batch", "jobs")]
+    assert used[("", "configmaps")] == {"get"}
 
 
 def test_an_invalid_workspace_gets_a_specific_condition_nothing_is_created_and_a_fix_lets_it_proceed(cluster):

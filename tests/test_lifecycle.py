@@ -92,8 +92,15 @@ def guard_inputs(draw):
     epoch = datetime(2026, 1, 1, tzinfo=timezone.utc)
     claims = tuple(NodeClaim(name=f"c{i}", workspace_key="default/ws", instance_type="x", deleting=d)
                    for i, d in enumerate(draw(st.lists(st.booleans(), max_size=2))))
+    from workspace_fsm.kaito.estimator import SizingProblem
+    from workspace_fsm.kaito.workspace import Sizing
+
+    # Sized: kept (None), computed, not sizable, or waiting for the inference ConfigMap.
+    sizing = draw(st.sampled_from([None, Sizing(2, "estimated"),
+                                   Sizing(0, problem=SizingProblem("GPUMemoryTooSmall", "m")),
+                                   Sizing(0, waiting_for="ConfigMap/params")]))
     return SimpleNamespace(
-        ws=ws, obj=ws, snap=SimpleNamespace(workload=workload, job=job, absent=absent),
+        ws=ws, obj=ws, snap=SimpleNamespace(workload=workload, job=job, absent=absent), sizing=sizing, target=2,
         rec=SimpleNamespace(data=SimpleNamespace(revision=draw(st.none() | _revisions)),
                             entered_at=draw(st.none() | st.just(epoch))),
         now=epoch + timedelta(seconds=draw(st.sampled_from([0, 5, 10, 60]))), config=DEFAULT_CONFIG,

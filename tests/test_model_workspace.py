@@ -27,8 +27,10 @@ from workspace_fsm.kaito.model import Snapshot
 from workspace_fsm.testing.model import ChildModel, ModelCluster, ModelWorld, check_lifecycle, state_machine
 
 Children = Mapping[str, Sequence[Mapping[str, Any]]]
-INFERENCE = inference_document("ws-infer", preset="phi-4", instance_type="Standard_NC24ads_A100_v4", count=2,
-                               uid="uid-ws-infer")
+# Two nodes: KAITO sizes qwen2.5-coder-32b-instruct (62.3 GiB loaded) to 2 nodes of one A100 80 GiB GPU
+# (its node estimator, worked out in tests/test_estimator.py); resource.count does not size a vLLM preset.
+INFERENCE = inference_document("ws-infer", preset="qwen2.5-coder-32b-instruct",
+                               instance_type="Standard_NC24ads_A100_v4", count=2, uid="uid-ws-infer")
 TUNING = tuning_document("ws-tune", preset="phi-3-mini-128k-instruct", instance_type="Standard_NC24ads_A100_v4",
                          uid="uid-ws-tune")
 T0 = "2026-01-01T00:00:00Z"
@@ -56,7 +58,9 @@ def snapshot(ws: Any, view: Any) -> Snapshot:
     for n in W.confirmations(ws):
         if n in visible:
             continue
-        if n.startswith("Workload/"):
+        if n.startswith("ConfigMap/"):
+            absent.add(n)  # the model world has no ConfigMaps: a named inference config is not found
+        elif n.startswith("Workload/"):
             short = n.partition("/")[2]
             if view.confirmed_absent("Deployment/" + short, ws) and view.confirmed_absent("StatefulSet/" + short, ws):
                 absent.add(n)

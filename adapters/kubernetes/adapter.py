@@ -306,7 +306,8 @@ class KubernetesAdapter:
             visible.add("Workload/" + name)
         if job is not None:
             visible.add("Job/" + name)
-        absent = self._absent(ws, ns, visible)
+        config_maps: dict[str, dict[str, str]] = {}
+        absent = self._absent(ws, ns, visible, config_maps)
         refused: dict[str, str] = {}
         with self._lock:
             mine = self._refused.get(key)
@@ -316,7 +317,7 @@ class KubernetesAdapter:
                 refused = dict(mine)
                 if not mine:
                     del self._refused[key]
-        return ws, Snapshot(tuple(claims), nodes, workload, job, frozenset(absent), refused)
+        return ws, Snapshot(tuple(claims), nodes, workload, job, frozenset(absent), refused, config_maps=config_maps)
 
     def _list_byo_nodes(self, ws: Workspace) -> list[dict[str, Any]]:
         sel = ws.resource.label_selector
@@ -332,14 +333,34 @@ class KubernetesAdapter:
             label_selector=",".join(parts), _request_timeout=self.timeout))
         return [self.api.sanitize_for_serialization(n) for n in (result.items if result is not None else [])]
 
-    def _absent(self, ws: Workspace, ns: str, visible: set[str]) -> set[str]:
+    def _config_map(self, ns: str, name: str) -> dict[str, str] | None:
+        """The inference ConfigMap's data, or None if it does not exist. Read with a GET, not cached: decide
+        asks for it only until the Workspace's targetNodeCount is kept (once per Workspace), and a cache of
+        every ConfigMap in the cluster would cost far more than that."""
+        t = self.timeout
+        cm = self._call("get", "ConfigMap", f"reading ConfigMap {ns}/{name} (inference.config)",
+                        lambda: self.core.read_namespaced_config_map(name, ns, _request_timeout=t), ok=(404,))
+        if cm is None:
+            return None
+        return {str(k): str(v) for k, v in (cm.data or {}).items()}
+
+    def _absent(self, ws: Workspace, ns: str, visible: set[str],
+                config_maps: dict[str, dict[str, str]] | None = None) -> set[str]:
         """Positive knowledge for the names decide asks about (``decide.confirmations``) that the cache does
-        not show: created by this process and not yet seen (exists), a tombstone (gone), else one GET."""
+        not show: created by this process and not yet seen (exists), a tombstone (gone), else one GET.
+        A ConfigMap asked about that exists goes into ``config_maps`` (name -> data)."""
         absent: set[str] = set()
         for name in sorted(confirmations(ws)):
             if name in visible:
                 continue
             kind, _, short = name.partition("/")
+            if kind == "ConfigMap":
+                data = self._config_map(ns, short)
+                if data is None:
+                    absent.add(name)
+                elif config_maps is not None:
+                    config_maps[short] = data
+                continue
             key = short if kind == "NodeClaim" else f"{ns}/{short}"
             if f"{kind}/{key}" in self._known:
                 continue

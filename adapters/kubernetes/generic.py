@@ -185,6 +185,8 @@ class ResourceAdapter:
         self.children: dict[str, InformerView] = {}
         self._indexed: list[str] = []
         for decl in (*lifecycle.owns, *lifecycle.watches):
+            if "list" not in decl.verbs:
+                continue  # read by name only (a GET): nothing to cache
             k = decl.kind
             self.kinds[k.kind] = k
             inf = view(k, decl.label_selector)

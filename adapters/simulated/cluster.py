@@ -50,7 +50,7 @@ from workspace_fsm.kaito.catalogue import Catalogue
 from workspace_fsm.kaito.model import (LABEL_ACCELERATOR, LABEL_INSTANCE_TYPE, LABEL_WORKSPACE,
                                  LABEL_WORKSPACE_NAMESPACE, Job, LabelSelector, Node, NodeClaim, Snapshot,
                                  Workload, Workspace, WorkspaceStatus, format_time, whole_seconds)
-from workspace_fsm.kaito.workspace import WORKSPACE, confirmations
+from workspace_fsm.kaito.workspace import WORKSPACE, confirmations, target_node_count
 
 from workspace_fsm.adapters.kubernetes import manifests
 from workspace_fsm.kaito import manifests as kaito_manifests
@@ -508,9 +508,20 @@ class SimCluster:
         wanted = set(also_absent)
         if ws is not None:
             wanted |= confirmations(ws)
+        config_maps: dict[str, dict[str, str]] = {}
         for name in sorted(wanted):
             kind, _, short = name.partition("/")
             full = short if kind in _CLUSTER_SCOPED else f"{ns}/{short}"
+            if kind == "ConfigMap":
+                # The inference ConfigMap, asked about only until targetNodeCount is kept: one counted GET
+                # (ConfigMaps are not cached, as the Kubernetes adapter does not cache them).
+                self._read("get", kind)
+                doc = self._objs.get(kind, {}).get(full)
+                if doc is None:
+                    absent.add(name)
+                else:
+                    config_maps[short] = {str(k): str(v) for k, v in (doc.get("data") or {}).items()}
+                continue
             if full in self._cache[kind]:
                 continue  # visible: not absent
             if (kind, full) in self._own_known:
@@ -524,7 +535,7 @@ class SimCluster:
             if full not in store:
                 absent.add(name)
         return ws, Snapshot(nodeclaims=claims, nodes=nodes, workload=self._cache[_WORKLOAD].get(key),
-                            job=self._cache[_JOB].get(key), absent=frozenset(absent))
+                            job=self._cache[_JOB].get(key), absent=frozenset(absent), config_maps=config_maps)
 
     def _observed_ws(self, key: str) -> Workspace | None:
         ov = self._overlay.get(key)
@@ -925,10 +936,12 @@ class SimCluster:
             digest = hashlib.sha256(f"{self.seed}/uid/{ws.key}/{len(self.records)}".encode()).digest()
             ws = attrs.evolve(ws, metadata=attrs.evolve(ws.metadata, uid=str(uuid.UUID(bytes=digest[:16], version=4))))
         if ws.key not in self.records or self.records[ws.key].removed_at is not None:
-            count = 1 if ws.tuning is not None or ws.resource is None else max(1, ws.resource.count or 1)
+            # The nodes the machine will ask for: KAITO's estimate (a vLLM preset is sized from its GPUs, not
+            # from resource.count); 1 while it cannot be known before the first pass (e.g. BYO nodes).
+            count = target_node_count(ws, Snapshot(absent=frozenset(confirmations(ws)))) or 1
             preset = ws.tuning if ws.tuning is not None else ws.inference
             self.records[ws.key] = WorkspaceRecord(
-                key=ws.key, tuning=ws.tuning is not None, nodes=nodes or count,
+                key=ws.key, tuning=ws.tuning is not None, nodes=count if ws.inference is not None else nodes or count,
                 preset=preset.preset.name if preset is not None and preset.preset is not None else "")
         if at is not None and at > self.now:
             self._at(at, "ws_arrive", ws)

@@ -364,6 +364,9 @@ class Workspace:
     api_version: str = API_VERSION
     kind: str = KIND
     problems: tuple[Problem, ...] = ()
+    # The preset catalogue the spec was checked with (parse_workspace's): the node estimate reads the preset's
+    # size from it. Not part of the object (no equality, not serialised); None means the shipped catalogue.
+    catalogue: Any = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def key(self) -> str:
@@ -457,6 +460,7 @@ def parse_workspace(doc: Any, *, catalogue: Any = None, auto_provisioning: bool 
         return Workspace(metadata=metadata, status=status, problems=tuple(problems),
                          api_version=_text(doc.get("apiVersion"), API_VERSION), kind=_text(doc.get("kind"), KIND))
     return Workspace(
+        catalogue=catalogue,
         metadata=metadata,
         resource=ResourceSpec.from_dict(doc.get("resource") or {}),
         inference=None if doc.get("inference") is None else InferenceSpec.from_dict(doc["inference"]),
@@ -553,6 +557,9 @@ class Snapshot:
     absence (the cache may lag), which is why a NodeClaim the machine created counts as existing
     until it is in ``absent``.
 
+    ``config_maps`` holds the ConfigMaps asked about that exist (their ``data``); one asked about and
+    known not to exist is in ``absent`` (``"ConfigMap/<name>"``).
+
     ``refused`` maps ``"NodeClaim/<name>"`` to the pass (``CreateNodeClaim.claim``) whose create of it this
     process never sent (the pass stopped before), or sent and the API server refused outright (429,
     admission or validation errors: nothing was stored). It is a hint, kept in memory only, and it speaks
@@ -568,3 +575,6 @@ class Snapshot:
     job: Job | None = None
     absent: frozenset[str] = frozenset()
     refused: Mapping[str, str] = attrs.field(factory=dict)
+    # ConfigMaps the machine asked about (``"ConfigMap/<name>"`` in ``confirmations``) that exist: name -> data.
+    # Only the inference ConfigMap, and only until status.targetNodeCount is kept (it gives max-model-len).
+    config_maps: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict)

@@ -21,14 +21,18 @@ from workspace_fsm.engine.hooks import ActionEvent, Counters, Hooks
 from workspace_fsm.engine.interpret import Decision, decide as _interpret
 from workspace_fsm.engine.record import HistoryEntry, Record
 from workspace_fsm.kaito import actions as A
+from workspace_fsm.kaito import estimator as est
 from workspace_fsm.kaito import nodeclaims as nc
+from workspace_fsm.kaito import sku
+from workspace_fsm.kaito.catalogue import Catalogue, EstimatorConstants
+from workspace_fsm.kaito.estimator import SizingProblem
 from workspace_fsm.kaito.model import (FINALIZER, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, Snapshot, Workspace,
                                        WorkspaceStatus, parse_workspace)
 from workspace_fsm.kaito.nodeclaims import ABOVE_TARGET, NodeClaimBook, NodeFacts
 
 __all__ = ["ABOVE_TARGET", "Config", "DEFAULT_CONFIG", "Decision", "KAITO_CONDITIONS", "LIFECYCLE_CONDITION",
            "WORKSPACE", "WORKSPACE_SUCCEEDED", "WorkspaceBook", "WorkspaceFacts", "confirmations", "decide",
-           "nodeclaim_name", "read_lifecycle", "target_node_count"]
+           "nodeclaim_name", "read_lifecycle", "size_workspace", "Sizing", "target_node_count"]
 
 # KAITO's condition types.
 NODECLAIM_READY = "NodeClaimReady"
@@ -105,13 +109,109 @@ class _StatusOnly:
 # ----------------------------------------------------------------------------- facts
 
 
-def target_node_count(ws: Workspace) -> int:
-    """How many GPU nodes the Workspace needs: computed once, then kept in status.targetNodeCount."""
-    if ws.status.target_node_count:
-        return ws.status.target_node_count
-    if ws.resource is None:
-        return 0
-    return max(1, ws.resource.count or 1)
+@attrs.frozen
+class Sizing:
+    """How many GPU nodes a Workspace needs, as KAITO computes status.targetNodeCount (see
+    :mod:`workspace_fsm.kaito.estimator`). ``target`` is 0 while it cannot be computed: ``problem`` says why
+    (an instance type that cannot hold the model, ...), or ``waiting_for`` names what must be observed first."""
+
+    target: int
+    how: str = ""
+    problem: SizingProblem | None = None
+    waiting_for: str | None = None
+    config_missing: str | None = None  # the named inference ConfigMap does not exist: 2048 tokens assumed
+
+
+def size_workspace(ws: Workspace, snap: Snapshot | None = None) -> Sizing:
+    """status.targetNodeCount as KAITO computes it, from the spec, the preset catalogue, the inference
+    ConfigMap (``snap.config_maps``) and, with bring-your-own nodes, the Ready nodes' NVIDIA labels.
+
+    Computed once: a kept status.targetNodeCount is returned as it is, whatever the spec or catalogue say now."""
+    kept = ws.status.target_node_count
+    if kept:
+        return Sizing(kept, "kept in status.targetNodeCount")
+    r = ws.resource
+    if r is None:
+        return Sizing(0)
+    inf = ws.inference
+    if ws.tuning is not None or inf is None:
+        return Sizing(1, "tuning runs on one node")
+    requested = r.count if r.count and r.count > 0 else 1
+    if est.runtime_of(ws.metadata.annotations) != "vllm":
+        return Sizing(requested, "transformers runtime: resource.count")
+    if inf.preset is None:
+        return Sizing(requested, "no preset: resource.count")
+    cat = ws.catalogue if ws.catalogue is not None else Catalogue.default()
+    preset = cat.resolve(inf.preset.name)
+    if preset is None or not preset.gpu_memory_bytes:
+        return Sizing(requested, f"no size known for model {inf.preset.name}: resource.count")
+    kaito = cat.kaito if cat.kaito is not None else Catalogue.default().kaito
+    constants = kaito.estimator if kaito is not None else EstimatorConstants()
+    snap = snap if snap is not None else Snapshot()
+    context = None
+    missing = None
+    if inf.config:
+        data = snap.config_maps.get(inf.config)
+        if data is not None:
+            text = data.get(est.INFERENCE_CONFIG_KEY)
+            context = est.parse_max_model_len(text) if isinstance(text, str) else None
+        elif "ConfigMap/" + inf.config in snap.absent:
+            missing = inf.config
+        else:
+            return Sizing(0, waiting_for="ConfigMap/" + inf.config)
+    instance = None
+    if r.byo_nodes:
+        if r.partition is not None and r.partition.mode.lower() == "mig":
+            gpus: est.GPUConfig | SizingProblem | None = est.mig_gpu_config(r.partition.profile or "")
+            if gpus is None:
+                gpus = SizingProblem("MIGProfileInvalid", f"MIG profile {r.partition.profile!r} cannot be read")
+        else:
+            node = est.first_ready(snap.nodes.values(), r.label_selector.matches)
+            if node is None:
+                gpus = SizingProblem("NoReadyNodes", "no Ready node matches resource.labelSelector, so the GPUs to "
+                                     "size the Workspace for are unknown; add or label GPU nodes", retry=True)
+            else:
+                gpus = est.gpu_config_from_node(node)
+                if isinstance(gpus, est.GPUConfig) and r.partition is not None and r.partition.count:
+                    if r.partition.count > gpus.gpu_count:
+                        gpus = SizingProblem("PartitionCountTooLarge",
+                                             f"resource.partition.count ({r.partition.count}) exceeds the "
+                                             f"{gpus.gpu_count} GPU(s) of {gpus.source}")
+                    else:
+                        gpus = est.GPUConfig(r.partition.count, gpus.per_gpu_bytes * r.partition.count,
+                                             f"{r.partition.count} GPU(s) of {gpus.source}")
+    else:
+        instance = sku.lookup(r.instance_type or "")
+        if instance is None:
+            fits = est.fitting_instance_types(preset, cloud=None, context=context, constants=constants)
+            gpus = SizingProblem(
+                "InstanceTypeUnknown",
+                f"instance type {r.instance_type} is not one KAITO knows the GPUs of, so model {preset.name} cannot "
+                f"be sized for it" + _fits_text(fits))
+        else:
+            gpus = est.GPUConfig(instance.gpu_count, instance.gpu_memory_bytes, f"instance type {instance.name}")
+    if isinstance(gpus, SizingProblem):
+        return Sizing(0, problem=gpus, config_missing=missing)
+    assert gpus is not None
+    found = est.estimate_nodes(preset, gpus, requested=r.count, context=context, constants=constants)
+    if isinstance(found, SizingProblem):
+        if instance is not None:
+            fits = est.fitting_instance_types(preset, cloud=instance.cloud, context=context, constants=constants)
+            found = attrs.evolve(found, message=found.message + _fits_text(fits))
+        return Sizing(0, problem=found, config_missing=missing)
+    return Sizing(found.nodes, found.how, config_missing=missing)
+
+
+def _fits_text(fits: list[tuple[str, int]]) -> str:
+    if not fits:
+        return "; no instance type KAITO knows can hold it"
+    return "; instance types that can hold it: " + ", ".join(f"{n} ({k} node{'s' if k != 1 else ''})" for n, k in fits)
+
+
+def target_node_count(ws: Workspace, snap: Snapshot | None = None) -> int:
+    """How many GPU nodes the Workspace needs: computed once (:func:`size_workspace`), then kept in
+    status.targetNodeCount. 0 while it cannot be computed."""
+    return size_workspace(ws, snap).target
 
 
 def nodeclaim_name(ws: Workspace, seq: int) -> str:
@@ -126,7 +226,7 @@ def workload_kind(target: int) -> str:
 class WorkspaceFacts(NodeFacts):
     """What the guards read, derived once per pass from (workspace, snapshot, record, now)."""
 
-    __slots__ = ("ws", "revision")
+    __slots__ = ("ws", "revision", "sizing")
 
     def __init__(self, ws: Workspace, snap: Snapshot, now: datetime, config: Config, rec: Record[WorkspaceBook],
                  pass_id: str = "") -> None:
@@ -138,10 +238,14 @@ class WorkspaceFacts(NodeFacts):
         self.revision = spec.revision if spec is not None else ""
         r = ws.resource
         m = ws.metadata
+        # Sized once: a kept status.targetNodeCount is used as it is (the estimate never runs again).
+        kept = ws.status.target_node_count
+        self.sizing: Sizing | None = None if kept else size_workspace(ws, snap)
+        target = kept if kept else self.sizing.target  # type: ignore[union-attr]
         if r is None:
-            self.observe_nodes(target_node_count(ws), False, False, None, "", (), ws.status.worker_nodes)
+            self.observe_nodes(target, False, False, None, "", (), ws.status.worker_nodes)
         else:
-            self.observe_nodes(target_node_count(ws), True, r.byo_nodes, r.label_selector, r.instance_type or "",
+            self.observe_nodes(target, True, r.byo_nodes, r.label_selector, r.instance_type or "",
                                ((LABEL_WORKSPACE, m.name), (LABEL_WORKSPACE_NAMESPACE, m.namespace)),
                                ws.status.worker_nodes)
 
@@ -155,13 +259,28 @@ class WorkspaceFacts(NodeFacts):
 
 
 def _problems_shown(f: WorkspaceFacts) -> str:
-    return "the spec is valid" if f.ws.valid else "; ".join(str(p) for p in f.ws.problems)
+    if not f.ws.valid:
+        return "; ".join(str(p) for p in f.ws.problems)
+    s = f.sizing
+    if s is None:
+        return f"the spec is valid; targetNodeCount {f.target} (kept)"
+    if s.problem is not None:
+        return f"the spec is valid; not sized: [{s.problem.reason}] {s.problem.message}"
+    if s.waiting_for is not None:
+        return f"the spec is valid; sizing waits to read {s.waiting_for}"
+    return f"the spec is valid; targetNodeCount {s.target} ({s.how})"
+
+
+def _sized(f: WorkspaceFacts) -> bool:
+    s = f.sizing
+    return s is None or (s.problem is None and s.waiting_for is None and s.target > 0)
 
 
 @guard(shows=_problems_shown)
 def spec_accepted(f: WorkspaceFacts) -> bool:
-    """The spec passed validation: the machine may create things for it."""
-    return f.ws.valid
+    """The spec passed validation and targetNodeCount is known (computed as KAITO does, or kept): the
+    machine may create things for it."""
+    return f.ws.valid and _sized(f)
 
 
 nodes_ready = nc.nodes_ready
@@ -388,7 +507,47 @@ def _not_done(f: WorkspaceFacts) -> Conds:
 
 
 def show_pending(f: WorkspaceFacts) -> Conds:
-    return []
+    s = f.sizing
+    if s is None or s.problem is None:
+        return []
+    msg = f"{_sizing_message(f, s.problem)}; nothing is created until this is fixed"
+    return [(RESOURCE_READY, "False", s.problem.reason, msg), (WORKSPACE_SUCCEEDED, "False", s.problem.reason, msg)]
+
+
+def _sizing_message(f: WorkspaceFacts, problem: SizingProblem) -> str:
+    return f"targetNodeCount cannot be computed: {problem.message}"
+
+
+def report_sizing(f: WorkspaceFacts, book: WorkspaceBook, out: list[Any]) -> WorkspaceBook:
+    """Warning Events about sizing, once: a Workspace that cannot be sized (when its condition first says so),
+    and an inference ConfigMap named but not found (on the pass that sizes it, with 2048 tokens of context)."""
+    s = f.sizing
+    if s is None:
+        return book
+    key = f.ws.key
+    if s.problem is not None:
+        shown = f.ws.status.condition(WORKSPACE_SUCCEEDED)
+        msg = _sizing_message(f, s.problem)
+        if shown is None or shown.reason != s.problem.reason or not shown.message.startswith(msg):
+            out.append(A.RecordEvent("Warning", s.problem.reason, f"Workspace {key}: {msg}"))
+    elif s.config_missing is not None and s.target > 0:
+        out.append(A.RecordEvent(
+            "Warning", "InferenceConfigNotFound",
+            f"Workspace {key}: inference.config names ConfigMap {s.config_missing}, which does not exist in namespace "
+            f"{f.ws.metadata.namespace}; targetNodeCount {s.target} was computed for KAITO's default context of "
+            f"2048 tokens. Create the ConfigMap (key {est.INFERENCE_CONFIG_KEY}) and recreate the Workspace if "
+            f"its max-model-len needs more"))
+    return book
+
+
+def sizing_retry(f: WorkspaceFacts) -> WakeUp | None:
+    """Sizing that may resolve by itself (bring-your-own nodes not Ready yet, unlabelled, a ConfigMap not yet
+    read) is looked at again on the GPU re-check timer: Nodes are not watched."""
+    s = f.sizing
+    if s is None or not (s.waiting_for is not None or (s.problem is not None and s.problem.retry)):
+        return None
+    return WakeUp(f.config.gpu_recheck, "size the Workspace again: " +
+                  (f"read {s.waiting_for}" if s.waiting_for else s.problem.reason))  # type: ignore[union-attr]
 
 
 def show_provisioning(f: WorkspaceFacts) -> Conds:
@@ -489,15 +648,27 @@ def confirmations(ws: Workspace) -> frozenset[str]:
     Adapters look these up when their cache does not show them: a tombstone (deletion seen by the watch)
     or a 404 from a GET puts the name in ``Snapshot.absent``. Everything else is read from caches.
     ``"NodeClaim/<name>"`` for every NodeClaim the record holds, ``"Job/<workspace>"`` and
-    ``"Workload/<workspace>"`` once one was recorded.
+    ``"Workload/<workspace>"`` once one was recorded; ``"ConfigMap/<inference.config>"`` until
+    status.targetNodeCount is kept (an existing one is put in ``Snapshot.config_maps`` instead).
     """
     rec = RECORD.read(ws)
+    sizing = _config_map_asked(ws)
     if rec is None:
-        return frozenset()
-    out = nc.nodes_confirmations(rec.data)
+        return frozenset(sizing)
+    out = nc.nodes_confirmations(rec.data) | sizing
     if rec.data.revision is not None:
         out.add(("Job/" if ws.is_tuning else "Workload/") + ws.metadata.name)
     return frozenset(out)
+
+
+def _config_map_asked(ws: Workspace) -> set[str]:
+    """``ConfigMap/<inference.config>`` while targetNodeCount is not yet kept and the estimate reads it."""
+    inf = ws.inference
+    if ws.status.target_node_count or inf is None or not inf.config or inf.preset is None or ws.tuning is not None:
+        return set()
+    if est.runtime_of(ws.metadata.annotations) != "vllm":
+        return set()
+    return {"ConfigMap/" + inf.config}
 
 
 def loss_held(f: WorkspaceFacts) -> WakeUp | None:
@@ -526,10 +697,11 @@ _M = timedelta(minutes=1)
 _NODES = (nc.ensure_nodeclaims, nc.forget_gone)  # states that keep the nodes: provision, replace, trim, forget
 
 STATE_TABLE: tuple[State, ...] = (
-    State("Pending", "Validated and finalizer added; nothing created yet. An invalid spec waits here.",
-          conditions=show_pending, summary=summary_waiting),
+    State("Pending", "Validated, finalizer added and targetNodeCount computed; nothing created yet. An invalid "
+          "spec, or one that cannot be sized (an instance type too small for the model), waits here.",
+          ensure=(report_sizing,), wake=(sizing_retry,), conditions=show_pending, summary=summary_waiting),
     State("NodesProvisioning", "NodeClaims created (targetNodeCount of them); waiting for them and their Nodes to be Ready.",
-          ensure=_NODES, deadline=Deadline(10 * _M, "NodeClaimNotReady", Run(nc.replace_unready_nodeclaims), max_firings=3),
+          ensure=(report_sizing, *_NODES), deadline=Deadline(10 * _M, "NodeClaimNotReady", Run(nc.replace_unready_nodeclaims), max_firings=3),
           wake=(nc.recheck_byo_nodes,), conditions=show_provisioning, summary=summary_waiting, fields=workers_kept),
     State("PluginsReady", "Nodes are Ready; waiting for the GPU device plugin to advertise nvidia.com/gpu on each.",
           ensure=_NODES, deadline=Deadline(5 * _M, "GPUDevicePluginNotReady"),
@@ -613,7 +785,9 @@ WORKSPACE: Lifecycle[WorkspaceFacts] = Lifecycle(
              verbs=frozenset({"list", "watch", "get", "create", "patch"}), label_selector=LABEL_WORKSPACE),
         Owns(Kind("batch/v1", "Job", "jobs"), by_owner_reference("Workspace"), label_selector=LABEL_WORKSPACE),
     ),
-    watches=(Watches(Kind("v1", "Node", "nodes", namespaced=False), label_selector=LABEL_WORKSPACE),),
+    watches=(Watches(Kind("v1", "Node", "nodes", namespaced=False), label_selector=LABEL_WORKSPACE),
+             # The inference ConfigMap (its max-model-len sizes the Workspace): read by name, once, not cached.
+             Watches(Kind("v1", "ConfigMap", "configmaps"), verbs=frozenset({"get"}))),
     parse=parse_workspace, confirm=lambda ws, rec: confirmations(ws),
     config=DEFAULT_CONFIG, hooks=HOOKS,
 )
