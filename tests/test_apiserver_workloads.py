@@ -523,3 +523,33 @@ def test_kubectl_shows_the_invalid_answer(api_server, api_server_kubectl):
     assert out.returncode != 0
     assert ('The Job "once" is invalid: spec.template.spec.restartPolicy: Required value: valid values: '
             '"OnFailure", "Never"') in out.stderr
+
+
+def test_kubectl_get_services_and_pods_prints_the_real_columns(api_server, api_server_kubectl, core):
+    # pkg/printers/internalversion/printers.go: serviceColumnDefinitions with printService (makePortString,
+    # getServiceExternalIP), podColumnDefinitions with printPod.
+    core.create_namespaced_service(NS, service("web", ports=[{"name": "http", "port": 80},
+                                                              {"name": "dns", "port": 53, "protocol": "UDP"}]))
+    np = core.create_namespaced_service(NS, service("np", type="NodePort"))
+    core.create_namespaced_service(NS, service("lb", type="LoadBalancer"))
+    core.create_namespaced_service(NS, service("h", clusterIP="None", ports=[]))
+    rows = {r.split()[0]: r.split() for r in api_server_kubectl("get", "services").stdout.splitlines()}
+    assert rows["NAME"] == ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]
+    web_ip = core.read_namespaced_service("web", NS).spec.cluster_ip
+    assert rows["web"][:5] == ["web", "ClusterIP", web_ip, "<none>", "80/TCP,53/UDP"]
+    assert rows["np"][:5] == ["np", "NodePort", np.spec.cluster_ip, "<none>", f"80:{np.spec.ports[0].node_port}/TCP"]
+    assert rows["lb"][3] == "<pending>" and rows["h"][:5] == ["h", "ClusterIP", "None", "<none>", "<none>"]
+    wide = api_server_kubectl("get", "service", "web", "-o", "wide").stdout.splitlines()
+    assert wide[0].split()[-1] == "SELECTOR" and wide[1].split()[-1] == "app=web"
+
+    core.create_namespaced_pod(NS, {"metadata": {"name": "p"}, "spec": {"containers": [
+        {"name": "a", "image": "busybox"}, {"name": "b", "image": "busybox"}]}})
+    core.patch_namespaced_pod_status("p", NS, {"status": {"containerStatuses": [
+        {"name": "a", "ready": True, "restartCount": 2, "image": "busybox", "imageID": "", "state": {"running": {}}},
+        {"name": "b", "ready": False, "restartCount": 1, "image": "busybox", "imageID": "",
+         "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}})
+    rows = api_server_kubectl("get", "pods").stdout.splitlines()
+    assert rows[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+    assert rows[1].split()[:4] == ["p", "1/2", "CrashLoopBackOff", "3"]
+    wide = api_server_kubectl("get", "pods", "-o", "wide").stdout.splitlines()
+    assert wide[0].split()[-6:] == ["IP", "NODE", "NOMINATED", "NODE", "READINESS", "GATES"]

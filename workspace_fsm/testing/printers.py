@@ -285,7 +285,119 @@ LEASES: list[Column] = [
     AGE,
 ]
 
+# --------------------------------------------------------------------------- services, pods
+
+
+def _format_labels(labels: Any) -> str:
+    """labels.FormatLabels: sorted ``k=v`` pairs, ``<none>`` when empty."""
+    if not isinstance(labels, dict) or not labels:
+        return "<none>"
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def _lb_ingress(obj: dict[str, Any]) -> str:
+    """loadBalancerStatusStringer (non-wide): ingress IPs or hostnames, cut to 13 characters and ``...``."""
+    out = [str(i.get("ip") or i.get("hostname") or "") for i in _g(obj, "status", "loadBalancer", "ingress",
+                                                                     default=[]) or [] if isinstance(i, dict)]
+    text = ",".join(x for x in out if x)
+    return text[:13] + "..." if len(text) > 16 else text
+
+
+def _service_external_ip(obj: dict[str, Any]) -> str:
+    stype = _g(obj, "spec", "type", default="")
+    external = [str(x) for x in _g(obj, "spec", "externalIPs", default=[]) or []]
+    if stype in ("ClusterIP", "NodePort"):
+        return ",".join(external) or "<none>"
+    if stype == "LoadBalancer":
+        found = [x for x in _lb_ingress(obj).split(",") if x] + external
+        return ",".join(found) or "<pending>"
+    if stype == "ExternalName":
+        return str(_g(obj, "spec", "externalName", default="") or "")
+    return "<unknown>"
+
+
+def _service_ports(obj: dict[str, Any]) -> str:
+    """makePortString: ``port/protocol``, or ``port:nodePort/protocol``."""
+    pieces = []
+    for p in _g(obj, "spec", "ports", default=[]) or []:
+        if not isinstance(p, dict):
+            continue
+        node_port = _int(p.get("nodePort"))
+        port = f"{_int(p.get('port'))}:{node_port}" if node_port > 0 else f"{_int(p.get('port'))}"
+        pieces.append(f"{port}/{p.get('protocol') or ''}")
+    return ",".join(pieces) or "<none>"
+
+
+SERVICES: list[Column] = [
+    NAME,
+    ("Type", "string", "type determines how the Service is exposed.", 0, lambda o: str(_g(o, "spec", "type",
+                                                                                          default="") or "")),
+    ("Cluster-IP", "string", "clusterIP is the IP address of the service and is usually assigned randomly.", 0,
+     lambda o: str((_g(o, "spec", "clusterIPs", default=[]) or ["<none>"])[0])),
+    ("External-IP", "string", "externalIPs is a list of IP addresses for which nodes in the cluster will also "
+     "accept traffic for this service.", 0, _service_external_ip),
+    ("Port(s)", "string", "The list of ports that are exposed by this service.", 0, _service_ports),
+    AGE,
+    ("Selector", "string", "Route service traffic to pods with label keys and values matching this selector.", 1,
+     lambda o: _format_labels(_g(o, "spec", "selector"))),
+]
+
+
+def _pod_ready(obj: dict[str, Any]) -> str:
+    containers = _g(obj, "spec", "containers", default=[]) or []
+    ready = sum(1 for c in _g(obj, "status", "containerStatuses", default=[]) or []
+                if isinstance(c, dict) and c.get("ready") is True)
+    return f"{ready}/{len(containers)}"
+
+
+def _pod_status(obj: dict[str, Any]) -> str:
+    """printPod's reason, for what has no kubelet: the pod's reason or phase, a container's waiting or terminated
+    reason, ``Terminating`` once deleted."""
+    reason = str(_g(obj, "status", "reason", default="") or _g(obj, "status", "phase", default="") or "")
+    for c in reversed(_g(obj, "status", "containerStatuses", default=[]) or []):
+        if not isinstance(c, dict):
+            continue
+        waiting = _g(c, "state", "waiting", "reason")
+        terminated = _g(c, "state", "terminated", "reason")
+        if waiting:
+            reason = str(waiting)
+        elif terminated:
+            reason = str(terminated)
+    if _g(obj, "metadata", "deletionTimestamp"):
+        reason = "Terminating"
+    return reason
+
+
+def _readiness_gates(obj: dict[str, Any]) -> str:
+    gates = [g.get("conditionType") for g in _g(obj, "spec", "readinessGates", default=[]) or [] if isinstance(g, dict)]
+    if not gates:
+        return "<none>"
+    true = {c.get("type") for c in _g(obj, "status", "conditions", default=[]) or []
+            if isinstance(c, dict) and c.get("status") == "True"}
+    return f"{sum(1 for g in gates if g in true)}/{len(gates)}"
+
+
+PODS: list[Column] = [
+    NAME,
+    ("Ready", "string", "The aggregate readiness state of this pod for accepting traffic.", 0, _pod_ready),
+    ("Status", "string", "The aggregate status of the containers in this pod.", 0, _pod_status),
+    ("Restarts", "string", "The number of times the containers in this pod have been restarted and when the last "
+     "container in this pod has restarted.", 0,
+     lambda o: str(sum(_int(c.get("restartCount")) for c in _g(o, "status", "containerStatuses", default=[]) or []
+                       if isinstance(c, dict)))),
+    AGE,
+    ("IP", "string", "The IP address assigned to the pod", 1,
+     lambda o: str(_g(o, "status", "podIP", default="") or "<none>")),
+    ("Node", "string", "The name of the node assigned to the pod", 1,
+     lambda o: str(_g(o, "spec", "nodeName", default="") or "<none>")),
+    ("Nominated Node", "string", "The name of the node nominated by the scheduler", 1,
+     lambda o: str(_g(o, "status", "nominatedNodeName", default="") or "<none>")),
+    ("Readiness Gates", "string", "The readiness gates of the pod", 1, _readiness_gates),
+]
+
 PRINTERS: dict[tuple[str, str], list[Column]] = {
+    ("", "services"): SERVICES,
+    ("", "pods"): PODS,
     ("", "nodes"): NODES,
     ("apps", "deployments"): DEPLOYMENTS,
     ("apps", "statefulsets"): STATEFULSETS,
