@@ -553,3 +553,31 @@ def test_kubectl_get_services_and_pods_prints_the_real_columns(api_server, api_s
     assert rows[1].split()[:4] == ["p", "1/2", "CrashLoopBackOff", "3"]
     wide = api_server_kubectl("get", "pods", "-o", "wide").stdout.splitlines()
     assert wide[0].split()[-6:] == ["IP", "NODE", "NOMINATED", "NODE", "READINESS", "GATES"]
+
+
+def test_decoding_errors_name_the_go_struct_and_type(api_server):
+    # encoding/json's UnmarshalTypeError: "Go struct field <struct holding it>.<json path> of type <its Go type>",
+    # the path without list indices; the server wraps it as "<Kind> in version "v1" cannot be handled as a <Kind>".
+    def post(path: str, doc: dict) -> tuple[int, str]:
+        conn = api_server.connection(timeout=5)
+        conn.request("POST", path, body=json.dumps(doc), headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        body = json.loads(resp.read())
+        conn.close()
+        return resp.status, body["message"]
+
+    dep = deployment()
+    dep["spec"]["template"]["spec"]["containers"][0]["image"] = 7
+    assert post(f"/apis/apps/v1/namespaces/{NS}/deployments", dep) == (
+        400, 'Deployment in version "v1" cannot be handled as a Deployment: json: cannot unmarshal number into Go '
+             "struct field Container.spec.template.spec.containers.image of type string")
+    svc = service()
+    svc["spec"]["selector"] = ["app"]
+    assert post(f"/api/v1/namespaces/{NS}/services", svc) == (
+        400, 'Service in version "v1" cannot be handled as a Service: json: cannot unmarshal array into Go struct '
+             "field ServiceSpec.spec.selector of type map[string]string")
+    bad_job = job()
+    bad_job["spec"] = "run"
+    assert post(f"/apis/batch/v1/namespaces/{NS}/jobs", bad_job) == (
+        400, 'Job in version "v1" cannot be handled as a Job: json: cannot unmarshal string into Go struct field '
+             "Job.spec of type v1.JobSpec")

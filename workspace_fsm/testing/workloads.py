@@ -123,10 +123,24 @@ def _go_type(value: Any) -> str:
     return "string"
 
 
-def _decode(kind: str, obj: dict[str, Any], fields: tuple[tuple[str, str, str], ...]) -> None:
-    """The JSON decoder's type errors (400) for the fields in ``fields``: (dotted path, Go struct, Go type).
-    Lists along a path are walked (``spec.template.spec.containers.image`` checks every container)."""
+_CHECKS = {
+    "int32": lambda x: isinstance(x, int) and not isinstance(x, bool) and -2**31 <= x < 2**31,
+    "int64": lambda x: isinstance(x, int) and not isinstance(x, bool),
+    "string": lambda x: isinstance(x, str), "bool": lambda x: isinstance(x, bool),
+    "object": lambda x: isinstance(x, dict), "array": lambda x: isinstance(x, list),
+    "intstr": lambda x: isinstance(x, str) or (isinstance(x, int) and not isinstance(x, bool)),
+}
+_CHECK_OF = {"int32": "int32", "int64": "int64", "string": "string", "bool": "bool", "intstr.IntOrString": "intstr",
+             "v1.RestartPolicy": "string", "v1.CompletionMode": "string", "v1.ServiceType": "string"}
+
+Field = tuple[str, str, str]  # JSON path (lists walked), the Go struct holding the field, the field's Go type
+
+
+def _decode(kind: str, obj: dict[str, Any], fields: tuple[Field, ...]) -> None:
+    """The JSON decoder's type errors (400) for ``fields``, worded as Go's encoding/json words them: ``cannot
+    unmarshal <json type> into Go struct field <Struct>.<json path> of type <Go type>``."""
     for path, struct, go_type in fields:
+        check = _CHECKS[_CHECK_OF.get(go_type, "array" if go_type.startswith("[]") else "object")]
         parts = path.split(".")
         values = [obj]
         for depth, part in enumerate(parts):
@@ -138,33 +152,27 @@ def _decode(kind: str, obj: dict[str, Any], fields: tuple[tuple[str, str, str], 
                     nxt.extend(item if isinstance(item, list) and not last else [item])
             values = nxt
         for value in values:
-            if value is None:
-                continue
-            ok = {"int32": lambda x: isinstance(x, int) and not isinstance(x, bool) and -2**31 <= x < 2**31,
-                  "int64": lambda x: isinstance(x, int) and not isinstance(x, bool),
-                  "string": lambda x: isinstance(x, str), "bool": lambda x: isinstance(x, bool),
-                  "object": lambda x: isinstance(x, dict), "array": lambda x: isinstance(x, list),
-                  "intstr": lambda x: isinstance(x, str) or (isinstance(x, int) and not isinstance(x, bool))}[go_type]
-            if not ok(value):
-                shown = {"object": f"v1.{struct}", "array": f"[]v1.{struct}", "intstr": "intstr.IntOrString"}
+            if value is not None and not check(value):
                 raise APIError.bad_request(
                     f'{kind} in version "v1" cannot be handled as a {kind}: json: cannot unmarshal '
-                    f"{_go_type(value)} into Go struct field {struct}.{path} of type {shown.get(go_type, go_type)}")
+                    f"{_go_type(value)} into Go struct field {struct}.{path} of type {go_type}")
 
 
-_TEMPLATE_FIELDS = (
-    ("spec.template", "PodTemplateSpec", "object"),
-    ("spec.template.spec", "PodSpec", "object"),
-    ("spec.template.spec.containers", "Container", "array"),
-    ("spec.template.spec.initContainers", "Container", "array"),
-    ("spec.template.spec.containers.name", "Container", "string"),
-    ("spec.template.spec.containers.image", "Container", "string"),
-    ("spec.template.spec.containers.ports", "ContainerPort", "array"),
-    ("spec.template.spec.containers.ports.containerPort", "ContainerPort", "int32"),
-    ("spec.template.spec.volumes", "Volume", "array"),
-    ("spec.template.spec.terminationGracePeriodSeconds", "PodSpec", "int64"),
-    ("spec.template.spec.restartPolicy", "PodSpec", "string"),
-)
+def _template_fields(holder: str, prefix: str = "spec.template.spec") -> tuple[Field, ...]:
+    """The pod template's fields (``holder``: the struct holding ``template``), or a Pod's with ``prefix`` spec."""
+    head: tuple[Field, ...] = ()
+    if prefix == "spec.template.spec":
+        head = (("spec.template", holder, "v1.PodTemplateSpec"),
+                ("spec.template.spec", "PodTemplateSpec", "v1.PodSpec"))
+    c = f"{prefix}.containers"
+    return head + (
+        (c, "PodSpec", "[]v1.Container"), (f"{prefix}.initContainers", "PodSpec", "[]v1.Container"),
+        (f"{c}.name", "Container", "string"), (f"{c}.image", "Container", "string"),
+        (f"{c}.ports", "Container", "[]v1.ContainerPort"), (f"{c}.ports.containerPort", "ContainerPort", "int32"),
+        (f"{prefix}.volumes", "PodSpec", "[]v1.Volume"),
+        (f"{prefix}.terminationGracePeriodSeconds", "PodSpec", "int64"),
+        (f"{prefix}.restartPolicy", "PodSpec", "v1.RestartPolicy"),
+    )
 
 
 # ------------------------------------------------------------------------------------------------ label selectors
@@ -500,16 +508,19 @@ def _is_zero(value: Any) -> bool:
 
 
 def _deployment(obj: dict[str, Any], old: dict[str, Any] | None, ctx: Any) -> list[dict[str, str]]:
-    _decode("Deployment", obj, (("spec", "DeploymentSpec", "object"), ("spec.replicas", "DeploymentSpec", "int32"),
-                                ("spec.selector", "LabelSelector", "object"),
+    _decode("Deployment", obj, (("spec", "Deployment", "v1.DeploymentSpec"),
+                                ("spec.replicas", "DeploymentSpec", "int32"),
+                                ("spec.selector", "DeploymentSpec", "v1.LabelSelector"),
                                 ("spec.revisionHistoryLimit", "DeploymentSpec", "int32"),
                                 ("spec.progressDeadlineSeconds", "DeploymentSpec", "int32"),
                                 ("spec.minReadySeconds", "DeploymentSpec", "int32"),
-                                ("spec.strategy", "DeploymentStrategy", "object"),
-                                ("spec.strategy.rollingUpdate", "RollingUpdateDeployment", "object"),
-                                ("spec.strategy.rollingUpdate.maxSurge", "RollingUpdateDeployment", "intstr"),
-                                ("spec.strategy.rollingUpdate.maxUnavailable", "RollingUpdateDeployment", "intstr"),
-                                *_TEMPLATE_FIELDS))
+                                ("spec.strategy", "DeploymentSpec", "v1.DeploymentStrategy"),
+                                ("spec.strategy.rollingUpdate", "DeploymentStrategy", "v1.RollingUpdateDeployment"),
+                                ("spec.strategy.rollingUpdate.maxSurge", "RollingUpdateDeployment",
+                                 "intstr.IntOrString"),
+                                ("spec.strategy.rollingUpdate.maxUnavailable", "RollingUpdateDeployment",
+                                 "intstr.IntOrString"),
+                                *_template_fields("DeploymentSpec")))
     spec = _spec("Deployment", obj)
     if spec.get("replicas") is None:
         spec["replicas"] = 1
@@ -586,15 +597,15 @@ def _default_claim(claim: dict[str, Any]) -> None:
 
 
 def _statefulset(obj: dict[str, Any], old: dict[str, Any] | None, ctx: Any) -> list[dict[str, str]]:
-    _decode("StatefulSet", obj, (("spec", "StatefulSetSpec", "object"),
+    _decode("StatefulSet", obj, (("spec", "StatefulSet", "v1.StatefulSetSpec"),
                                  ("spec.replicas", "StatefulSetSpec", "int32"),
-                                 ("spec.selector", "LabelSelector", "object"),
+                                 ("spec.selector", "StatefulSetSpec", "v1.LabelSelector"),
                                  ("spec.serviceName", "StatefulSetSpec", "string"),
                                  ("spec.revisionHistoryLimit", "StatefulSetSpec", "int32"),
                                  ("spec.minReadySeconds", "StatefulSetSpec", "int32"),
-                                 ("spec.updateStrategy", "StatefulSetUpdateStrategy", "object"),
-                                 ("spec.volumeClaimTemplates", "PersistentVolumeClaim", "array"),
-                                 *_TEMPLATE_FIELDS))
+                                 ("spec.updateStrategy", "StatefulSetSpec", "v1.StatefulSetUpdateStrategy"),
+                                 ("spec.volumeClaimTemplates", "StatefulSetSpec", "[]v1.PersistentVolumeClaim"),
+                                 *_template_fields("StatefulSetSpec")))
     spec = _spec("StatefulSet", obj)
     if not spec.get("podManagementPolicy"):
         spec["podManagementPolicy"] = "OrderedReady"
@@ -676,13 +687,13 @@ _LEGACY_NAME, _LEGACY_UID = "job-name", "controller-uid"
 
 
 def _job(obj: dict[str, Any], old: dict[str, Any] | None, ctx: Any) -> list[dict[str, str]]:
-    _decode("Job", obj, (("spec", "JobSpec", "object"), ("spec.parallelism", "JobSpec", "int32"),
+    _decode("Job", obj, (("spec", "Job", "v1.JobSpec"), ("spec.parallelism", "JobSpec", "int32"),
                          ("spec.completions", "JobSpec", "int32"), ("spec.backoffLimit", "JobSpec", "int32"),
                          ("spec.activeDeadlineSeconds", "JobSpec", "int64"),
                          ("spec.ttlSecondsAfterFinished", "JobSpec", "int32"),
                          ("spec.suspend", "JobSpec", "bool"), ("spec.manualSelector", "JobSpec", "bool"),
-                         ("spec.selector", "LabelSelector", "object"),
-                         ("spec.completionMode", "JobSpec", "string"), *_TEMPLATE_FIELDS))
+                         ("spec.selector", "JobSpec", "v1.LabelSelector"),
+                         ("spec.completionMode", "JobSpec", "v1.CompletionMode"), *_template_fields("JobSpec")))
     spec = _spec("Job", obj)
     meta = obj["metadata"]
     if spec.get("completions") is None and spec.get("parallelism") is None:
@@ -813,12 +824,13 @@ def _allocate_ip(rng: Any, used: set[str]) -> str:
 
 
 def _service(obj: dict[str, Any], old: dict[str, Any] | None, ctx: Any) -> list[dict[str, str]]:
-    _decode("Service", obj, (("spec", "ServiceSpec", "object"), ("spec.ports", "ServicePort", "array"),
+    _decode("Service", obj, (("spec", "Service", "v1.ServiceSpec"), ("spec.ports", "ServiceSpec", "[]v1.ServicePort"),
                              ("spec.ports.port", "ServicePort", "int32"),
                              ("spec.ports.nodePort", "ServicePort", "int32"),
-                             ("spec.ports.targetPort", "ServicePort", "intstr"),
-                             ("spec.clusterIP", "ServiceSpec", "string"), ("spec.type", "ServiceSpec", "string"),
-                             ("spec.selector", "ServiceSpec", "object")))
+                             ("spec.ports.targetPort", "ServicePort", "intstr.IntOrString"),
+                             ("spec.clusterIP", "ServiceSpec", "string"),
+                             ("spec.type", "ServiceSpec", "v1.ServiceType"),
+                             ("spec.selector", "ServiceSpec", "map[string]string")))
     spec = _spec("Service", obj)
     if not spec.get("sessionAffinity"):
         spec["sessionAffinity"] = "None"
@@ -1009,8 +1021,9 @@ def _claim_spec_causes(spec: dict[str, Any], path: str) -> list[dict[str, str]]:
 
 
 def _pvc(obj: dict[str, Any], old: dict[str, Any] | None, ctx: Any) -> list[dict[str, str]]:
-    _decode("PersistentVolumeClaim", obj, (("spec", "PersistentVolumeClaimSpec", "object"),
-                                           ("spec.accessModes", "PersistentVolumeAccessMode", "array")))
+    _decode("PersistentVolumeClaim", obj, (("spec", "PersistentVolumeClaim", "v1.PersistentVolumeClaimSpec"),
+                                           ("spec.accessModes", "PersistentVolumeClaimSpec",
+                                            "[]v1.PersistentVolumeAccessMode")))
     spec = _spec("PersistentVolumeClaim", obj)
     if not spec.get("volumeMode"):
         spec["volumeMode"] = "Filesystem"
@@ -1034,8 +1047,7 @@ _POD_MUTABLE_MSG = ("pod updates may not change fields other than `spec.containe
 
 
 def _pod(obj: dict[str, Any], old: dict[str, Any] | None, ctx: Any) -> list[dict[str, str]]:
-    fields = tuple((p.replace("spec.template.", "", 1), s, t) for p, s, t in _TEMPLATE_FIELDS[1:])
-    _decode("Pod", obj, fields)
+    _decode("Pod", obj, (("spec", "Pod", "v1.PodSpec"), *_template_fields("", prefix="spec")))
     spec = _spec("Pod", obj)
     default_pod_spec(spec)
     if spec.get("enableServiceLinks") is None:
