@@ -214,10 +214,15 @@ def test_equal_requests_share_and_different_selectors_widen_to_every_object_filt
     ws = cache.informer(res, lister, name="nodeclaims", label_selector="kaito.sh/workspace", user="workspace")
     ws2 = cache.informer(res, lister, name="nodeclaims", label_selector="kaito.sh/workspace", user="other")
     assert ws.informer is ws2.informer and ws.informer.label_selector == "kaito.sh/workspace"
+    assert cache.widened() == []  # it lists exactly what both select
     rag = cache.informer(res, lister, name="nodeclaims", label_selector="kaito.sh/ragengine", user="ragengine")
     assert rag.informer is ws.informer and len(cache.informers) == 1
     assert ws.informer.label_selector is None  # no label selector says "one key or the other": every object
     assert cache.describe() == ["nodeclaims (all namespaces, every object) for workspace, other, ragengine"]
+    assert cache.widened() == [
+        "nodeclaims: one cache for workspace (kaito.sh/workspace), other (kaito.sh/workspace), ragengine "
+        "(kaito.sh/ragengine), so it holds every object in all namespaces; to cache less, run these lifecycles in "
+        "separate processes (workspace-fsm run --lifecycle NAME)"]
     seen: dict[str, list[tuple[str, Any, Any]]] = {"ws": [], "rag": []}
     ws.add_handler(lambda t, o, n: seen["ws"].append((t, o and o["metadata"]["name"], n and n["metadata"]["name"])))
     rag.add_handler(lambda t, o, n: seen["rag"].append((t, o and o["metadata"]["name"], n and n["metadata"]["name"])))

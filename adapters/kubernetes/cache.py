@@ -100,7 +100,7 @@ class _Entry:
         self.namespace = namespace
         self.selector = selector
         self.fixed = fixed  # a view that cannot filter for itself reads it: never widened
-        self.users: list[str] = []
+        self.users: list[tuple[str, str | None, str | None]] = []  # (who, namespace, selector) it serves
         self.started = False
 
     def covers(self, namespace: str | None, selector: str | None) -> bool:
@@ -149,7 +149,7 @@ class SharedInformers:
                 start = self._started  # asked for after the start: it runs at once, on its own
             elif fixed:
                 entry.fixed = True
-            entry.users.append(user)
+            entry.users.append((user, namespace, selector))
             if start:
                 entry.started = True
         if start:
@@ -206,7 +206,27 @@ class SharedInformers:
                 for e in entries:
                     where = f"namespace {e.namespace}" if e.namespace else "all namespaces"
                     what = f"selector {e.selector}" if e.selector else "every object"
-                    out.append(f"{e.informer.name} ({where}, {what}) for {', '.join(dict.fromkeys(e.users))}")
+                    users = ", ".join(dict.fromkeys(u for u, _, _ in e.users))
+                    out.append(f"{e.informer.name} ({where}, {what}) for {users}")
+            return out
+
+    def widened(self) -> list[str]:
+        """One line per informer that lists more than some of its readers select (their selectors or namespaces
+        differ), saying what it costs and how to avoid it: what an operator should know about memory."""
+        out = []
+        with self._lock:
+            for entries in self._entries.values():
+                for e in entries:
+                    asked = dict.fromkeys((u, ns, sel) for u, ns, sel in e.users if (ns, sel) != (e.namespace,
+                                                                                                 e.selector))
+                    if not asked:
+                        continue
+                    who = ", ".join(f"{u} ({sel or 'every object'}{f' in {ns}' if ns else ''})"
+                                    for u, ns, sel in dict.fromkeys(e.users))
+                    where = f"namespace {e.namespace}" if e.namespace else "all namespaces"
+                    what = f"selector {e.selector}" if e.selector else "every object"
+                    out.append(f"{e.informer.name}: one cache for {who}, so it holds {what} in {where}; to cache "
+                               f"less, run these lifecycles in separate processes (workspace-fsm run --lifecycle NAME)")
             return out
 
 

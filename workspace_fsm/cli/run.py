@@ -286,6 +286,8 @@ def run_against(api, args: argparse.Namespace, stop: threading.Event | None = No
     cache.set_reachability(reachability)
     for line in cache.describe():
         log.debug("informer %s", line)
+    for line in cache.widened():
+        log.info("shared informer %s", line)
     synced = lambda: cache.synced  # noqa: E731
     if health is not None:
         from workspace_fsm.engine.metrics import Served, build_registry
