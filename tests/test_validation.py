@@ -533,12 +533,12 @@ def test_validate_files_problem_without_path(tmp_path):
 
 
 def test_validate_files_no_workspace_is_a_note(tmp_path):
-    path = _write(tmp_path, "cm.yaml", "---\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: hf-token}\n---\n- just\n- a list\n")
+    # A document that is not an object at all (a list) is an error, not skipped (tests/test_validate_inputs.py).
+    path = _write(tmp_path, "cm.yaml", "---\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: hf-token}\n")
     rc, out, err = _run([path])
     assert rc == 0 and err == []
     assert out == [
         f"{path}: document 2 (Secret hf-token): skipped, not a Workspace or a RAGEngine",
-        f"{path}: document 3 (array): skipped, not a Workspace or a RAGEngine",
         f"{path}: note: no Workspace or RAGEngine in this file",
         "0 Workspaces checked, 0 invalid, 0 problems",
     ]

@@ -60,8 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="workspace (default), ragengine, or an author's lifecycle (package.module:ATTR, file.py:ATTR)")
     p.set_defaults(func=_cmd_diagram)
 
-    p = sub.add_parser("validate", help="check Workspace manifests offline (exit 0 all valid, 1 invalid, 2 unreadable)")
-    p.add_argument("files", nargs="+", metavar="FILE", help="YAML files, multi-document; non-Workspace documents are skipped")
+    p = sub.add_parser(
+        "validate", help="check Workspace manifests offline (exit 0 all valid, 1 invalid or not parsed, 2 unreadable)",
+        description="Check Workspaces and RAGEngines as KAITO's admission webhooks would, without a cluster.\n"
+                    "Each problem is one line: the file, the document (its index in the file, from 1; and\n"
+                    "items[i] inside a kind: List, as kubectl get -o yaml prints), the object (namespace/name),\n"
+                    "the field, [Reason] and what to do.",
+        epilog="exit status:\n"
+               "  0  every Workspace and RAGEngine is valid (other kinds of objects are skipped)\n"
+               "  1  an object is invalid, a document is not an object (a YAML list or a scalar),\n"
+               "     or a file's YAML does not parse (its line and column, and where the construct\n"
+               "     that failed began)\n"
+               "  2  a file cannot be read (missing, a directory, not UTF-8), or --catalogue is unusable",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="YAML files, multi-document; - reads standard input; kinds other than Workspace and RAGEngine "
+                        "are skipped")
     p.add_argument("--catalogue", action="append", metavar="FILE",
                    help="extra preset catalogue (presets.yaml or KAITO supported_models.yaml shape); repeatable")
     p.add_argument("--byo-nodes", action="store_true",

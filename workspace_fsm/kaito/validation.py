@@ -991,14 +991,120 @@ def load_yaml_documents(text: str) -> Iterable[Any]:
 
 
 def _yaml_error_line(path: str, error: BaseException) -> str:
+    """``path: line L, column C: YAML does not parse: <problem>, <context> that began at line L', column C'``.
+
+    PyYAML knows two places: where it gave up (the problem) and where the construct it was reading began
+    (the context: an unclosed quote or bracket, the mapping with a duplicate key). The second is often the
+    one to fix, so both are given."""
     if isinstance(error, RecursionError):
         return f"{path}: YAML does not parse: it is nested too deeply to read"
     mark = getattr(error, "problem_mark", None)
-    problem = getattr(error, "problem", None) or getattr(error, "context", None) or str(error) or type(error).__name__
+    context = getattr(error, "context", None)
+    context_mark = getattr(error, "context_mark", None)
+    problem = getattr(error, "problem", None) or context or str(error) or type(error).__name__
     problem = " ".join(str(problem).split())
+    began = ""
+    if context and context_mark is not None and problem != context and (
+            mark is None or (context_mark.line, context_mark.column) != (mark.line, mark.column)):
+        began = (f", {' '.join(str(context).split())} that began at line {context_mark.line + 1}, "
+                 f"column {context_mark.column + 1}")
     if mark is not None:
-        return f"{path}: line {mark.line + 1}, column {mark.column + 1}: YAML does not parse: {problem}"
-    return f"{path}: YAML does not parse: {problem}"
+        return f"{path}: line {mark.line + 1}, column {mark.column + 1}: YAML does not parse: {problem}{began}"
+    return f"{path}: YAML does not parse: {problem}{began}"
+
+
+#: The name standard input is shown under (``-`` on the command line).
+STDIN_NAME = "<stdin>"
+
+
+class _Tally:
+    """What validate_files counts, and how it prints one object's problems."""
+
+    def __init__(self, cat: Catalogue, auto_provisioning: bool, out: TextIO) -> None:
+        self.cat, self.auto, self.out = cat, auto_provisioning, out
+        self.checked = self.invalid = self.problems = self.rag_checked = self.not_objects = 0
+
+    def document(self, where: str, doc: Any, in_list: bool = False) -> int:
+        """Check one document (or one item of a List) and print its problems; the objects checked (0 or 1).
+
+        ``where`` names it for the operator: ``file: document 2`` or ``file: document 1: items[3]``."""
+        if not isinstance(doc, Mapping):
+            self.not_objects += 1
+            what = "an item of a List" if in_list else "a document"
+            found = _found(doc)
+            hint = ("; if it lists objects, give each its own document (---) or put them under items: of a kind: List"
+                    if isinstance(doc, list) else "")
+            print(f"{where}: [NotAnObject] not a Kubernetes object: {found}, where {what} must be a mapping with "
+                  f"apiVersion, kind and metadata{hint}", file=self.out)
+            return 0
+        if _is_list(doc):
+            return self.list_items(where, doc)
+        if not is_workspace(doc):
+            from workspace_fsm.kaito.ragengine import check_ragengine, is_ragengine
+
+            if is_ragengine(doc):  # judged as KAITO's RAGEngine webhook judges it
+                self.rag_checked += 1
+                rag_problems = check_ragengine(doc)
+                self.invalid += 1 if rag_problems else 0
+                self.problems += len(rag_problems)
+                for p in rag_problems:
+                    at = f"{p.path}: " if p.path else ""
+                    print(f"{where}: RAGEngine {object_ref(doc)}: {at}[{p.reason}] {p.message}", file=self.out)
+                return 1
+            print(f"{where} ({_describe_other(doc)}): skipped, not a Workspace or a RAGEngine", file=self.out)
+            return 0
+        self.checked += 1
+        problems = check_document(doc, self.cat, auto_provisioning=self.auto)
+        if problems:
+            self.invalid += 1
+            self.problems += len(problems)
+        ref = object_ref(doc)
+        for p in problems:
+            at = f"{p.path}: " if p.path else ""
+            print(f"{where}: Workspace {ref}: {at}[{p.reason}] {p.message}", file=self.out)
+        return 1
+
+    def list_items(self, where: str, doc: Mapping[str, Any]) -> int:
+        """A ``kind: List`` (what ``kubectl get -o yaml`` prints): each of its items, named by its index."""
+        items = doc.get("items")
+        if items is None:
+            return 0  # an empty list: kubectl prints "items: []", an API list may leave it out
+        if not isinstance(items, list):
+            self.not_objects += 1
+            print(f"{where} ({_describe_other(doc)}): items: [NotAnObject] expected a list of objects, got "
+                  f"{_found(items)}", file=self.out)
+            return 0
+        return sum(self.document(f"{where}: items[{i}]", item, in_list=True) for i, item in enumerate(items))
+
+
+def _found(value: Any) -> str:
+    """A value for a message: ``a list of 2 item(s)``, ``the string "hello"``, ``the integer 42``."""
+    if isinstance(value, (list, Mapping)):
+        return describe_value(value)
+    return f"the {k8s_schema.json_type(value)} {describe_value(value)}"
+
+
+def _is_list(doc: Mapping[str, Any]) -> bool:
+    """``kind: List`` (kubectl's), or an API list such as ``kind: WorkspaceList`` with its ``items``."""
+    kind = doc.get("kind")
+    return isinstance(kind, str) and (kind == "List" or (kind.endswith("List") and "items" in doc))
+
+
+def _read(path: str, stdin: Any) -> tuple[str | None, str | None]:
+    """(text, None) or (None, why it cannot be read). ``-`` is standard input."""
+    try:
+        if path == "-":
+            source = stdin if stdin is not None else sys.stdin.buffer
+            data = source.read()
+            data = data.encode("utf-8") if isinstance(data, str) else data
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
+        return data.decode("utf-8-sig"), None
+    except OSError as e:
+        return None, f"cannot be read: {e.strerror or e}"
+    except UnicodeDecodeError as e:
+        return None, f"cannot be read: not UTF-8 text (byte {e.start})"
 
 
 def validate_files(
@@ -1008,80 +1114,52 @@ def validate_files(
     auto_provisioning: bool = True,
     out: TextIO | None = None,
     err: TextIO | None = None,
+    stdin: Any = None,
 ) -> int:
-    """Check every Workspace in the given YAML files and print one line per problem.
+    """Check every Workspace (and RAGEngine) in the given YAML files and print one line per problem.
 
-    Lines go to ``out`` (problems, notes, the summary) and ``err`` (files that cannot be read or
-    parsed). Returns 0 when every Workspace is valid, 1 when any is invalid or a file's YAML does
-    not parse, 2 when a file cannot be read at all (2 wins over 1).
+    ``-`` reads standard input (``stdin``, a binary or text stream, defaults to the process's). A document
+    must be a Kubernetes object; a ``kind: List`` (``kubectl get -o yaml``) has each of its items checked.
+    Lines go to ``out`` (problems, notes, the summary) and ``err`` (files that cannot be read or parsed).
+    Returns 0 when every object is valid, 1 when one is invalid, a document is not an object or a file's
+    YAML does not parse, 2 when a file cannot be read at all (2 wins over 1).
     """
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
-    cat = catalogue if catalogue is not None else Catalogue.default()
-    checked = invalid = problem_count = rag_checked = 0
+    tally = _Tally(catalogue if catalogue is not None else Catalogue.default(), auto_provisioning, out)
     unreadable = unparseable = 0
 
     for raw_path in paths:
         path = os.fspath(raw_path)
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-            text = data.decode("utf-8-sig")
-        except OSError as e:
-            print(f"{path}: cannot be read: {e.strerror or e}", file=err)
+        shown = STDIN_NAME if path == "-" else path
+        text, why = _read(path, stdin)
+        if text is None:
+            print(f"{shown}: {why}", file=err)
             unreadable += 1
             continue
-        except UnicodeDecodeError as e:
-            print(f"{path}: cannot be read: not UTF-8 text (byte {e.start})", file=err)
-            unreadable += 1
-            continue
-
-        workspaces_here = 0
-        index = 0
+        objects_here = 0
+        errors_before = tally.not_objects
         try:
             for index, doc in enumerate(load_yaml_documents(text), start=1):
                 if doc is None:
                     continue
-                if not is_workspace(doc):
-                    from workspace_fsm.kaito.ragengine import check_ragengine, is_ragengine
-
-                    if is_ragengine(doc):  # judged as KAITO's RAGEngine webhook judges it
-                        workspaces_here += 1
-                        rag_checked += 1
-                        rag_problems = check_ragengine(doc)
-                        invalid += 1 if rag_problems else 0
-                        problem_count += len(rag_problems)
-                        for p in rag_problems:
-                            where = f"{p.path}: " if p.path else ""
-                            print(f"{path}: document {index}: RAGEngine {object_ref(doc)}: {where}[{p.reason}] "
-                                  f"{p.message}", file=out)
-                        continue
-                    print(f"{path}: document {index} ({_describe_other(doc)}): skipped, not a Workspace or a "
-                          f"RAGEngine", file=out)
-                    continue
-                workspaces_here += 1
-                checked += 1
-                problems = check_document(doc, cat, auto_provisioning=auto_provisioning)
-                if problems:
-                    invalid += 1
-                    problem_count += len(problems)
-                ref = object_ref(doc)
-                for p in problems:
-                    where = f"{p.path}: " if p.path else ""
-                    print(f"{path}: document {index}: Workspace {ref}: {where}[{p.reason}] {p.message}", file=out)
+                objects_here += tally.document(f"{shown}: document {index}", doc)
         except (yaml.YAMLError, RecursionError) as e:
-            print(_yaml_error_line(path, e), file=err)
+            print(_yaml_error_line(shown, e), file=err)
             unparseable += 1
             continue
-        if workspaces_here == 0:
-            print(f"{path}: note: no Workspace or RAGEngine in this file", file=out)
+        if objects_here == 0 and tally.not_objects == errors_before:
+            print(f"{shown}: note: no Workspace or RAGEngine in this file", file=out)
 
+    checked, rag_checked = tally.checked, tally.rag_checked
     summary = (
         f"{checked} Workspace{'s' if checked != 1 else ''}"
         + (f" and {rag_checked} RAGEngine{'s' if rag_checked != 1 else ''}" if rag_checked else "")
-        + f" checked, {invalid} invalid, "
-        f"{problem_count} problem{'s' if problem_count != 1 else ''}"
+        + f" checked, {tally.invalid} invalid, "
+        f"{tally.problems} problem{'s' if tally.problems != 1 else ''}"
     )
+    if tally.not_objects:
+        summary += f", {tally.not_objects} document{'s' if tally.not_objects != 1 else ''} not an object"
     if unparseable:
         summary += f", {unparseable} file{'s' if unparseable != 1 else ''} not parsed"
     if unreadable:
@@ -1089,7 +1167,7 @@ def validate_files(
     print(summary, file=out)
     if unreadable:
         return 2
-    return 1 if invalid or unparseable else 0
+    return 1 if tally.invalid or unparseable or tally.not_objects else 0
 
 
 def _describe_other(doc: Any) -> str:

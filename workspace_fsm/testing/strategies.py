@@ -80,8 +80,9 @@ def invalid_condition(ws: dict | None) -> dict | None:
 
 API_VERSION = "kaito.sh/v1beta1"
 #: GPU VM sizes KAITO's examples use.
+# Instance types KAITO knows the GPUs of (pkg/sku): a Workspace on another is valid but cannot be sized.
 INSTANCE_TYPES = ("Standard_NC24ads_A100_v4", "Standard_NC80adis_H100_v5", "Standard_NV36ads_A10_v5",
-                  "Standard_NC12s_v3", "Standard_NC96ads_A100_v4")
+                  "Standard_NC48ads_A100_v4", "Standard_NC96ads_A100_v4")
 LOWER_DIGITS = string.ascii_lowercase + string.digits
 LABEL_CHARS = string.ascii_letters + string.digits  # safe anywhere in a label value
 MIB = 1024 * 1024
