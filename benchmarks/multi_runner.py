@@ -12,7 +12,7 @@ It does what a tester with only the binaries and a Kubernetes client does, and n
    watches, plus ``--warmup`` seconds, so that the Workspaces reach runners that already run;
 3. with ``--kill-every K``, SIGKILLs one runner (drawn from the seed) every K seconds and starts it again at
    once, as a Deployment would, until every Workspace has succeeded;
-4. applies W KAITO Workspaces (preset phi-4, instanceType Standard_NC24ads_A100_v4, resource.count drawn
+4. applies W KAITO Workspaces (instanceType Standard_NC24ads_A100_v4, a preset KAITO sizes to a target drawn
    from 1..3) through the official Kubernetes client;
 5. lists the NodeClaims every 0.3 s and groups them by the ``kaito.sh/workspace`` label. A NodeClaim counts
    while it is listed, being deleted or not: its VM exists until the object is gone;
@@ -46,6 +46,9 @@ LABEL_WORKSPACE_NAMESPACE = "kaito.sh/workspacenamespace"
 NAMESPACE = "default"
 PRESET = "phi-4"
 INSTANCE_TYPE = "Standard_NC24ads_A100_v4"
+#: KAITO sizes a vLLM preset from its GPUs, not from resource.count: on INSTANCE_TYPE (one A100 80 GiB) these
+#: presets need 1, 2 and 3 nodes (its node estimator; tests/test_estimator.py works them out).
+PRESET_FOR_NODES = {1: PRESET, 2: "qwen2.5-coder-32b-instruct", 3: "gpt-oss-120b"}
 SAMPLE_EVERY_S = 0.3
 
 
@@ -59,11 +62,12 @@ def binary() -> list[str]:
 
 
 def workspace(name: str, count: int) -> dict[str, Any]:
-    """A KAITO inference Workspace, shaped like ../shared/kaito/examples/inference/kaito_workspace_phi_4.yaml."""
+    """A KAITO inference Workspace needing ``count`` nodes (1 to 3), shaped like
+    ../shared/kaito/examples/inference/kaito_workspace_phi_4.yaml."""
     return {"apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": name, "namespace": NAMESPACE},
             "resource": {"count": count, "instanceType": INSTANCE_TYPE,
                          "labelSelector": {"matchLabels": {"apps": name}}},
-            "inference": {"preset": {"name": PRESET}}}
+            "inference": {"preset": {"name": PRESET_FOR_NODES[count]}}}
 
 
 def _die_with_parent() -> None:
