@@ -72,7 +72,8 @@ def world(ws: Workspace, decided: list, stage_rank: int, rng: random.Random) -> 
                 workload = Workload(a.kind, a.name, a.replicas, ready, ready, a.revision)
             if isinstance(a, A.CreateJob):
                 job = Job(a.name, a.revision, active=1, complete=stage_rank >= 7, succeeded=1 if stage_rank >= 7 else 0)
-    return Snapshot(tuple(claims), nodes, workload, job)
+    services = frozenset(a.name for d in decided for a in d.actions if isinstance(a, A.CreateService))
+    return Snapshot(tuple(claims), nodes, workload, job, services=services)
 
 
 def build_population(n: int, seed: int) -> list[tuple[Workspace, Snapshot, datetime]]:

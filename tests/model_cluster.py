@@ -260,7 +260,7 @@ class ClaimT:
 class World:
     """One version of the owned objects. Values are immutable; a change copies the dicts."""
 
-    __slots__ = ("claims", "nodes", "workloads", "jobs", "gone")
+    __slots__ = ("claims", "nodes", "workloads", "jobs", "gone", "services")
 
     def __init__(self) -> None:
         self.claims: dict[str, ClaimT] = {}
@@ -268,11 +268,13 @@ class World:
         self.workloads: dict[str, Workload] = {}  # by Workspace key
         self.jobs: dict[str, Job] = {}  # by Workspace key
         self.gone: dict[str, frozenset[str]] = {}  # by Workspace key: "NodeClaim/n", "Job/n", "Workload/n"
+        self.services: dict[str, frozenset[str]] = {}  # by Workspace key: the names of its Services
 
     def copy(self) -> World:
         w = World()
         w.claims, w.nodes, w.workloads, w.jobs, w.gone = (dict(self.claims), dict(self.nodes), dict(self.workloads),
                                                           dict(self.jobs), dict(self.gone))
+        w.services = dict(self.services)
         return w
 
     def mark_gone(self, key: str, name: str) -> None:
@@ -497,7 +499,8 @@ class Cluster:
         claims = sorted(w.claims_of(key), key=lambda c: c.name)
         nodes = {c.node_name: w.nodes[c.node_name] for c in claims if c.node_name and c.node_name in w.nodes}
         return Snapshot(nodeclaims=tuple(c.view() for c in claims), nodes=nodes, workload=w.workloads.get(key),
-                        job=w.jobs.get(key), absent=self.confirmed_absent(key, w))
+                        job=w.jobs.get(key), absent=self.confirmed_absent(key, w),
+                        services=w.services.get(key, frozenset()))
 
     def confirmed_absent(self, key: str, cached: World, ws: Workspace | None = None) -> frozenset[str]:
         """What an adapter answers for the names the machine asks about (``decide.confirmations``): nothing
@@ -511,11 +514,11 @@ class Cluster:
             if kind == "ConfigMap":
                 out.add(name)  # this model has no ConfigMaps: a named inference config is not found
                 continue
-            if (short in cached.claims if kind == "NodeClaim" else
-                    key in cached.jobs if kind == "Job" else key in cached.workloads):
+            if (short in cached.claims if kind == "NodeClaim" else key in cached.jobs if kind == "Job" else
+                    short in cached.services.get(key, ()) if kind == "Service" else key in cached.workloads):
                 continue
-            exists = (short in live.claims if kind == "NodeClaim" else
-                      key in live.jobs if kind == "Job" else key in live.workloads)
+            exists = (short in live.claims if kind == "NodeClaim" else key in live.jobs if kind == "Job" else
+                      short in live.services.get(key, ()) if kind == "Service" else key in live.workloads)
             if not exists:
                 out.add(name)
         return frozenset(out)
@@ -702,6 +705,17 @@ class Cluster:
             with self.change() as w:
                 w.workloads[key] = attrs.evolve(wl, replicas=a.replicas, revision=a.revision, updated_replicas=0)
             return True
+        if isinstance(a, A.CreateService):
+            if e.gone:
+                return True  # its ownerReference is gone: the garbage collector removes it at once
+            if a.name not in (e.ws.metadata.name, e.ws.metadata.name + "-headless") or e.ws.tuning is not None:
+                self.fail(f"{key}: CreateService {a.name}")
+            if a.name in self.world.services.get(key, ()):
+                return True  # AlreadyExists
+            with self.change() as w:
+                w.services[key] = w.services.get(key, frozenset()) | {a.name}
+                w.mark_present(key, "Service/" + a.name)
+            return True
         if isinstance(a, A.CreateJob):
             if e.gone:
                 return True
@@ -760,6 +774,8 @@ class Cluster:
                 w.mark_gone(key, "Workload/" + name)
             if w.jobs.pop(key, None) is not None:
                 w.mark_gone(key, "Job/" + name)
+            for svc in w.services.pop(key, ()):
+                w.mark_gone(key, "Service/" + svc)
         self.log.append(f"{key} is gone")
 
     # ------------------------------------------------------------------ persisting status

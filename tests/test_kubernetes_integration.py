@@ -259,7 +259,7 @@ def test_a_burst_of_conflicts_and_server_errors_delays_but_does_not_break(cluste
 KIND_RESOURCE = {"NodeClaim": ("karpenter.sh", "nodeclaims"), "Workspace": ("kaito.sh", "workspaces"),
                  "Workspace/status": ("kaito.sh", "workspaces/status"), "Deployment": ("apps", "deployments"),
                  "StatefulSet": ("apps", "statefulsets"), "Job": ("batch", "jobs"), "Event": ("", "events"),
-                 "Node": ("", "nodes"), "ConfigMap": ("", "configmaps")}
+                 "Node": ("", "nodes"), "ConfigMap": ("", "configmaps"), "Service": ("", "services")}
 
 
 def test_every_request_the_runner_makes_is_granted_by_deploy_rbac(cluster):

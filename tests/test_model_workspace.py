@@ -54,6 +54,8 @@ def snapshot(ws: Any, view: Any) -> Snapshot:
         visible.add("Workload/" + name)
     if job is not None:
         visible.add("Job/" + name)
+    services = frozenset(d["metadata"]["name"] for d in view.owned("Service", key))
+    visible.update("Service/" + s for s in services)
     absent = set()
     for n in W.confirmations(ws):
         if n in visible:
@@ -66,7 +68,7 @@ def snapshot(ws: Any, view: Any) -> Snapshot:
                 absent.add(n)
         elif view.confirmed_absent(n, ws):
             absent.add(n)
-    return Snapshot(tuple(claims), nodes, workload, job, frozenset(absent), {})
+    return Snapshot(tuple(claims), nodes, workload, job, frozenset(absent), {}, services=services)
 
 
 def render(a: Any, ws: Any) -> list[Any]:
@@ -82,6 +84,8 @@ def render(a: Any, ws: Any) -> list[Any]:
                                                    "spec": body["spec"]})]
     if isinstance(a, KA.CreateJob):
         return [Create(manifests.job(ws, a))]
+    if isinstance(a, KA.CreateService):
+        return [Create(manifests.service(ws, a))]
     if isinstance(a, KA.DeleteJob):
         return [Delete("batch/v1", "Job", a.name, a.propagation)]
     raise TypeError(f"no request for {type(a).__name__}")
@@ -158,6 +162,7 @@ WORLD = ModelWorld(
         ChildModel("Deployment", progress=(rolls_out,), faults=(loses_its_replica,)),
         ChildModel("StatefulSet", progress=(rolls_out,), faults=(loses_its_replica,)),
         ChildModel("Job", progress=(job_completes,), faults=(job_fails,), slow_delete=True),
+        ChildModel("Service"),
     ),
     edits=(new_config,), recorded_kinds=("NodeClaim",),
     invariants=(nodeclaims_within_target, one_workload_or_job), goal=succeeded,
@@ -176,10 +181,15 @@ def test_a_scripted_workspace_run_succeeds_and_deletion_removes_its_nodeclaims()
     assert c.state(infer) == "Ready", c.state(infer)
     assert c.state(tune) == "Succeeded", c.state(tune)
     assert len(c.children_of(infer)["NodeClaim"]) == 2 and len(c.children_of(infer)["StatefulSet"]) == 1
+    # KAITO's two Services for an inference Workspace (the model's port, and pod DNS for the StatefulSet); none for
+    # tuning. The Service selects pod 0, the Ray leader.
+    services = {d["metadata"]["name"]: d for d in c.children_of(infer)["Service"]}
+    assert sorted(services) == ["ws-infer", "ws-infer-headless"] and not c.children_of(tune).get("Service")
+    assert services["ws-infer"]["spec"]["selector"]["statefulset.kubernetes.io/pod-name"] == "ws-infer-0"
     c.delete(infer)
     c.delete(tune)
     c.settle()
-    assert not [k for k, _ in c.objects if k in ("NodeClaim", "Workspace", "StatefulSet", "Job")]
+    assert not [k for k, _ in c.objects if k in ("NodeClaim", "Workspace", "StatefulSet", "Job", "Service")]
 
 
 def test_a_pass_held_past_the_send_window_sends_no_fresh_nodeclaim():

@@ -68,7 +68,9 @@ def test_per_lifecycle_api_calls_add_up_to_the_clusters(mixed_fsm) -> None:
     total = {k: ws["api_calls"].get(k, 0) + rag["api_calls"].get(k, 0) for k in r["api_calls"]}
     assert total == r["api_calls"]
     assert ws["api_writes"] + rag["api_writes"] == r["api_writes"]
-    assert "create Service" in rag["api_calls"] and "create Service" not in ws["api_calls"]
+    # Both create Services: a RAGEngine its one, each inference Workspace KAITO's Service and headless Service.
+    assert "create Service" in rag["api_calls"]
+    assert ws["api_calls"]["create Service"] == 2 * ws["states_entered"]["WorkloadDeploying"]
     assert all("RAGEngine" not in k for k in ws["api_calls"]) and all("Workspace" not in k for k in rag["api_calls"])
     assert rag["reconciles"] + ws["reconciles"] == r["reconciles"]
     assert rag["nodeclaims_created"] + ws["nodeclaims_created"] == r["nodeclaims_created"]

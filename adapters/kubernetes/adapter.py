@@ -174,10 +174,13 @@ class KubernetesAdapter:
         self.deployments = view("apps", "v1", "deployments")
         self.statefulsets = view("apps", "v1", "statefulsets")
         self.jobs = view("batch", "v1", "jobs")
-        self.informers = (self.workspaces, self.nodeclaims, self.nodes, self.deployments, self.statefulsets, self.jobs)
+        self.services = view("", "v1", "services", lister=lambda ns: _service_lister(self.core, ns, san))
+        self.services.add_index("owner", _owner_key)
+        self.informers = (self.workspaces, self.nodeclaims, self.nodes, self.deployments, self.statefulsets, self.jobs,
+                          self.services)
         self.workspaces.add_handler(self._on_workspace)
         for inf, kind in ((self.nodeclaims, "NodeClaim"), (self.nodes, None), (self.deployments, "Workload"),
-                          (self.statefulsets, "Workload"), (self.jobs, "Job")):
+                          (self.statefulsets, "Workload"), (self.jobs, "Job"), (self.services, "Service")):
             inf.add_handler(lambda t, o, n, k=kind: self._on_owned(k, t, o, n))
 
     # ------------------------------------------------------------------ lifecycle
@@ -306,6 +309,9 @@ class KubernetesAdapter:
             visible.add("Workload/" + name)
         if job is not None:
             visible.add("Job/" + name)
+        services = frozenset(str((o.get("metadata") or {}).get("name", "")) for o in self.services.by_index("owner", key)
+                             if (o.get("metadata") or {}).get("deletionTimestamp") is None)
+        visible.update("Service/" + s for s in services)
         config_maps: dict[str, dict[str, str]] = {}
         absent = self._absent(ws, ns, visible, config_maps)
         refused: dict[str, str] = {}
@@ -317,7 +323,7 @@ class KubernetesAdapter:
                 refused = dict(mine)
                 if not mine:
                     del self._refused[key]
-        return ws, Snapshot(tuple(claims), nodes, workload, job, frozenset(absent), refused, config_maps=config_maps)
+        return ws, Snapshot(tuple(claims), nodes, workload, job, frozenset(absent), refused, config_maps, services)
 
     def _list_byo_nodes(self, ws: Workspace) -> list[dict[str, Any]]:
         sel = ws.resource.label_selector
@@ -368,6 +374,9 @@ class KubernetesAdapter:
             if kind == "NodeClaim":
                 gone = self.nodeclaims.gone(key) or not self._exists(
                     name, lambda: self.custom.get_cluster_custom_object(*NODECLAIMS, short, _request_timeout=t))
+            elif kind == "Service":
+                gone = self.services.gone(key) or not self._exists(
+                    f"Service/{key}", lambda: self.core.read_namespaced_service(short, ns, _request_timeout=t))
             elif kind == "Job":
                 gone = self.jobs.gone(key) or not self._exists(
                     f"Job/{key}", lambda: self.custom.get_namespaced_custom_object("batch", "v1", ns, "jobs", short,
@@ -460,6 +469,11 @@ class KubernetesAdapter:
                 self._call("patch", a.kind, f"updating {a.kind} {ns}/{a.name}",
                            lambda: self.custom.patch_namespaced_custom_object("apps", "v1", ns, plural, a.name, patch,
                                                                               _request_timeout=t))
+        elif isinstance(a, A.CreateService):
+            body = manifests.service(ws, a)
+            self._call("create", "Service", f"creating Service {ns}/{a.name} for {ws.key}",
+                       lambda: self.core.create_namespaced_service(ns, body, _request_timeout=t), ok=(409,))
+            self._known.add(f"Service/{ns}/{a.name}")
         elif isinstance(a, A.CreateJob):
             body = manifests.job(ws, a)
             self._call("create", "Job", f"creating Job {ns}/{a.name}",
@@ -597,6 +611,14 @@ class KubernetesAdapter:
             self._overlay.pop(key, None)  # the cache already has it (or something newer)
             return
         self._overlay[key] = (parsed, raw, rv)
+
+
+def _service_lister(core: k8s.CoreV1Api, ns: str | None, to_dict: Callable[[Any], Any]) -> tuple[Callable[..., Any],
+                                                                                                Callable[[Any], Any]]:
+    """Services, in one namespace or in all, as dicts (the core API's typed list)."""
+    if ns:
+        return _watchable(lambda **k: core.list_namespaced_service(ns, **k), "V1ServiceList"), to_dict
+    return _watchable(lambda **k: core.list_service_for_all_namespaces(**k), "V1ServiceList"), to_dict
 
 
 def _watchable(fn: Callable[..., Any], return_type: str) -> Callable[..., Any]:

@@ -14,7 +14,8 @@ from typing import Any
 
 from workspace_fsm.kaito import actions as A
 from workspace_fsm.kaito import manifests as K
-from workspace_fsm.kaito.model import Workspace, format_time
+from workspace_fsm.engine.objects import format_time
+from workspace_fsm.kaito.model import Workspace
 
 #: The node class KAITO's NodeClaims refer to on Azure (configurable with the runner's options).
 DEFAULT_NODE_CLASS = K.DEFAULT_NODE_CLASS

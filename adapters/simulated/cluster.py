@@ -67,6 +67,9 @@ INSUFFICIENT_CAPACITY = "InsufficientCapacity"
 WORKLOAD_PROBLEMS = ("CrashLoopBackOff", "ImagePullBackOff")
 
 _WS, _CLAIM, _NODE, _WORKLOAD, _JOB = "Workspace", "NodeClaim", "Node", "Workload", "Job"
+# An inference Workspace's Services ("Service/<name>" in Snapshot.absent), kept apart from the Services other
+# lifecycles (the RAGEngine's) keep as documents.
+_SVC = "WorkspaceService"
 _CLUSTER_SCOPED = (_CLAIM, _NODE)
 _ROLLED_OUT = ("Deployment", "StatefulSet")  # documents whose pods the simulated kubelet makes ready
 _MASK64 = (1 << 64) - 1
@@ -86,7 +89,7 @@ def _resource_version(seq: int) -> str:
 
 def _absent_name(kind: str, key: str) -> str:
     """``Snapshot.absent`` spelling: ``NodeClaim/<name>``, ``Job/<name>`` (namespace dropped)."""
-    return f"{kind}/{key.rsplit('/', 1)[-1]}"
+    return f"{'Service' if kind == _SVC else kind}/{key.rsplit('/', 1)[-1]}"
 
 
 def _brief(obj: Any) -> str:
@@ -284,7 +287,8 @@ class SimCluster:
         self._log: deque[tuple[float, int, str, str, Any, str | None]] = deque()
 
         # informer cache
-        self._cache: dict[str, dict[str, Any]] = {k: {} for k in (_WS, _CLAIM, _NODE, _WORKLOAD, _JOB)}
+        self._cache: dict[str, dict[str, Any]] = {k: {} for k in (_WS, _CLAIM, _NODE, _WORKLOAD, _JOB, _SVC)}
+        self._services: dict[str, tuple[str, str]] = {}  # "ns/name" -> (owner Workspace key, its uid)
         self._cache_claims_of: dict[str, dict[str, None]] = {}
         self._cache_seq = 0
         self._tombs: dict[tuple[str, str], str | None] = {}
@@ -511,6 +515,7 @@ class SimCluster:
         config_maps: dict[str, dict[str, str]] = {}
         for name in sorted(wanted):
             kind, _, short = name.partition("/")
+            kind = _SVC if kind == "Service" else kind
             full = short if kind in _CLUSTER_SCOPED else f"{ns}/{short}"
             if kind == "ConfigMap":
                 # The inference ConfigMap, asked about only until targetNodeCount is kept: one counted GET
@@ -531,11 +536,19 @@ class SimCluster:
                 continue
             # Neither: ask the API server (a counted GET). Only after a lost record or a failed create.
             self._read("get", kind)
-            store = {_CLAIM: self._claims, _JOB: self._jobs, _WORKLOAD: self._workloads}.get(kind, {})
+            store = {_CLAIM: self._claims, _JOB: self._jobs, _WORKLOAD: self._workloads,
+                     _SVC: self._services}.get(kind, {})
             if full not in store:
                 absent.add(name)
         return ws, Snapshot(nodeclaims=claims, nodes=nodes, workload=self._cache[_WORKLOAD].get(key),
-                            job=self._cache[_JOB].get(key), absent=frozenset(absent), config_maps=config_maps)
+                            job=self._cache[_JOB].get(key), absent=frozenset(absent), config_maps=config_maps,
+                            services=self._cached_services(key))
+
+    def _cached_services(self, key: str) -> frozenset[str]:
+        """The Workspace's Services its cache shows (their names are fixed: two lookups)."""
+        cache = self._cache[_SVC]
+        return frozenset(n for n in (key.rsplit("/", 1)[-1], key.rsplit("/", 1)[-1] + "-headless")
+                         if f"{key.split('/', 1)[0]}/{n}" in cache)
 
     def _observed_ws(self, key: str) -> Workspace | None:
         ov = self._overlay.get(key)
@@ -667,6 +680,15 @@ class SimCluster:
         self._roll_workload(key, ws, attrs.evolve(old, replicas=a.replicas, revision=a.revision, updated_replicas=0,
                                                   ready_replicas=min(old.ready_replicas, a.replicas), problem=None), a)
 
+    def _create_service(self, ws: Workspace, a: A.CreateService) -> None:
+        self._write("create", "Service")
+        key = f"{ws.metadata.namespace}/{a.name}"
+        self._own_known.add((_SVC, key))
+        if key in self._services:
+            return  # AlreadyExists
+        self._services[key] = (ws.key, ws.metadata.uid)
+        self._change(_SVC, key, True, ws.key)
+
     def _create_job(self, ws: Workspace, a: A.CreateJob) -> None:
         self._write("create", "Job")
         key = f"{ws.metadata.namespace}/{a.name}"
@@ -717,6 +739,7 @@ class SimCluster:
         A.CreateNodeClaim: _create_nodeclaim, A.DeleteNodeClaim: _delete_nodeclaim,
         A.CreateWorkload: _create_workload, A.UpdateWorkload: _update_workload,
         A.CreateJob: _create_job, A.DeleteJob: _delete_job, A.RecordEvent: _record_event,
+        A.CreateService: _create_service,
     }
 
     def _next_inc(self) -> int:
@@ -917,6 +940,11 @@ class SimCluster:
             self._change(_JOB, key, None, meta.owner)
 
     def _ev_gc(self, owner: str, owner_uid: str) -> None:
+        ns, name = owner.split("/", 1)
+        for svc in (f"{ns}/{name}", f"{ns}/{name}-headless"):
+            if self._services.get(svc) == (owner, owner_uid):
+                del self._services[svc]
+                self._change(_SVC, svc, None, owner)
         for kind, store in ((_WORKLOAD, self._workloads), (_JOB, self._jobs)):
             meta = self._meta.get((kind, owner))
             if meta is not None and meta.owner_uid == owner_uid and owner in store:

@@ -141,10 +141,10 @@ def quantity_bytes(text: str | None) -> int | None:
     if m is None or m.group(2) not in _SUFFIX:
         return None
     whole, _, frac = m.group(1).partition(".")
-    scale = _SUFFIX[m.group(2)]
+    scale: int = _SUFFIX[m.group(2)]
     num = int(whole + frac) * scale
-    den = 10 ** len(frac)
-    return -(-num // den)
+    den: int = 10 ** len(frac)
+    return int(-(-num // den))
 
 
 def runtime_name(ws: Workspace) -> str:
@@ -440,9 +440,12 @@ def _adapters(ws: Workspace, spec: dict[str, Any], main: dict[str, Any]) -> None
             if a.strength is not None:
                 main.setdefault("env", []).append({"name": name, "value": a.strength})
     for a in volumes:
-        name = a.source.name or ""
+        src = a.source
+        if src is None or src.volume_source is None:
+            continue
+        name = src.name or ""
         vol_name = f"adapter-volume-{name}"
-        spec.setdefault("volumes", []).append({"name": vol_name, **dict(a.source.volume_source)})
+        spec.setdefault("volumes", []).append({"name": vol_name, **dict(src.volume_source)})
         main.setdefault("volumeMounts", []).append({"name": vol_name, "mountPath": f"{ADAPTER_PATH}/{name}"})
         if a.strength is not None:
             main.setdefault("env", []).append({"name": name, "value": a.strength})

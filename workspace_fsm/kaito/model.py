@@ -578,3 +578,5 @@ class Snapshot:
     # ConfigMaps the machine asked about (``"ConfigMap/<name>"`` in ``confirmations``) that exist: name -> data.
     # Only the inference ConfigMap, and only until status.targetNodeCount is kept (it gives max-model-len).
     config_maps: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict)
+    # The names of the Workspace's Services the cache shows (an inference Workspace has two: see ensure_services).
+    services: frozenset[str] = frozenset()

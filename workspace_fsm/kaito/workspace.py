@@ -74,19 +74,24 @@ DEFAULT_CONFIG = Config()
 
 @attrs.frozen
 class WorkspaceBook(NodeClaimBook):
-    """The Workspace's bookkeeping: its NodeClaims (see NodeClaimBook) and the revision it deployed."""
+    """The Workspace's bookkeeping: its NodeClaims (see NodeClaimBook), the revision it deployed and whether it
+    created the inference Workspace's Services."""
 
     revision: str | None = None  # spec revision of the workload or Job it created
+    services: bool = False  # its Service and headless Service were created (their absence is then confirmed)
 
     def to_json(self) -> dict[str, Any]:
         body = super().to_json()
         if self.revision is not None:
             body["rev"] = self.revision
+        if self.services:
+            body["svc"] = 1
         return body
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> WorkspaceBook:
-        return cls(**cls.fields_from_json(body), revision=None if body.get("rev") is None else str(body["rev"]))
+        return cls(**cls.fields_from_json(body), revision=None if body.get("rev") is None else str(body["rev"]),
+                   services=bool(body.get("svc")))
 
 
 # Version 1 since the first release: the engine's members plus these, in one JSON object (a runner of any
@@ -396,7 +401,8 @@ def ensure_workload(f: WorkspaceFacts, book: WorkspaceBook, out: list[Any]) -> W
             return book
         if book.revision is None or gone:
             # Recorded first (this pass's status write), created after it: a creation is never unrecorded.
-            out.append(A.CreateWorkload(kind, ws.metadata.name, f.target, f.revision, preset, f.ready_nodes))
+            out.append(A.CreateWorkload(kind, ws.metadata.name, f.target, f.revision, preset, f.ready_nodes,
+                                        _observed_gpus(f) if f.byo else 0))
             return attrs.evolve(book, revision=f.revision)
         return book  # created already (possibly for an older spec) and not yet visible: act once it is
     if w.revision == f.revision:
@@ -404,8 +410,31 @@ def ensure_workload(f: WorkspaceFacts, book: WorkspaceBook, out: list[Any]) -> W
     if w.deleting:
         return book
     # Level-based: whatever the record says, a visible workload of another revision is brought up to date.
-    out.append(A.UpdateWorkload(w.kind, w.name, f.target, f.revision, preset, f.ready_nodes))
+    out.append(A.UpdateWorkload(w.kind, w.name, f.target, f.revision, preset, f.ready_nodes,
+                                _observed_gpus(f) if f.byo else 0))
     return book if book.revision == f.revision else attrs.evolve(book, revision=f.revision)
+
+
+def _observed_gpus(f: WorkspaceFacts) -> int:
+    """GPUs per node as the ready nodes advertise them (bring-your-own nodes: the spec does not say); 0 when none."""
+    caps = [f.snap.nodes[n].gpu_capacity for n in f.ready_nodes if n in f.snap.nodes]
+    return min(caps) if caps else 0
+
+
+def ensure_services(f: WorkspaceFacts, book: WorkspaceBook, out: list[Any]) -> WorkspaceBook:
+    """The inference Workspace's Service (the model's port) and headless Service exist, as KAITO's ensureService
+    makes them: created when absent, never re-created while they are there (a Service keeps its cluster IP)."""
+    seen = f.snap.services
+    name = f.ws.metadata.name
+    headless = name + "-headless"
+    if name in seen and headless in seen:  # the steady state: two lookups
+        return book if book.services else attrs.evolve(book, services=True)
+    absent = f.snap.absent
+    for svc, is_headless in ((name, False), (headless, True)):
+        if svc in seen or (book.services and ("Service/" + svc) not in absent):
+            continue  # there, or created already and not yet in the cache
+        out.append(A.CreateService(svc, headless=is_headless, stateful=workload_kind(f.target) == "StatefulSet"))
+    return book if book.services else attrs.evolve(book, services=True)
 
 
 def ensure_job(f: WorkspaceFacts, book: WorkspaceBook, out: list[Any]) -> WorkspaceBook:
@@ -648,7 +677,8 @@ def confirmations(ws: Workspace) -> frozenset[str]:
     Adapters look these up when their cache does not show them: a tombstone (deletion seen by the watch)
     or a 404 from a GET puts the name in ``Snapshot.absent``. Everything else is read from caches.
     ``"NodeClaim/<name>"`` for every NodeClaim the record holds, ``"Job/<workspace>"`` and
-    ``"Workload/<workspace>"`` once one was recorded; ``"ConfigMap/<inference.config>"`` until
+    ``"Workload/<workspace>"`` once one was recorded, ``"Service/<workspace>"`` and ``"Service/<workspace>-headless"``
+    once the Services were; ``"ConfigMap/<inference.config>"`` until
     status.targetNodeCount is kept (an existing one is put in ``Snapshot.config_maps`` instead).
     """
     rec = RECORD.read(ws)
@@ -658,6 +688,8 @@ def confirmations(ws: Workspace) -> frozenset[str]:
     out = nc.nodes_confirmations(rec.data) | sizing
     if rec.data.revision is not None:
         out.add(("Job/" if ws.is_tuning else "Workload/") + ws.metadata.name)
+    if rec.data.services and not ws.is_tuning:
+        out |= {"Service/" + ws.metadata.name, "Service/" + ws.metadata.name + "-headless"}
     return frozenset(out)
 
 
@@ -708,10 +740,10 @@ STATE_TABLE: tuple[State, ...] = (
           wake=(nc.recheck_gpu_capacity, loss_held), conditions=show_plugins, summary=summary_waiting,
           fields=workers_now_or_kept),
     State("WorkloadDeploying", "Inference workload created or updated; waiting for its replicas to be ready.",
-          ensure=(nc.ensure_nodeclaims, ensure_workload), deadline=Deadline(30 * _M, "WorkloadNotReady"),
+          ensure=(nc.ensure_nodeclaims, ensure_workload, ensure_services), deadline=Deadline(30 * _M, "WorkloadNotReady"),
           wake=(loss_held,), conditions=show_deploying, summary=summary_waiting, fields=workers_now),
     State("Ready", "Inference is being served; left again if nodes or replicas are lost or the spec changes.",
-          ensure=_NODES, wake=(loss_held_or_replicas,), conditions=show_ready, summary="Ready",
+          ensure=(*_NODES, ensure_services), wake=(loss_held_or_replicas,), conditions=show_ready, summary="Ready",
           fields=workers_now),
     State("JobRunning", "Tuning Job of the current revision created; waiting for it to finish.",
           ensure=(nc.ensure_nodeclaims, ensure_job),
@@ -784,6 +816,10 @@ WORKSPACE: Lifecycle[WorkspaceFacts] = Lifecycle(
         Owns(Kind("apps/v1", "StatefulSet", "statefulsets"), by_owner_reference("Workspace"),
              verbs=frozenset({"list", "watch", "get", "create", "patch"}), label_selector=LABEL_WORKSPACE),
         Owns(Kind("batch/v1", "Job", "jobs"), by_owner_reference("Workspace"), label_selector=LABEL_WORKSPACE),
+        # An inference Workspace's Service and headless Service (never updated: a Service keeps its address);
+        # get: recorded ones missing from the cache are confirmed absent by a GET.
+        Owns(Kind("v1", "Service", "services"), by_owner_reference("Workspace"),
+             verbs=frozenset({"list", "watch", "get", "create"}), label_selector=LABEL_WORKSPACE),
     ),
     watches=(Watches(Kind("v1", "Node", "nodes", namespaced=False), label_selector=LABEL_WORKSPACE),
              # The inference ConfigMap (its max-model-len sizes the Workspace): read by name, once, not cached.
