@@ -25,14 +25,14 @@ from workspace_fsm.cli.run import run_against
 RUNNER = "the-runner"  # the user the runner authenticates as: its requests are told apart from the simulated cluster's
 
 
-def wait_for(what: str, check: Any, timeout: float = 90.0) -> Any:
+def wait_for(what: str, check: Any, timeout: float = 90.0, describe: Any = None) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
         if value:
             return value
         time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}" + (f": {describe()}" if describe else ""))
 
 
 def free_port() -> int:
@@ -98,12 +98,17 @@ def run(tmp_path_factory, kaito_dir):
     custom.create_namespaced_custom_object("kaito.sh", "v1beta1", "default", "workspaces", workspace("ws-a"))
     doc = ragengine(kaito_dir, "rag-a")
     custom.create_namespaced_custom_object("kaito.sh", doc["apiVersion"].split("/")[1], "default", "ragengines", doc)
-    wait_for("the Workspace at its goal", lambda: at_goal(
-        custom.get_namespaced_custom_object("kaito.sh", "v1beta1", "default", "workspaces", "ws-a"),
-        "WorkspaceSucceeded"))
-    wait_for("the RAGEngine at its goal", lambda: at_goal(
-        custom.get_namespaced_custom_object("kaito.sh", "v1beta1", "default", "ragengines", "rag-a"),
-        "RAGEngineSucceeded"))
+    def get(plural: str, name: str) -> dict[str, Any]:
+        return dict(custom.get_namespaced_custom_object("kaito.sh", "v1beta1", "default", plural, name))
+
+    def conditions(plural: str, name: str) -> Any:
+        return [(c["type"], c["status"], c.get("reason"), c.get("message"))
+                for c in (get(plural, name).get("status") or {}).get("conditions") or ()]
+
+    wait_for("the Workspace at its goal", lambda: at_goal(get("workspaces", "ws-a"), "WorkspaceSucceeded"),
+             describe=lambda: conditions("workspaces", "ws-a"))
+    wait_for("the RAGEngine at its goal", lambda: at_goal(get("ragengines", "rag-a"), "RAGEngineSucceeded"),
+             describe=lambda: conditions("ragengines", "rag-a"))
     yield cluster, port
     stop.set()
     thread.join(20)
@@ -220,9 +225,9 @@ def test_equal_requests_share_and_different_selectors_widen_to_every_object_filt
     assert ws.informer.label_selector is None  # no label selector says "one key or the other": every object
     assert cache.describe() == ["nodeclaims (all namespaces, every object) for workspace, other, ragengine"]
     assert cache.widened() == [
-        "nodeclaims: one cache for workspace (kaito.sh/workspace), other (kaito.sh/workspace), ragengine "
-        "(kaito.sh/ragengine), so it holds every object in all namespaces; to cache less, run these lifecycles in "
-        "separate processes (workspace-fsm run --lifecycle NAME)"]
+        "nodeclaims: one cache each for workspace (kaito.sh/workspace) and other (kaito.sh/workspace) and ragengine "
+        "(kaito.sh/ragengine), holding every object of its kind; to cache less, run these lifecycles in separate "
+        "processes (workspace-fsm run --lifecycle NAME)"]
     seen: dict[str, list[tuple[str, Any, Any]]] = {"ws": [], "rag": []}
     ws.add_handler(lambda t, o, n: seen["ws"].append((t, o and o["metadata"]["name"], n and n["metadata"]["name"])))
     rag.add_handler(lambda t, o, n: seen["rag"].append((t, o and o["metadata"]["name"], n and n["metadata"]["name"])))
@@ -249,10 +254,13 @@ def test_equal_requests_share_and_different_selectors_widen_to_every_object_filt
 def test_namespaces_widen_to_all_and_a_started_informer_is_never_widened():
     cache = SharedInformers()
     res = ("apps", "v1", "deployments")
-    in_a = cache.informer(res, lister, name="deployments", namespace="a", label_selector="x")
+    in_a = cache.informer(res, lister, name="deployments", namespace="a", label_selector="x", user="one")
     assert in_a.informer._list_fn.namespace == "a"
-    everywhere = cache.informer(res, lister, name="deployments", label_selector="x")
+    everywhere = cache.informer(res, lister, name="deployments", label_selector="x", user="other")
     assert everywhere.informer is in_a.informer and in_a.informer._list_fn.namespace is None
+    assert cache.widened() == ["deployments: one cache each for one (x in namespace a) and other (x), holding what x "
+                               "selects in every namespace; to cache less, run these lifecycles in separate "
+                               "processes (workspace-fsm run --lifecycle NAME)"]
     fill(in_a, obj("d1", {"x": "1"}, "a"), obj("d2", {"x": "1"}, "b"), obj("d3", {"x": "2"}, "c"))
     assert [o["metadata"]["name"] for o in in_a.items()] == ["d1"]
     assert in_a.get("b/d2") is None and everywhere.get("b/d2") is not None

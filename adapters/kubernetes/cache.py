@@ -211,23 +211,24 @@ class SharedInformers:
             return out
 
     def widened(self) -> list[str]:
-        """One line per informer that lists more than some of its readers select (their selectors or namespaces
-        differ), saying what it costs and how to avoid it: what an operator should know about memory."""
-        out = []
+        """What an operator should know about memory: the informers that list more than some of their readers
+        select (the readers' selectors or namespaces differ), one line per group of readers, with how to avoid it."""
+        groups: dict[tuple[str, str], list[str]] = {}
         with self._lock:
             for entries in self._entries.values():
                 for e in entries:
-                    asked = dict.fromkeys((u, ns, sel) for u, ns, sel in e.users if (ns, sel) != (e.namespace,
-                                                                                                 e.selector))
-                    if not asked:
+                    users = list(dict.fromkeys(e.users))
+                    if all((ns, sel) == (e.namespace, e.selector) for _, ns, sel in users):
                         continue
-                    who = ", ".join(f"{u} ({sel or 'every object'}{f' in {ns}' if ns else ''})"
-                                    for u, ns, sel in dict.fromkeys(e.users))
-                    where = f"namespace {e.namespace}" if e.namespace else "all namespaces"
-                    what = f"selector {e.selector}" if e.selector else "every object"
-                    out.append(f"{e.informer.name}: one cache for {who}, so it holds {what} in {where}; to cache "
-                               f"less, run these lifecycles in separate processes (workspace-fsm run --lifecycle NAME)")
-            return out
+                    who = " and ".join(f"{u} ({sel or 'every object'}{f' in namespace {ns}' if ns else ''})"
+                                       for u, ns, sel in users)
+                    holds = "every object of its kind" if e.selector is None else f"what {e.selector} selects"
+                    if e.namespace is None and any(ns for _, ns, _ in users):
+                        holds += " in every namespace"
+                    groups.setdefault((who, holds), []).append(e.informer.name)
+        return [f"{', '.join(names)}: one cache each for {who}, holding {holds}; to cache less, run these "
+                f"lifecycles in separate processes (workspace-fsm run --lifecycle NAME)"
+                for (who, holds), names in groups.items()]
 
 
 class InformerView:

@@ -287,7 +287,7 @@ def run_against(api, args: argparse.Namespace, stop: threading.Event | None = No
     for line in cache.describe():
         log.debug("informer %s", line)
     for line in cache.widened():
-        log.info("shared informer %s", line)
+        log.info("shared informers of %s", line)
     synced = lambda: cache.synced  # noqa: E731
     if health is not None:
         from workspace_fsm.engine.metrics import Served, build_registry
