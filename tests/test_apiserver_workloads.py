@@ -17,14 +17,18 @@ Sources (kubernetes/kubernetes): ``pkg/apis/apps/v1/defaults.go`` (``SetDefaults
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from kubernetes import client
 
 NS = "default"
 ApiException = client.exceptions.ApiException
+_COUNTER = itertools.count()
 
 
 def status(err: pytest.ExceptionInfo) -> dict:
@@ -581,3 +585,81 @@ def test_decoding_errors_name_the_go_struct_and_type(api_server):
     assert post(f"/apis/batch/v1/namespaces/{NS}/jobs", bad_job) == (
         400, 'Job in version "v1" cannot be handled as a Job: json: cannot unmarshal string into Go struct field '
              "Job.spec of type v1.JobSpec")
+
+
+# ------------------------------------------------------------------------------------------------ any body
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.text(max_size=6),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                                 max_size=3), max_leaves=6)
+PLAUSIBLE = st.sampled_from([0, 1, 3, 8080, "a", "web", "nginx:1", "TCP", "UDP", "Never", "OnFailure", "Always",
+                             "25%", "None", "10.96.0.7", "NodePort", "LoadBalancer", "Parallel", True, False, {}, []])
+BASES = {"deployments": ("/apis/apps/v1", deployment), "statefulsets": ("/apis/apps/v1", statefulset),
+         "jobs": ("/apis/batch/v1", job), "services": ("/api/v1", service)}
+
+
+def _paths(doc, at=()):
+    yield at
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            if k not in ("apiVersion", "kind", "metadata"):
+                yield from _paths(v, (*at, k))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            yield from _paths(v, (*at, i))
+
+
+@st.composite
+def mutated(draw, plural=None):
+    plural = plural or draw(st.sampled_from(sorted(BASES)))
+    doc = BASES[plural][1]()
+    for _ in range(draw(st.integers(1, 3))):
+        paths = [p for p in _paths(doc) if p]
+        if not paths:
+            break
+        path = draw(st.sampled_from(paths))
+        parent = doc
+        for key in path[:-1]:
+            parent = parent[key]
+        if draw(st.booleans()) and isinstance(parent, dict):
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = draw(st.one_of(JSON, PLAUSIBLE))
+    return plural, doc
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
+@given(case=mutated(), data=st.data())
+def test_any_body_is_stored_or_refused_never_a_server_error(api_server, case, data):
+    # What the real server promises for any request body: decoding errors are 400 (a Status), validation errors 422
+    # with causes, never a 500. And what it stores is valid input: writing the answer back changes nothing
+    # (defaulting is idempotent, validation accepts its own output).
+    plural, doc = case
+    prefix = BASES[plural][0]
+    doc["metadata"]["name"] = name = f"x{next(_COUNTER)}"
+
+    def call(method: str, path: str, body: dict) -> tuple[int, dict]:
+        conn = api_server.connection(timeout=10)
+        conn.request(method, path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        out = resp.status, json.loads(resp.read())
+        conn.close()
+        return out
+
+    code, body = call("POST", f"{prefix}/namespaces/{NS}/{plural}", doc)
+    assert code in (201, 400, 422), (code, body)
+    if code != 201:
+        assert body["kind"] == "Status" and body["code"] == code
+        if code == 422:
+            assert body["details"]["causes"], body
+        return
+    again, written = call("PUT", f"{prefix}/namespaces/{NS}/{plural}/{name}", body)
+    assert again == 200, written
+    assert written["metadata"]["resourceVersion"] == body["metadata"]["resourceVersion"], (body, written)
+    # any other body as an update of it: stored or refused, never a server error
+    _, other = data.draw(mutated(plural))
+    other["metadata"]["name"] = name
+    code, answer = call("PUT", f"{prefix}/namespaces/{NS}/{plural}/{name}", other)
+    assert code in (200, 400, 422), (code, answer)
