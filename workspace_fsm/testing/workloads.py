@@ -426,10 +426,10 @@ def _pod_spec_causes(spec: Any, path: str) -> list[dict[str, str]]:
             causes.append(forbidden(f"{at}.{sources[1]}", "may not specify more than 1 volume type"))
     containers = _l(spec.get("containers"))
     names: set[str] = set()
-    causes += _container_causes(_l(spec.get("initContainers")), f"{path}.initContainers", volumes, names)
     if not containers:
         causes.append(required(f"{path}.containers"))
     causes += _container_causes(containers, f"{path}.containers", volumes, names)
+    causes += _container_causes(_l(spec.get("initContainers")), f"{path}.initContainers", volumes, names)
     restart = spec.get("restartPolicy")
     if restart not in ("Always", "OnFailure", "Never"):
         causes.append(_not_supported(f"{path}.restartPolicy", restart, ("Always", "OnFailure", "Never")))
