@@ -663,3 +663,21 @@ def test_any_body_is_stored_or_refused_never_a_server_error(api_server, case, da
     other["metadata"]["name"] = name
     code, answer = call("PUT", f"{prefix}/namespaces/{NS}/{plural}/{name}", other)
     assert code in (200, 400, 422), (code, answer)
+
+
+def test_kaitos_example_claims_are_accepted(api_server, api_server_kubectl, kaito_dir, tmp_path):
+    # KAITO's examples create PVCs beside their Workspaces and RAGEngines (ValidatePersistentVolumeClaim accepts
+    # them; SetDefaults_PersistentVolumeClaimSpec sets volumeMode).
+    claims = []
+    for path in ("examples/rag/kaito_ragengine_phi_3_with_pvc.yaml",
+                 "examples/fine-tuning/kaito_workspace_tuning_phi_3_with_pvc_volume.yaml"):
+        claims += [d for d in yaml.safe_load_all((kaito_dir / path).read_text())
+                   if d and d.get("kind") == "PersistentVolumeClaim"]
+    assert len(claims) == 3
+    out = tmp_path / "claims.yaml"
+    out.write_text(yaml.safe_dump_all(claims))
+    api_server_kubectl("apply", "-f", str(out))
+    for claim in claims:
+        got = yaml.safe_load(api_server_kubectl("get", "pvc", claim["metadata"]["name"], "-o", "yaml").stdout)
+        assert got["spec"]["volumeMode"] == "Filesystem" and got["status"] == {"phase": "Pending"}
+        assert got["spec"]["resources"] == claim["spec"]["resources"]
