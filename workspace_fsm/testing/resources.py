@@ -103,7 +103,8 @@ _EVENTS_V1_FIELDS = ("regarding.kind", "regarding.namespace", "regarding.name", 
 
 
 def builtin_resources() -> list[ResourceInfo]:
-    """The built-in kinds served (stored schemaless, with the metadata rules of every kind)."""
+    """The built-in kinds served (with the metadata rules of every kind; some defaulted and validated, see
+    :mod:`.builtins` and :mod:`.workloads`)."""
     return [
         _b("", "v1", "namespaces", "Namespace", namespaced=False, short=["ns"], status=True,
            fields=["status.phase"], create_status={"phase": "Active"}, name_rule="label"),
