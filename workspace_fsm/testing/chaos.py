@@ -175,10 +175,16 @@ class ChaosReport:
 # --------------------------------------------------------------------------- documents
 
 
+#: KAITO sizes a vLLM preset from its GPUs, not from resource.count: on INSTANCE (one A100 80 GiB GPU) these
+#: presets need 1, 2 and 3 nodes (its node estimator; tests/test_estimator.py works them out).
+PRESET_FOR_NODES = {1: "phi-4-mini-instruct", 2: "qwen2.5-coder-32b-instruct", 3: "gpt-oss-120b"}
+
+
 def inference_doc(name: str, count: int) -> dict[str, Any]:
+    """An inference Workspace whose targetNodeCount is ``count`` (1 to 3)."""
     return {"apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": name},
             "resource": {"count": count, "instanceType": INSTANCE, "labelSelector": {"matchLabels": {"apps": name}}},
-            "inference": {"preset": {"name": "phi-4-mini-instruct"}}}
+            "inference": {"preset": {"name": PRESET_FOR_NODES[count]}}}
 
 
 def tuning_doc(name: str) -> dict[str, Any]:
