@@ -124,8 +124,8 @@ def test_both_lifecycles_share_one_list_and_one_watch_per_resource(run):
     cluster, _ = run
     lists, watches = runner_requests(cluster, "list"), runner_requests(cluster, "watch")
     print(f"\nrunner's lists by resource: {dict(sorted(lists.items()))}\nwatches: {dict(sorted(watches.items()))}")
-    # Both lifecycles own NodeClaims and Deployments and watch Nodes: one informer each for the whole runner.
-    for shared in ("nodeclaims", "nodes", "deployments"):
+    # Both lifecycles own NodeClaims, Deployments and Services and watch Nodes: one informer each for the runner.
+    for shared in ("nodeclaims", "nodes", "deployments", "services"):
         assert lists[shared] == 1 and watches[shared] == 1, (shared, lists, watches)
     # Every resource is watched once; each is listed once, but RAGEngines, which the runner also lists once (with
     # limit=1) at start to learn whether the cluster serves them.
