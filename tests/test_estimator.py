@@ -138,6 +138,7 @@ def test_an_instance_type_that_cannot_hold_the_model_is_reported_and_nothing_is_
     # What to do: instance types that can hold it (an 80 GiB A100 holds 24 GiB of KV cache and the weights).
     assert "instance types that can hold it" in cond.message and A100 in cond.message
     assert "65536-token context" in cond.message and "Standard_NV36ads_A10_v5" in cond.message
+    assert "or lower max-model-len (65536) in ConfigMap long" in cond.message
     assert not d.status.target_node_count
     warnings = [a for a in d.actions if isinstance(a, A.RecordEvent) and a.type == "Warning"]
     assert [w.reason for w in warnings] == ["GPUMemoryTooSmall"] and "default/ws" in warnings[0].message
@@ -158,6 +159,7 @@ def test_an_instance_type_kaito_does_not_know_is_not_sized():
     assert d.state == "Pending" and not [a for a in d.actions if isinstance(a, A.CreateNodeClaim)]
     cond = d.status.condition(RESOURCE_READY)
     assert cond.reason == "InstanceTypeUnknown" and "Standard_NC6s_v3" in cond.message and A100 in cond.message
+    assert "g5." not in cond.message  # an Azure VM size gets Azure suggestions, not AWS instance types
 
 
 def test_the_target_is_computed_once_and_kept():

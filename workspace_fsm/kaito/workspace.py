@@ -188,7 +188,10 @@ def size_workspace(ws: Workspace, snap: Snapshot | None = None) -> Sizing:
     else:
         instance = sku.lookup(r.instance_type or "")
         if instance is None:
-            fits = est.fitting_instance_types(preset, cloud=None, context=context, constants=constants)
+            # Azure (and Arc) VM sizes are named Standard_*: suggest from that cloud, else from the others.
+            azure = (r.instance_type or "").lower().startswith("standard_")
+            fits = [f for cloud in (("azure", "arc") if azure else ("aws",))
+                    for f in est.fitting_instance_types(preset, cloud=cloud, context=context, constants=constants)]
             gpus = SizingProblem(
                 "InstanceTypeUnknown",
                 f"instance type {r.instance_type} is not one KAITO knows the GPUs of, so model {preset.name} cannot "
@@ -203,6 +206,9 @@ def size_workspace(ws: Workspace, snap: Snapshot | None = None) -> Sizing:
         if instance is not None:
             fits = est.fitting_instance_types(preset, cloud=instance.cloud, context=context, constants=constants)
             found = attrs.evolve(found, message=found.message + _fits_text(fits))
+        if found.reason == "GPUMemoryTooSmall" and context is not None:
+            found = attrs.evolve(found, message=f"{found.message}; or lower max-model-len ({context}) in ConfigMap "
+                                                f"{inf.config}")
         return Sizing(0, problem=found, config_missing=missing)
     return Sizing(found.nodes, found.how, config_missing=missing)
 
