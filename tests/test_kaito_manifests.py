@@ -492,3 +492,62 @@ def _force(doc: dict[str, Any]) -> Workspace:
     return Workspace(metadata=ObjectMeta.from_dict(doc["metadata"]), resource=ResourceSpec.from_dict(doc["resource"]),
                      inference=InferenceSpec.from_dict(doc["inference"]) if "inference" in doc else None,
                      tuning=TuningSpec.from_dict(doc["tuning"]) if "tuning" in doc else None)
+
+
+def test_tuning_input_from_an_image_is_pulled_with_its_secrets() -> None:
+    """prepareDataSource with input.image: a puller init container writing to /mnt/data, the pull secrets as a
+    projected docker config (ConfigImagePullSecretVolume), both mounted in the tuning container too."""
+    doc = next(d for d in _docs(TUNING_DIR / "kaito_workspace_tuning_phi_3.yaml") if d["kind"] == "Workspace")
+    doc["metadata"].update(namespace=NS, uid="u")
+    doc["tuning"]["input"] = {"name": "data", "image": "example.com/dataset:1", "imagePullSecrets": ["reg"]}
+    ws = parse_workspace(doc)
+    assert ws.valid, ws.problems
+    pod = K.tuning_job(ws, A.CreateJob(ws.metadata.name, "r", "phi-3-mini-128k-instruct", "qlora", ()))["spec"][
+        "template"]["spec"]
+    [puller] = [c for c in pod["initContainers"] if c["name"] == "puller"]
+    assert "example.com/dataset:1" in puller["args"] and "/mnt/data" in puller["args"]
+    secret_mount = {"name": "docker-config-data-tuning-input", "mountPath": "/root/.docker/config.d/data-tuning-input"}
+    assert puller["volumeMounts"] == [secret_mount, {"name": "data-volume", "mountPath": "/mnt/data"}]
+    assert secret_mount in pod["containers"][0]["volumeMounts"]
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["docker-config-data-tuning-input"]["projected"]["sources"] == [
+        {"secret": {"name": "reg", "items": [{"key": ".dockerconfigjson", "path": "reg.json"}]}}]
+    assert vols["data-volume"] == {"name": "data-volume", "emptyDir": {}}
+    # The pusher and pause containers come after the input is set up: they do not get it.
+    assert all({"name": "data-volume", "mountPath": "/mnt/data"} not in c.get("volumeMounts", [])
+               for c in pod["containers"][1:])
+
+
+def test_gpus_per_pod_come_from_the_partition_the_instance_type_or_the_nodes() -> None:
+    """getGPUConfig: an accelerator partition's count first, then the instance type (pkg/sku); for bring-your-own
+    nodes without either, what the nodes advertise (the action's gpus), never less than one."""
+    byo = _force({"metadata": {"name": "b", "namespace": NS}, "resource": {"labelSelector": {"matchLabels": {
+        "a": "b"}}}, "inference": {"preset": {"name": "phi-4"}}})
+    assert K.gpus_per_node(byo) == 1 and K.gpus_per_node(byo, 8) == 8
+    sized = attrs.evolve(byo, resource=attrs.evolve(byo.resource, instance_type="Standard_NC96ads_A100_v4"))
+    assert K.gpus_per_node(sized, 8) == 4
+    part = attrs.evolve(byo, resource=attrs.evolve(byo.resource, partition=Partition("accelerator", 3)))
+    assert K.gpus_per_node(part, 8) == 3
+    wl = K.workload(byo, A.CreateWorkload("Deployment", "b", 1, "r", "phi-4", (), 8))
+    [main] = wl["spec"]["template"]["spec"]["containers"]
+    assert main["resources"] == {"requests": {GPU: "8"}, "limits": {GPU: "8"}}
+    # No NodeClaims for bring-your-own nodes, so no pinning to the Workspace's own node labels: the selector's only.
+    exprs = wl["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchExpressions"]
+    assert exprs == [{"key": "a", "operator": "In", "values": ["b"]}]
+
+
+def test_local_weights_come_from_the_node() -> None:
+    """kaito.sh/use-local-weights: "true" (GetLocalWeightsPath): the weights from /opt/kaito/models/<preset> on the
+    node, read-only, as vLLM's --model with the RunAI streamer; no download volume, KAITO_PROCESSOR set."""
+    doc = next(d for d in _docs(INFERENCE_DIR / "kaito_workspace_phi_4.yaml") if d["kind"] == "Workspace")
+    doc["metadata"].update(namespace=NS, uid="u", annotations={"kaito.sh/use-local-weights": "true"})
+    pod = _build(parse_workspace(doc))[0]["spec"]["template"]["spec"]
+    [main] = pod["containers"]
+    flags = _flags(main["command"][2])
+    assert flags["model"] == "/opt/kaito/models/phi-4" and flags["load-format"] == "runai_streamer"
+    assert "download-dir" not in flags and "load_format" not in flags
+    assert {"name": "model-weights-hostpath", "mountPath": "/opt/kaito/models/phi-4", "readOnly": True} in main[
+        "volumeMounts"]
+    assert "model-weights-volume" not in {v["name"] for v in pod["volumes"]}
+    assert {"name": "KAITO_PROCESSOR", "value": "/opt/kaito/models/phi-4"} in main["env"]
