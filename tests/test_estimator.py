@@ -153,6 +153,18 @@ def test_an_instance_type_that_cannot_hold_the_model_is_reported_and_nothing_is_
     assert len([a for a in d.actions if isinstance(a, A.CreateNodeClaim)]) == 1
 
 
+def test_a_context_longer_than_the_model_supports_is_refused_as_kaitos_webhook_does():
+    # phi-4's model token limit is 16384 (KAITO's preset catalogue).
+    ws = parsed(doc(preset="phi-4", config="long"))
+    snap = Snapshot(config_maps={"long": config_map("vllm:\n  max-model-len: 32768\n")})
+    d = decide(ws, snap, NOW)
+    cond = d.status.condition(RESOURCE_READY)
+    assert d.state == "Pending" and cond.reason == "MaxModelLenTooLarge" and "at most 16384" in cond.message
+    assert not [a for a in d.actions if isinstance(a, A.CreateNodeClaim)]
+    snap = Snapshot(config_maps={"long": config_map("vllm:\n  max-model-len: 16384\n")})
+    assert size_workspace(ws, snap).target == 1
+
+
 def test_an_instance_type_kaito_does_not_know_is_not_sized():
     ws = parsed(doc(preset="phi-4", instance_type="Standard_NC6s_v3"))
     d = decide(ws, Snapshot(), NOW)

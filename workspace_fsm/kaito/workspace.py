@@ -164,6 +164,13 @@ def size_workspace(ws: Workspace, snap: Snapshot | None = None) -> Sizing:
             missing = inf.config
         else:
             return Sizing(0, waiting_for="ConfigMap/" + inf.config)
+        limit = preset.model_token_limit
+        if context is not None and limit and context > limit:
+            # KAITO's webhook refuses this Workspace (validateInferenceConfig): the model cannot use that context.
+            return Sizing(0, problem=SizingProblem(
+                "MaxModelLenTooLarge",
+                f"max-model-len {context} in ConfigMap {inf.config} exceeds the {limit} tokens model {preset.name} "
+                f"supports; set it to at most {limit}"))
     instance = None
     if r.byo_nodes:
         if r.partition is not None and r.partition.mode.lower() == "mig":
