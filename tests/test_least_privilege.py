@@ -175,15 +175,18 @@ def example_objects(kaito_dir: Path, ns: str) -> tuple[list[dict], list[dict]]:
 
 
 def small_objects(ns: str) -> list[dict]:
-    """One of each shape the runner handles: single-node and multi-node inference, a tuning job, a RAGEngine
-    with a GPU node, and a retrieve-only RAGEngine."""
+    """One of each shape the runner handles: single-node inference with its inference ConfigMap and multi-node
+    inference, a tuning job, a RAGEngine with a GPU node, and a retrieve-only RAGEngine."""
     def ws(name: str, body: dict, count: int = 1) -> dict:
         return {"apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": name, "namespace": ns},
                 "resource": {"count": count, "instanceType": "Standard_NC48ads_A100_v4" if count > 1 else
                              "Standard_NC24ads_A100_v4",
                              "labelSelector": {"matchLabels": {"apps": name}}}, **body}
     return [
-        ws("single", {"inference": {"preset": {"name": "phi-4-mini-instruct"}}}),
+        # Its inference ConfigMap is read (get configmaps) to size it: max-model-len counts in KAITO's estimate.
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "single-params", "namespace": ns},
+         "data": {"inference_config.yaml": "vllm:\n  max-model-len: 4096\n"}},
+        ws("single", {"inference": {"preset": {"name": "phi-4-mini-instruct"}, "config": "single-params"}}),
         {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hf-token", "namespace": ns},
          "data": {"HF_TOKEN": "ZXhhbXBsZQ=="}},
         ws("multi", {"inference": {"preset": {"name": "llama-3.3-70b-instruct",
