@@ -368,6 +368,11 @@ class KubernetesAdapter:
                     config_maps[short] = data
                 continue
             key = short if kind == "NodeClaim" else f"{ns}/{short}"
+            if kind == "Service" and self.services.gone(key):
+                # The watch saw it deleted (someone removed it): gone, whatever this process created before. A
+                # create's own watch event may beat its answer, leaving a stale note in _known.
+                absent.add(name)
+                continue
             if f"{kind}/{key}" in self._known:
                 continue
             t = self.timeout
@@ -473,7 +478,8 @@ class KubernetesAdapter:
             body = manifests.service(ws, a)
             self._call("create", "Service", f"creating Service {ns}/{a.name} for {ws.key}",
                        lambda: self.core.create_namespaced_service(ns, body, _request_timeout=t), ok=(409,))
-            self._known.add(f"Service/{ns}/{a.name}")
+            if self.services.get(f"{ns}/{a.name}") is None:  # not yet in the cache: it exists all the same
+                self._known.add(f"Service/{ns}/{a.name}")
         elif isinstance(a, A.CreateJob):
             body = manifests.job(ws, a)
             self._call("create", "Job", f"creating Job {ns}/{a.name}",

@@ -501,7 +501,8 @@ def inference_pod_spec(ws: Workspace, p: Preset, gpus: int, nodes: int, cat: Cat
                             "ports": ports, **_probes(ws, p, distributed), "volumeMounts": mounts}
     if env:
         main["env"] = env
-    spec: dict[str, Any] = {"containers": [main], "imagePullSecrets": _image_pull_secrets(ws),
+    # initContainers always present (if empty): an update is a merge patch, which would keep a list it is not given.
+    spec: dict[str, Any] = {"containers": [main], "imagePullSecrets": _image_pull_secrets(ws), "initContainers": [],
                             "tolerations": _inference_tolerations(), "volumes": volumes}
     if cuda:
         spec["initContainers"] = [{"name": "cuda-toolkit-provisioner", "image": _image(cat, registry),
