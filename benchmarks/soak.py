@@ -4,7 +4,7 @@ It starts the embedded cluster in this process (test API server + simulated Karp
 workload controllers, time-scaled) and ``workspace-fsm run`` as a child process, so the runner's memory,
 threads and file descriptors are measured alone. A seeded driver creates ``--live`` Workspaces at once
 (inference with 1-3 nodes, and tuning), then keeps about that many alive, creating new ones, changing specs
-(tuning config, inference node count) and deleting the oldest, at ``--rate`` operations per second.
+(tuning config, inference config) and deleting the oldest, at ``--rate`` operations per second.
 
 Every few seconds it scrapes the runner's ``/metrics`` (RSS, open fds, threads, queue depth, cache sizes),
 counts the runner's sockets in ``/proc/<pid>/fd`` and lists what is live in the API server. After the
@@ -45,6 +45,9 @@ from typing import Any
 NS = "default"
 INSTANCE = "Standard_NC24ads_A100_v4"
 INFERENCE_PRESET = "phi-4-mini-instruct"
+#: KAITO sizes a vLLM preset from its GPUs, not from resource.count: on INSTANCE (one A100 80 GiB GPU) these
+#: presets need 1, 2 and 3 nodes (its node estimator; tests/test_estimator.py works them out).
+PRESET_FOR_NODES = {1: INFERENCE_PRESET, 2: "qwen2.5-coder-32b-instruct", 3: "gpt-oss-120b"}
 TUNING_PRESET = "phi-3-mini-128k-instruct"
 LABEL_WORKSPACE = "kaito.sh/workspace"  # workspace_fsm.kaito.model.LABEL_WORKSPACE
 INFORMERS = ("workspaces", "nodeclaims", "nodes", "deployments", "statefulsets", "jobs")
@@ -197,7 +200,7 @@ def evaluate(samples: list[dict[str, Any]], baseline: dict[str, Any], final: dic
 def inference(name: str, count: int) -> dict[str, Any]:
     return {"apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": name},
             "resource": {"count": count, "instanceType": INSTANCE, "labelSelector": {"matchLabels": {"apps": name}}},
-            "inference": {"preset": {"name": INFERENCE_PRESET}}}
+            "inference": {"preset": {"name": PRESET_FOR_NODES[count]}}}
 
 
 def tuning(name: str) -> dict[str, Any]:
@@ -258,7 +261,8 @@ class Churn(threading.Thread):
         if self.alive[name] == "tuning":
             patch: dict[str, Any] = {"tuning": {"config": f"soak-config-{self._rev}"}}
         else:
-            patch = {"resource": {"count": self.rng.randint(1, 3)}}
+            # KAITO keeps resource.count (immutable) and targetNodeCount: a new inference config rolls it out.
+            patch = {"inference": {"config": f"soak-inference-{self._rev}"}}
         self.custom.patch_namespaced_custom_object("kaito.sh", "v1beta1", NS, "workspaces", name, patch)
         self.updated += 1
 
