@@ -76,3 +76,24 @@ def test_observe_touches_the_same_objects_at_100_and_10000_workspaces(monkeypatc
     # The two NodeClaims of the Workspace observed, and nothing else; a scan of the cache (as before the
     # index) would touch 200 and 20,000.
     assert small == large == 2
+
+
+def test_a_deletion_seen_after_a_create_whose_own_event_came_first_is_not_hidden():
+    # The create's own ADDED event can reach the cache before the create's answer: the answer then notes the Job
+    # as "known to exist" after the cache already showed it. A later DELETED event must clear that note, or the
+    # adapter would take the Job as existing for ever (and the machine would never re-create it).
+    from workspace_fsm.adapters.kubernetes.informer import object_key
+
+    a = KubernetesAdapter(k8s.ApiClient(), catalogue=Catalogue.default())
+    behind = getattr(a.jobs, "informer", a.jobs)
+    job = {"apiVersion": "batch/v1", "kind": "Job",
+           "metadata": {"name": "ws-0", "namespace": "default", "resourceVersion": "5", "labels": {"a": "b"},
+                        "ownerReferences": [{"apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "name": "ws-0",
+                                             "uid": "u", "controller": True}]}}
+    key = object_key(job)
+    behind._notify("ADDED", None, job)  # the watch first
+    a._known.add(f"Job/{key}")  # then the create's answer, as applying CreateJob notes it
+    behind._remember_deleted(key)
+    behind._notify("DELETED", job, None)  # someone deletes it
+    assert f"Job/{key}" not in a._known
+    assert a.jobs.gone(key)

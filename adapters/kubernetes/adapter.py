@@ -231,8 +231,11 @@ class KubernetesAdapter:
             self._handler(key)
 
     def _on_owned(self, kind: str | None, etype: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
-        if kind is not None and new is not None:
-            self._known.discard(f"{kind}/{object_key(new)}")  # the cache shows it now: no need to remember
+        if kind is not None and (new or old) is not None:
+            # The cache speaks for it now (it shows it, or its tombstone): no need to remember. A DELETED event
+            # clears the note too: a create's own ADDED event can beat the create's answer, which then leaves a
+            # note that would hide this deletion from _absent for ever.
+            self._known.discard(f"{kind}/{object_key(new or old)}")
         key = _owner_key(new or old)
         if key is not None and self._handler is not None:
             self._handler(key)
