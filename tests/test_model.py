@@ -75,12 +75,17 @@ def test_lifecycle_record_survives_structural_pruning_with_kaitos_crd(kaito_dir)
     doc = next(d for n, d in example_workspaces(kaito_dir) if n == "kaito_workspace_llama-3.3_70b_instruct.yaml")
     doc = {**doc, "metadata": {**doc["metadata"], "uid": "u-1", "generation": 1}}
     ws = Workspace.from_dict(doc)
-    d = decide(ws, Snapshot(), T0)
+    # The example names its inference ConfigMap (same file): the node estimate reads its max-model-len.
+    path = kaito_dir / "examples" / "inference" / "kaito_workspace_llama-3.3_70b_instruct.yaml"
+    (cm,) = [c for c in yaml.safe_load_all(path.read_text()) if c and c.get("kind") == "ConfigMap"]
+    config_maps = {cm["metadata"]["name"]: cm["data"]}
+    d = decide(ws, Snapshot(config_maps=config_maps), T0)
     names = [a.name for a in d.actions if type(a).__name__ == "CreateNodeClaim"]
+    assert names, d.status.conditions
     claims = tuple(NodeClaim(n, ws.key, ready="True", node_name="n-" + n) for n in names)
     nodes = {"n-" + n: Node("n-" + n, {"accelerator": "nvidia"}, True, 8) for n in names}
     ws = ws.with_status(d.status)
-    d = decide(ws, Snapshot(claims, nodes), T0 + timedelta(minutes=5))
+    d = decide(ws, Snapshot(claims, nodes, config_maps=config_maps), T0 + timedelta(minutes=5))
     written = {**ws.to_dict(), "status": d.status.to_dict()}
     pruned, removed = prune(written, schema)
     assert removed == []
