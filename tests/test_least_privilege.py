@@ -257,6 +257,18 @@ def nodeclaims_of(c: EmbeddedCluster, ns: str) -> list[str]:
                       (i["metadata"].get("labels") or {}).get("kaito.sh/ragenginenamespace"))]
 
 
+def claims_with_state(c: EmbeddedCluster, ns: str) -> list[tuple[str, str]]:
+    """The namespace's NodeClaims and their Ready condition, for a failure's message."""
+    items = k8s.CustomObjectsApi(c.api).list_cluster_custom_object("karpenter.sh", "v1", "nodeclaims")["items"]
+    def ready(i: dict) -> str:
+        conds = (i.get("status") or {}).get("conditions") or []
+        return next((f"Ready={x['status']}" for x in conds if x["type"] == "Ready"), "no Ready condition")
+
+    return [(i["metadata"]["name"], ready(i))
+            for i in items if ns in ((i["metadata"].get("labels") or {}).get("kaito.sh/workspacenamespace"),
+                                     (i["metadata"].get("labels") or {}).get("kaito.sh/ragenginenamespace"))]
+
+
 def change_spec(c: EmbeddedCluster, ns: str) -> None:
     """A spec change of every Workspace and RAGEngine that changes what it runs (its workload or Job)."""
     custom = k8s.CustomObjectsApi(c.api)
@@ -392,7 +404,7 @@ def without_one_grant(cluster) -> dict[tuple[int, str, str, str], dict]:
         try:
             full_lifecycle(cluster, runner, ns, small_objects(ns), timeout=PHASE_TIMEOUT, stall=STALL)
         except AssertionError as exc:
-            error = str(exc)
+            error = f"{exc}; NodeClaims then: {claims_with_state(cluster, ns)}"
         finally:
             runner.close()
         results[g] = {"error": error, "denials": runner.denials()}
