@@ -133,6 +133,39 @@ class SimulatedControllers:
             except Exception:
                 log.exception("simulated controller step failed")
 
+    # A step of an object's chain that fails (a 5xx, a timeout, a refused connection: the API server is loaded,
+    # not the controller wrong) is tried again after this many real seconds, doubling, as a real controller's
+    # work queue retries; the steps after it wait, so they keep their order.
+    RETRY_FIRST_S, RETRY_MAX_S, RETRY_ATTEMPTS = 0.2, 3.0, 40
+
+    def _chain(self, steps: list[tuple[float, Callable[[], None]]]) -> None:
+        """Run ``steps`` (simulated seconds from now, action) in order, each at its time or after the one before
+        it succeeded; a failed step is retried with backoff, a 404 (the object went away) ends the chain."""
+        def run(i: int, attempt: int) -> None:
+            try:
+                steps[i][1]()
+            except ApiException as exc:
+                if exc.status == 404:
+                    return
+                retry(i, attempt, f"{exc.status} {exc.reason}")
+                return
+            except Exception as exc:  # connection errors and timeouts under load
+                retry(i, attempt, repr(exc))
+                return
+            if i + 1 < len(steps):
+                self._after(max(0.0, steps[i + 1][0] - steps[i][0]), lambda: run(i + 1, 0))
+
+        def retry(i: int, attempt: int, why: str) -> None:
+            if attempt >= self.RETRY_ATTEMPTS:
+                log.error("simulated controller step failed %d times, giving up: %s", attempt + 1, why)
+                return
+            log.warning("simulated controller step failed (%s); retrying", why)
+            wait = min(self.RETRY_FIRST_S * 2 ** attempt, self.RETRY_MAX_S)
+            self._after(wait * self.scale, lambda: run(i, attempt + 1))
+
+        if steps:
+            self._after(steps[0][0], lambda: run(0, 0))
+
     @staticmethod
     def _uid(obj: dict[str, Any]) -> str:
         return (obj.get("metadata") or {}).get("uid") or object_key(obj)
@@ -181,16 +214,19 @@ class SimulatedControllers:
         name = meta["name"]
         if meta.get("deletionTimestamp"):
             if self._once("nodeclaims", new, "delete"):
-                self._after(self.params.latencies.nodeclaim_delete.sample(self.rng), lambda: self._finish_delete(name))
+                self._chain([(self.params.latencies.nodeclaim_delete.sample(self.rng),
+                              lambda: self._finish_delete(name))])
             return
         if not self._once("nodeclaims", new, "provision"):
             return
         lat = self.params.latencies
-        self._patch_claim(name, {"metadata": {"finalizers": list(set(meta.get("finalizers") or []) | {KARPENTER_FINALIZER})}},
-                          status=False)
+        finalizers = list(set(meta.get("finalizers") or []) | {KARPENTER_FINALIZER})
+        steps: list[tuple[float, Callable[[], None]]] = [
+            (0.0, lambda: self._patch_claim(name, {"metadata": {"finalizers": finalizers}}, status=False))]
         if self.rng.random() < self.params.instance_unavailable_rate:
-            self._after(lat.nodeclaim_launched.sample(self.rng), lambda: self._set_claim(
-                name, [_cond("Launched", "False", "InsufficientCapacity", "instance type unavailable in this zone")]))
+            steps.append((lat.nodeclaim_launched.sample(self.rng), lambda: self._set_claim(
+                name, [_cond("Launched", "False", "InsufficientCapacity", "instance type unavailable in this zone")])))
+            self._chain(steps)
             return
         launched = lat.nodeclaim_launched.sample(self.rng)
         registered = max(launched, lat.nodeclaim_registered.sample(self.rng))
@@ -203,14 +239,14 @@ class SimulatedControllers:
                       if r.get("key") == "node.kubernetes.io/instance-type" and r.get("values")), "")
         labels = {**(meta.get("labels") or {}), "node.kubernetes.io/instance-type": itype, "accelerator": "nvidia",
                   "kubernetes.io/hostname": node, "karpenter.sh/nodepool": "kaito"}
-        self._after(launched, lambda: self._set_claim(name, [_cond("Launched", "True", "Launched")]))
-        if never:
-            return
-        self._after(registered, lambda: self._register(name, node, labels))
-        self._after(initialized, lambda: self._set_claim(name, [_cond("Initialized", "True", "Initialized")]))
-        self._after(ready, lambda: self._ready(name, node))
-        gpus = self.params.gpus(itype)
-        self._after(gpu, lambda: self._gpu(node, gpus))
+        steps.append((launched, lambda: self._set_claim(name, [_cond("Launched", "True", "Launched")])))
+        if not never:
+            gpus = self.params.gpus(itype)
+            steps += [(registered, lambda: self._register(name, node, labels)),
+                      (initialized, lambda: self._set_claim(name, [_cond("Initialized", "True", "Initialized")])),
+                      (ready, lambda: self._ready(name, node)),
+                      (gpu, lambda: self._gpu(node, gpus))]
+        self._chain(steps)
 
     def _patch_claim(self, name: str, patch: dict[str, Any], status: bool = True) -> None:
         if status:
