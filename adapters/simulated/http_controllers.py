@@ -341,9 +341,9 @@ class SimulatedControllers:
         rollout = lat.workload_rollout.sample(self.rng)
         pod_spec = ((new.get("spec") or {}).get("template") or {}).get("spec") or {}
         if pod_gpus(pod_spec) == 0 and (plural, ns, name) not in self._pending_pods:
-            self._after(rollout, ready)  # no GPU asked for: the general-purpose nodes take it
+            self._chain([(rollout, ready)])  # no GPU asked for: the general-purpose nodes take it
             return
-        self._after(0.0, lambda: self._place(plural, new, gen, replicas, pod_spec, rollout, ready, 0))
+        self._chain([(0.0, lambda: self._place(plural, new, gen, replicas, pod_spec, rollout, ready, 0))])
 
     # The device plugin may not have reported a node's GPUs yet: the scheduler looks again when nodes change;
     # here, every few simulated seconds for a while, before the pods are declared unschedulable.
@@ -361,11 +361,11 @@ class SimulatedControllers:
         placed, waiting = self._fit(pod_spec, replicas)
         if placed.ok:
             self._delete_pending(plural, ns, name)
-            self._after(rollout, ready)
+            self._chain([(rollout, ready)])
             return
         if waiting and attempt < self.PLACE_ATTEMPTS:
-            self._after(self.PLACE_RETRY_S, lambda: self._place(plural, workload, gen, replicas, pod_spec, rollout,
-                                                                ready, attempt + 1))
+            self._chain([(self.PLACE_RETRY_S, lambda: self._place(plural, workload, gen, replicas, pod_spec, rollout,
+                                                                ready, attempt + 1))])
             return
         owner = {**cur, "apiVersion": "apps/v1", "kind": "Deployment" if plural == "deployments" else "StatefulSet"}
         self._pend(plural, owner, pod_spec, placed)
@@ -449,9 +449,9 @@ class SimulatedControllers:
         run = self.params.latencies.job_run.sample(self.rng)
         pod_spec = ((new.get("spec") or {}).get("template") or {}).get("spec") or {}
         if pod_gpus(pod_spec) == 0:
-            self._after(run, finish)
+            self._chain([(run, finish)])
             return
-        self._after(0.0, lambda: self._place_job(new, pod_spec, run, finish, 0))
+        self._chain([(0.0, lambda: self._place_job(new, pod_spec, run, finish, 0))])
 
     def _place_job(self, job: dict[str, Any], pod_spec: dict[str, Any], run: float, finish: Callable[[], None],
                    attempt: int) -> None:
@@ -463,9 +463,9 @@ class SimulatedControllers:
             return  # replaced meanwhile
         placed, waiting = self._fit(pod_spec, 1)
         if placed.ok:
-            self._after(run, finish)
+            self._chain([(run, finish)])
         elif waiting and attempt < self.PLACE_ATTEMPTS:
-            self._after(self.PLACE_RETRY_S, lambda: self._place_job(job, pod_spec, run, finish, attempt + 1))
+            self._chain([(self.PLACE_RETRY_S, lambda: self._place_job(job, pod_spec, run, finish, attempt + 1))])
         else:
             self._pend("jobs", {**cur, "apiVersion": "batch/v1", "kind": "Job"}, pod_spec, placed)
 
