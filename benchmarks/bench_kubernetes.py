@@ -96,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     writes = sum(v for k, v in lifecycle.items() if k.split(" ", 1)[0] in ("create", "update", "patch", "delete")
                  and not k.endswith("Event"))
     gets = sum(v for k, v in lifecycle.items() if k.startswith("get "))
-    # Target per Workspace: NodeClaim + Deployment + finalizer + one status write per state change.
-    target_writes = 2 + 1 + transitions / max(1, len(items))
+    # Target per Workspace: NodeClaim + Deployment + its Service and headless Service + finalizer + one status
+    # write per state change.
+    target_writes = 4 + 1 + transitions / max(1, len(items))
     print(json.dumps({
         "workspaces": n, "ready": done, "wall_s": round(wall, 1), "time_scale": args.time_scale,
         "passes": passes, "passes_per_s": round(passes / wall, 1),
