@@ -371,11 +371,6 @@ class KubernetesAdapter:
                     config_maps[short] = data
                 continue
             key = short if kind == "NodeClaim" else f"{ns}/{short}"
-            if kind == "Service" and self.services.gone(key):
-                # The watch saw it deleted (someone removed it): gone, whatever this process created before. A
-                # create's own watch event may beat its answer, leaving a stale note in _known.
-                absent.add(name)
-                continue
             if f"{kind}/{key}" in self._known:
                 continue
             t = self.timeout

@@ -26,7 +26,7 @@ from typing import Any
 
 from workspace_fsm.testing.errors import APIError
 from workspace_fsm.testing.meta import cause, required
-from workspace_fsm.testing.workloads import WORKLOAD_ADMISSION
+from workspace_fsm.testing.workloads import WORKLOAD_ADMISSION, json_type as _json_type
 
 __all__ = ["admit_builtin"]
 
@@ -98,18 +98,6 @@ def _string_map(kind: str, obj: dict[str, Any], field: str, go_type: str) -> dic
             raise _decode_error(kind, f"json: cannot unmarshal {_json_type(v)} into Go struct field {kind}.{field} "
                                       f"of type {go_type}")
     return value
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return "string"
 
 
 def _bytes_map(kind: str, obj: dict[str, Any], field: str) -> dict[str, str]:

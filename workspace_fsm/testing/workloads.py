@@ -111,7 +111,8 @@ def _nonnegative(value: Any, field: str) -> list[dict[str, str]]:
     return []
 
 
-def _go_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """The JSON type of a decoded value, as Go's encoding/json names it in its errors."""
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, (int, float)):
@@ -155,7 +156,7 @@ def _decode(kind: str, obj: dict[str, Any], fields: tuple[Field, ...]) -> None:
             if value is not None and not check(value):
                 raise APIError.bad_request(
                     f'{kind} in version "v1" cannot be handled as a {kind}: json: cannot unmarshal '
-                    f"{_go_type(value)} into Go struct field {struct}.{path} of type {go_type}")
+                    f"{json_type(value)} into Go struct field {struct}.{path} of type {go_type}")
 
 
 def _template_fields(holder: str, prefix: str = "spec.template.spec") -> tuple[Field, ...]:
